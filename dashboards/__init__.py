@@ -1,0 +1,1 @@
+"""Reports over recorded runs (MLflow, the rollout store); imports nothing from flows/."""

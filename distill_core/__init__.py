@@ -1,0 +1,43 @@
+"""distill_core: the distillation method in pure PyTorch.
+
+The objective grid (prefix source × token-level KL direction), its losses — straightforward,
+chunked, sparse-teacher and sampled-token forms — the entropy-gated length curriculum and the
+Avg@k / Pass@k metrics. Imports only torch and the standard library.
+"""
+
+from distill_core.curriculum import EntropyGatedLengthCurriculum, doubling_ladder
+from distill_core.divergences import (
+    forward_kl,
+    kl_terms,
+    masked_mean,
+    mixed_kl,
+    reverse_kl,
+    token_entropy,
+)
+from distill_core.losses import KLLoss, kl_loss
+from distill_core.metrics import avg_at_k, mean_pass_at_k, pass_at_k
+from distill_core.objective import PRESETS, Objective
+from distill_core.policy_gradient import reverse_kl_surrogate, sampled_token_logprobs
+from distill_core.sparse import sparse_kl_terms, sparse_mixed_kl
+
+__all__ = [
+    "PRESETS",
+    "EntropyGatedLengthCurriculum",
+    "KLLoss",
+    "Objective",
+    "avg_at_k",
+    "doubling_ladder",
+    "forward_kl",
+    "kl_loss",
+    "kl_terms",
+    "masked_mean",
+    "mean_pass_at_k",
+    "mixed_kl",
+    "pass_at_k",
+    "reverse_kl",
+    "reverse_kl_surrogate",
+    "sampled_token_logprobs",
+    "sparse_kl_terms",
+    "sparse_mixed_kl",
+    "token_entropy",
+]

@@ -1,0 +1,1 @@
+"""Prefect flows: wiring only — which task runs, in what order, with which config."""
