@@ -1,0 +1,191 @@
+"""The math grader: extraction rules, math-verify equivalences, timeouts, threads, input errors.
+
+Everything runs the real math-verify in real worker processes; one Grader serves the module
+because starting workers costs about a second.
+"""
+
+import threading
+from importlib import metadata
+
+import pytest
+
+from tasks.grader import (
+    GRADER_VERSION,
+    Extraction,
+    Grade,
+    Grader,
+    extract_answers,
+    normalise,
+    summarise,
+)
+
+# math-verify never finishes comparing this with "1": sympy tries to evaluate the tower.
+NEVER_FINISHES = r"so the answer is \boxed{9^{9^{9^{9}}}}"
+
+
+@pytest.fixture(scope="module")
+def grader():
+    with Grader(workers=2) as shared:
+        yield shared
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+def test_boxed_keeps_nested_braces():
+    found = extract_answers(r"Halving gives \boxed{\frac{1}{2}}.")
+    assert found == Extraction(r"\frac{1}{2}", r"\frac{1}{2}", "boxed")
+
+
+def test_last_of_several_boxes_wins():
+    assert extract_answers(r"first \boxed{3}, then \fbox{4}, finally \boxed{5}").strict == "5"
+
+
+def test_box_cut_off_by_truncation_is_skipped():
+    assert extract_answers(r"\boxed{7} but wait, \boxed{\frac{1}{").strict == "7"
+
+
+def test_escaped_braces_inside_a_box_do_not_close_it():
+    assert extract_answers(r"\boxed{\{1, 2\}}").strict == r"\{1, 2\}"
+
+
+def test_hash_line_is_the_strict_fallback():
+    found = extract_answers("She has 1,200 + 34 apples.\n#### 1,234\n")
+    assert found == Extraction("1,234", "1,234", "hash")
+
+
+@pytest.mark.parametrize(
+    ("response", "number"),
+    [
+        ("So x = -3.", "-3"),
+        ("about 0.5 or maybe 2.75 in total", "2.75"),
+        ("She sold 1,234 cups", "1,234"),
+        ("the range 3-5", "5"),  # a binary minus is not a sign
+    ],
+)
+def test_last_number_is_the_flexible_fallback(response, number):
+    assert extract_answers(response) == Extraction(None, number, "last_number")
+
+
+@pytest.mark.parametrize("response", ["", "I do not know.", r"\boxed{}"])
+def test_no_answer(response):
+    assert extract_answers(response) == Extraction(None, None, None)
+
+
+def test_normalise_drops_spaces_commas_and_whole_float_zeros():
+    assert normalise(" 1,234.0 ") == normalise("1234") == "1234"
+    assert normalise("x ^ 2 + 1") == "x^2+1"
+    assert normalise("1,2") == "1,2"  # a pair, not a thousands separator
+
+
+# ----------------------------------------------------------------------------- grading
+
+
+def test_equivalent_answers_are_correct(grader):
+    pairs = [
+        (r"\boxed{0.5}", r"\frac{1}{2}"),
+        (r"\boxed{\frac{1}{2}}", "0.5"),
+        (r"\boxed{\dfrac12}", "1/2"),
+        (r"\boxed{51.0}", "51"),
+        (r"\boxed{1,234}", "1234"),
+        ("#### 1234", "1,234"),
+        (r"\boxed{1 + x^2}", "x^2+1"),
+        (r"\boxed{1 + x^2}", "x^2+1"),  # a repeated pair is verified once, graded twice
+        (r"the answer is \boxed{18}.", "18."),
+    ]
+    grades = grader.grade([response for response, _ in pairs], [gold for _, gold in pairs])
+    for (response, gold), verdict in zip(pairs, grades, strict=True):
+        assert verdict.strict_correct and verdict.flexible_correct, (response, gold, verdict)
+        assert not verdict.timed_out
+
+
+def test_last_number_counts_for_flexible_only(grader):
+    [verdict] = grader.grade(["So in total she has 1,234 apples"], ["1234"])
+    assert verdict == Grade(
+        strict_answer=None,
+        flexible_answer="1,234",
+        method="last_number",
+        strict_correct=False,
+        flexible_correct=True,
+    )
+
+
+def test_wrong_answers_are_incorrect(grader):
+    responses = [r"\boxed{52}", r"\boxed{\frac{1}{3}}", "#### 7", "I guess 50", r"\boxed{x^2-1}"]
+    golds = ["51", "0.5", "8", "51", "x^2+1"]
+    for verdict in grader.grade(responses, golds):
+        assert not verdict.strict_correct and not verdict.flexible_correct, verdict
+        assert not verdict.timed_out
+
+
+def test_answerless_responses_are_incorrect_not_errors(grader):
+    grades = grader.grade(["", "I cannot solve this."], ["3", r"\frac{1}{2}"])
+    assert grades == [Grade(None, None, None, False, False)] * 2
+    assert summarise(grades)["no_answer"] == 2.0
+
+
+def test_an_overrunning_answer_times_out_and_the_batch_goes_on(grader):
+    responses = [r"\boxed{0.5}", NEVER_FINISHES, r"\boxed{x+1}"]
+    grades = grader.grade(responses, [r"\frac{1}{2}", "1", "1+x"], timeout_s=0.5)
+    assert [g.timed_out for g in grades] == [False, True, False]
+    assert [g.flexible_correct for g in grades] == [True, False, True]
+    assert summarise(grades)["timeouts"] == 1.0
+    # The killed worker was replaced: the pool still grades at full strength.
+    assert all(g.strict_correct for g in grader.grade([r"\boxed{0.25}"] * 4, [r"\frac14"] * 4))
+
+
+def test_grading_works_from_a_non_main_thread(grader):
+    outcome = {}
+
+    def grade_in_thread():
+        try:
+            outcome["grades"] = grader.grade([r"\boxed{\frac{2}{4}}", r"\boxed{3}"], ["0.5", "4"])
+        except BaseException as error:  # surfaced below: a thread's exception is lost otherwise
+            outcome["error"] = error
+
+    thread = threading.Thread(target=grade_in_thread)
+    thread.start()
+    thread.join(timeout=60)
+    assert "error" not in outcome, outcome.get("error")
+    assert [g.flexible_correct for g in outcome["grades"]] == [True, False]
+
+
+def test_summarise_reports_both_accuracies(grader):
+    grades = grader.grade([r"\boxed{2}", "it is 2", "#### 3", ""], ["2", "2", "2", "2"])
+    assert summarise(grades) == {
+        "strict_accuracy": 0.25,
+        "flexible_accuracy": 0.5,
+        "timeouts": 0.0,
+        "no_answer": 1.0,
+    }
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_mismatched_lengths_name_both(grader):
+    with pytest.raises(ValueError, match=r"len\(responses\)=2 != len\(gold_answers\)=1"):
+        grader.grade(["1", "2"], ["1"])
+
+
+def test_empty_gold_names_its_index(grader):
+    with pytest.raises(ValueError, match=r"gold_answers\[1\]"):
+        grader.grade(["1", "2"], ["1", ""])
+
+
+def test_closed_grader_refuses_to_grade():
+    closed = Grader(workers=1)
+    closed.close()
+    closed.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        closed.grade(["1"], ["1"])
+
+
+def test_summarise_needs_grades():
+    with pytest.raises(ValueError, match="empty"):
+        summarise([])
+
+
+def test_grader_version_names_the_math_verify_version():
+    assert GRADER_VERSION.startswith("distill-lab-grader/")
+    assert f"math-verify/{metadata.version('math-verify')}" in GRADER_VERSION
