@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -245,3 +246,12 @@ def check_compatible(
             + ". Use a student built from the teacher's tokenizer (same family), or retokenize."
         )
     return vocab_size
+
+
+def check_pair(teacher: str | Path, student: str | Path) -> int:
+    """check_compatible for two model directories or hub ids, from their tokenizers and configs
+    only (no weights are loaded): call it before any generation. Returns the vocabulary size."""
+    teacher_config = AutoConfig.from_pretrained(**_resolve(teacher, None, "teacher model"))
+    student_config = AutoConfig.from_pretrained(**_resolve(student, None, "student model"))
+    return check_compatible(load_tokenizer(teacher), load_tokenizer(student),
+                            teacher_config.vocab_size, student_config.vocab_size)

@@ -8,14 +8,21 @@ KV cache, stops at EOS and is deterministic for a given seed: each batch reseeds
 
 from __future__ import annotations
 
+import json
+import logging
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from tasks.compute import ComputeMeter
 from tasks.data import Problem
+
+log = logging.getLogger(__name__)
 
 # Named prompt templates; {problem} is replaced by the problem text. The default task's models
 # are trained on the bare problem; real instruction-tuned models get the usual math instruction.
@@ -34,6 +41,8 @@ class SamplingConfig:
     n: samples per prompt. temperature: 0 means greedy. top_p: nucleus mass in (0, 1].
     max_new_tokens: response length cap (a response that hits it is "truncated").
     seed: makes sampling reproducible. batch_size: sequences per generate() call.
+    strict_context: a prompt too long for the model's context is an error (default: cut it
+    from the left with a warning; Sample.prompt_truncated counts the tokens cut).
     """
 
     n: int = 1
@@ -42,6 +51,7 @@ class SamplingConfig:
     max_new_tokens: int = 128
     seed: int = 0
     batch_size: int = 32
+    strict_context: bool = False  # refuse prompts too long for the context instead of cutting
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -73,6 +83,7 @@ class Sample:
     response_ids: tuple[int, ...]
     text: str
     finish_reason: FinishReason
+    prompt_truncated: int = 0  # prompt tokens cut from the left to fit the context
 
     @property
     def truncated(self) -> bool:
@@ -123,14 +134,55 @@ def render_prompts(
     ]
 
 
+def fit_prompts(
+    prompt_ids: list[list[int]], context_length: int, max_new_tokens: int, strict: bool = False
+) -> tuple[list[list[int]], list[int]]:
+    """Prompts cut from the left so prompt + max_new_tokens fits the model's context.
+
+    Returns (prompts, tokens dropped per prompt). strict=True raises instead of cutting.
+    """
+    limit = context_length - max_new_tokens
+    if limit < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
+                         f"model's context of {context_length} tokens")
+    fitted, dropped = [], []
+    for index, ids in enumerate(prompt_ids):
+        excess = max(0, len(ids) - limit)
+        if excess and strict:
+            raise ValueError(
+                f"prompt {index} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
+                f"the model's context of {context_length} allows {limit}. Shorten the prompt, "
+                "lower max_new_tokens, or set strict_context=False to cut it from the left"
+            )
+        fitted.append(ids[excess:])
+        dropped.append(excess)
+    if any(dropped):
+        log.warning("%d of %d prompts were longer than %d tokens and were cut from the left",
+                    sum(1 for d in dropped if d), len(dropped), limit)
+    return fitted, dropped
+
+
+def context_length(model: PreTrainedModel) -> int:
+    """The longest sequence the model takes (its max_position_embeddings)."""
+    return int(getattr(model.config, "max_position_embeddings", None) or 1 << 30)
+
+
 @torch.no_grad()
 def generate_hf(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     config: SamplingConfig,
+    meter: ComputeMeter | None = None,
 ) -> list[Sample]:
-    """Sample config.n responses per prompt with model.generate; ordered by (prompt, sample)."""
+    """Sample config.n responses per prompt with model.generate; ordered by (prompt, sample).
+
+    Prompts longer than the context allows are cut from the left (Sample.prompt_truncated
+    says by how much) or, with config.strict_context, refused.
+    """
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    prompt_ids, dropped = fit_prompts(encoded, context_length(model), config.max_new_tokens,
+                                      config.strict_context)
     jobs = [(p, s) for p in range(len(prompts)) for s in range(config.n)]
     samples: list[Sample] = []
     was_training = model.training
@@ -138,39 +190,52 @@ def generate_hf(
     try:
         for batch_index, start in enumerate(range(0, len(jobs), config.batch_size)):
             batch = jobs[start : start + config.batch_size]
-            samples.extend(_generate_batch(model, tokenizer, prompts, batch, config, batch_index))
+            samples.extend(_generate_batch(model, tokenizer, prompt_ids, dropped, batch, config,
+                                           batch_index))
     finally:
         model.train(was_training)
+    if meter is not None:
+        meter.generate(sum(len(s.prompt_ids) + len(s.response_ids) for s in samples))
     return samples
 
 
-def _generate_batch(model, tokenizer, prompts, batch, config, batch_index) -> list[Sample]:
-    encoded = tokenizer(
-        [prompts[p] for p, _ in batch], return_tensors="pt", padding=True,
-        add_special_tokens=False,
-    ).to(model.device)
+def _left_padded(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        if ids:
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            attention_mask[row, width - len(ids):] = 1
+    return input_ids, attention_mask
+
+
+def _generate_batch(model, tokenizer, prompt_ids, dropped, batch, config,
+                    batch_index) -> list[Sample]:
+    input_ids, attention_mask = _left_padded([prompt_ids[p] for p, _ in batch],
+                                             tokenizer.pad_token_id)
     torch.manual_seed(config.seed * 1_000_003 + batch_index)
     sampling = {"do_sample": False}
     if config.temperature > 0:
         sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p,
                     "top_k": 0}
     output = model.generate(
-        **encoded, max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+        input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+        max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, **sampling,
     )
-    prompt_width = encoded["input_ids"].shape[1]
     samples = []
     for row, (prompt_index, sample_index) in enumerate(batch):
-        prompt_ids = encoded["input_ids"][row][encoded["attention_mask"][row].bool()]
-        response = _trim_response(output[row, prompt_width:].tolist(), tokenizer)
+        response = _trim_response(output[row, input_ids.shape[1]:].tolist(), tokenizer)
         stopped = bool(response) and response[-1] == tokenizer.eos_token_id
         samples.append(Sample(
             prompt_index=prompt_index,
             sample_index=sample_index,
-            prompt_ids=tuple(prompt_ids.tolist()),
+            prompt_ids=tuple(prompt_ids[prompt_index]),
             response_ids=tuple(response),
             text=tokenizer.decode(response, skip_special_tokens=True),
             finish_reason="stop" if stopped else "length",
+            prompt_truncated=dropped[prompt_index],
         ))
     return samples
 
@@ -179,3 +244,62 @@ def _trim_response(token_ids: list[int], tokenizer: PreTrainedTokenizerBase) -> 
     """Cut at the first EOS (kept); generate() pads finished rows after it."""
     eos = tokenizer.eos_token_id
     return token_ids[: token_ids.index(eos) + 1] if eos in token_ids else token_ids
+
+
+def write_samples(samples: list[Sample], path: str | Path) -> Path:
+    """Samples as JSONL (atomic: written to a temporary file, then renamed)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for sample in samples:
+            handle.write(json.dumps(asdict(sample)) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_samples(path: str | Path) -> list[Sample]:
+    samples = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            try:
+                record = json.loads(line)
+                record["prompt_ids"] = tuple(record["prompt_ids"])
+                record["response_ids"] = tuple(record["response_ids"])
+                samples.append(Sample(**record))
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}:{line_number}: not a rollout sample ({error})") from error
+    return samples
+
+
+def teacher_rollouts(
+    teacher_dir: str | Path,
+    student_dir: str | Path,
+    problems: list[Problem],
+    config: SamplingConfig,
+    template: str = "bare",
+    root: str | Path | None = None,
+    meter: ComputeMeter | None = None,
+) -> tuple[Path, list[Sample]]:
+    """The teacher's responses to problems, generated once and reused by every teacher-prefix
+    cell and run (content-addressed by teacher, problems, template, sampling and code).
+
+    The teacher/student pair is checked first: a mismatched vocabulary fails before any
+    generation.
+    """
+    from tasks.artifacts import cached_build, code_version, content_hash, file_hash
+    from tasks.models import check_pair, load_model, load_tokenizer
+
+    check_pair(teacher_dir, student_dir)
+    key = content_hash(file_hash(teacher_dir), [asdict(p) for p in problems], template, config,
+                       code_version(["tasks.rollout"]))
+
+    def build(out: Path) -> None:
+        tokenizer = load_tokenizer(teacher_dir)
+        samples = generate_hf(load_model(teacher_dir), tokenizer,
+                              render_prompts(tokenizer, problems, template), config, meter)
+        write_samples(samples, out / "samples.jsonl")
+
+    directory, _ = cached_build("rollouts/teacher", key, build, root=root,
+                                describe={"teacher": str(teacher_dir), "template": template,
+                                          "sampling": config, "problems": len(problems)})
+    return directory, read_samples(directory / "samples.jsonl")
