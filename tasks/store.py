@@ -1,0 +1,197 @@
+"""The rollout store: every run, prompt and sampled response, queryable with SQL.
+
+SQLAlchemy 2.x; a SQLite file by default, any SQLAlchemy URL (``postgresql+psycopg://…``) for a
+team. Tables:
+
+- ``runs``: one row per run (id, name, kind, created_at, config JSON);
+- ``prompts``: the problems a run used (run id, prompt id, problem, answer);
+- ``samples``: one row per response (run id, stage, step, prompt id, sample index, response
+  text, token count, truncated, correct, mean token entropy);
+- ``schema_version``: the schema's version, checked on open.
+
+Every ``add_*`` call is one transaction: a batch is written whole or not at all, so a killed
+process loses at most the batch in flight and never leaves half of one. The schema is created on
+first use; opening a database written by a different schema version is an error that says so.
+``RolloutStore(url)`` connects at once, so an unreachable URL fails at start, not after hours.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+SCHEMA_VERSION = 1
+DEFAULT_URL_ENV = "DISTILL_LAB_STORE_URL"
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _SchemaVersion(_Base):
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class RunRow(_Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(40))  # "distill", "evaluate", "grpo", …
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    config_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class PromptRow(_Base):
+    __tablename__ = "prompts"
+    __table_args__ = (UniqueConstraint("run_id", "prompt_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    prompt_id: Mapped[str] = mapped_column(String(200))
+    problem: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+
+
+class SampleRow(_Base):
+    __tablename__ = "samples"
+    __table_args__ = (UniqueConstraint("run_id", "stage", "step", "prompt_id", "sample_index"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(40))  # "teacher_rollout", "train", "eval/gsm8k", …
+    step: Mapped[int] = mapped_column(Integer)
+    prompt_id: Mapped[str] = mapped_column(String(200))
+    sample_index: Mapped[int] = mapped_column(Integer)
+    response: Mapped[str] = mapped_column(Text)
+    token_count: Mapped[int] = mapped_column(Integer)
+    truncated: Mapped[bool] = mapped_column(Boolean)
+    correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    mean_entropy: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One response as the store keeps it (correct / mean_entropy may be unknown: None)."""
+
+    prompt_id: str
+    sample_index: int
+    response: str
+    token_count: int
+    truncated: bool
+    correct: bool | None = None
+    mean_entropy: float | None = None
+
+
+def default_url(directory: str | Path = ".") -> str:
+    """SQLite file ``distill_lab.db`` in directory (the default store)."""
+    return f"sqlite:///{Path(directory).resolve() / 'distill_lab.db'}"
+
+
+class RolloutStore:
+    """Runs, prompts and samples in one SQL database (see the module docstring)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine = create_engine(url)
+        except (SQLAlchemyError, ImportError, ValueError) as error:
+            raise ValueError(f"rollout store URL {url!r} is not usable: {error}") from error
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            with self.engine.begin() as connection:
+                _Base.metadata.create_all(connection)
+        except SQLAlchemyError as error:
+            raise ConnectionError(
+                f"cannot open the rollout store at {url!r}: {error.__class__.__name__}: "
+                f"{str(error).splitlines()[0]}. Check the URL, that the server is up and that "
+                "the directory exists and is writable."
+            ) from error
+        self._check_version()
+
+    def _check_version(self) -> None:
+        with Session(self.engine) as session, session.begin():
+            versions = session.scalars(select(_SchemaVersion.version)).all()
+            if not versions:
+                session.add(_SchemaVersion(version=SCHEMA_VERSION))
+            elif versions != [SCHEMA_VERSION]:
+                raise RuntimeError(
+                    f"rollout store {self.url!r} has schema version {versions}, this code "
+                    f"writes version {SCHEMA_VERSION}; use a new database file or migrate it"
+                )
+
+    def create_run(self, run_id: str, name: str, kind: str,
+                   config: Mapping[str, Any] | None = None) -> str:
+        with Session(self.engine) as session, session.begin():
+            session.add(RunRow(id=run_id, name=name, kind=kind, created_at=datetime.now(UTC),
+                               config_json=json.dumps(config or {}, sort_keys=True,
+                                                      default=str)))
+        return run_id
+
+    def add_prompts(self, run_id: str, prompts: Iterable[tuple[str, str, str]]) -> int:
+        """(prompt_id, problem, answer) rows for a run, in one transaction; returns the count."""
+        rows = [PromptRow(run_id=run_id, prompt_id=p, problem=q, answer=a) for p, q, a in prompts]
+        with Session(self.engine) as session, session.begin():
+            session.add_all(rows)
+        return len(rows)
+
+    def add_samples(self, run_id: str, stage: str, step: int,
+                    records: Iterable[SampleRecord]) -> int:
+        """One batch of samples, written whole or not at all; returns the count."""
+        rows = [SampleRow(run_id=run_id, stage=stage, step=step, prompt_id=r.prompt_id,
+                          sample_index=r.sample_index, response=r.response,
+                          token_count=r.token_count, truncated=r.truncated, correct=r.correct,
+                          mean_entropy=r.mean_entropy) for r in records]
+        with Session(self.engine) as session, session.begin():
+            session.add_all(rows)
+        return len(rows)
+
+    def samples(self, run_id: str, stage: str | None = None) -> list[SampleRow]:
+        query = select(SampleRow).where(SampleRow.run_id == run_id)
+        if stage is not None:
+            query = query.where(SampleRow.stage == stage)
+        query = query.order_by(SampleRow.step, SampleRow.prompt_id, SampleRow.sample_index)
+        with Session(self.engine) as session:
+            return list(session.scalars(query).all())
+
+    def runs(self) -> list[RunRow]:
+        with Session(self.engine) as session:
+            return list(session.scalars(select(RunRow).order_by(RunRow.created_at)).all())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> RolloutStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL journal (readers never block the writer; a killed writer rolls back cleanly) and
+    enforced foreign keys."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
