@@ -1,0 +1,480 @@
+"""Distillation training: one loop for every cell of the grid, λ mixes and the length curriculum.
+
+``train(config)`` trains a student with any objective — ``sft`` (teacher prefixes, forward KL),
+``dagger`` (student prefixes, forward KL), ``offline_rl`` (teacher prefixes, reverse KL),
+``opd`` (student prefixes, reverse KL) or ``prefix:λ`` — and returns the final checkpoint and
+metrics. Per step:
+
+1. Prefixes. Teacher-prefix cells draw the teacher's cached rollouts (``teacher_rollouts``: made
+   once, reused by every cell and run). Student-prefix cells sample fresh responses from the
+   current student (the live model: no weight hand-off).
+2. Teacher scores. From the top-k score cache when ``cache_k > 0`` (teacher-prefix only: no
+   teacher forward pass at all), else a live full-vocabulary teacher forward.
+3. Loss from ``distill_core``: ``exact`` (full vocabulary; chunked automatically for long
+   sequences and large vocabularies), ``sparse`` (against the top-k + tail cache), or
+   ``sampled`` (REINFORCE surrogate for the reverse-KL part on the sampled tokens, exact forward
+   KL for the rest). Every micro-batch's loss is divided by the step's global number of response
+   tokens (all micro-batches, all processes), so accumulation and DDP weigh tokens equally.
+4. Optimiser step through ``accelerate`` (CPU, one GPU, or DDP/FSDP from a config in infra/),
+   after a finite-gradient check.
+
+Checkpoints (every ``checkpoint_every`` steps and at the end) hold the student (safetensors),
+optimiser, scheduler, RNG states, data position, curriculum state and a hash of the config; a
+restarted run with the same config resumes from the newest one and reaches the same weights.
+Metrics are returned as dicts per step (``train/...``); this module does not log to MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+import distill_core as dc
+from tasks.artifacts import content_hash
+from tasks.compute import ComputeMeter
+from tasks.data import Problem, read_problems
+from tasks.models import check_pair, load_model, load_tokenizer, non_embedding_parameters
+from tasks.rollout import (
+    PROMPT_TEMPLATES,
+    Sample,
+    SamplingConfig,
+    context_length,
+    generate_hf,
+    render_prompts,
+    teacher_rollouts,
+)
+from tasks.scoring import (
+    ResponseBatch,
+    ScoreCacheConfig,
+    SparseTeacherScores,
+    build_score_cache,
+    response_batch,
+    response_logits,
+)
+
+LOSSES = ("exact", "sparse", "sampled")
+OVERLAP_K = 20
+STATE_FILE = "trainer_state.pt"
+LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One distillation run.
+
+    objective: "sft", "dagger", "offline_rl", "opd" or "teacher:λ" / "student:λ".
+    teacher, student: model directories or hub ids (the student is the starting point).
+    train_problems, held_out_problems: Problem JSONL files (held-out: curriculum entropy).
+    steps, batch_size: optimiser steps, prompts per step; micro_batch_size splits a step for
+        gradient accumulation (None: one micro-batch).
+    max_new_tokens: response length cap without a curriculum.
+    curriculum: increasing max lengths (empty: none); min_entropy: the gate's H_min in nats;
+        stage_steps: steps between gate decisions; entropy_prompts: held-out prompts per gate.
+    temperature: the loss's softmax temperature; rollout_temperature: sampling temperature.
+    loss: "exact", "sparse" (needs cache_k) or "sampled".
+    cache_k: > 0 trains teacher-prefix cells from a top-k score cache.
+    """
+
+    objective: str
+    teacher: str
+    student: str
+    train_problems: str
+    output_dir: str
+    held_out_problems: str | None = None
+    steps: int = 50
+    batch_size: int = 8
+    micro_batch_size: int | None = None
+    learning_rate: float = 1e-4
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_new_tokens: int = 96
+    curriculum: tuple[int, ...] = ()
+    min_entropy: float = 0.0
+    stage_steps: int = 0
+    entropy_prompts: int = 32
+    temperature: float = 1.0
+    rollout_temperature: float = 1.0
+    loss: str = "exact"
+    cache_k: int = 0
+    prompt_template: str = "bare"
+    seed: int = 0
+    checkpoint_every: int = 25
+    mixed_precision: str = "no"
+    artifacts_root: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "curriculum", tuple(self.curriculum))
+        self.parsed_objective  # noqa: B018  (raises on a bad objective string)
+        for name in ("steps", "batch_size", "checkpoint_every", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size:
+            raise ValueError(f"micro_batch_size={self.micro_batch_size} must be >= 1")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r} is not one of {LOSSES}")
+        if (self.loss == "sparse") != (self.cache_k >= 1):
+            raise ValueError(f"loss={self.loss!r} with cache_k={self.cache_k}: the sparse loss "
+                             "and only it trains from the top-k score cache (cache_k >= 1)")
+        if self.cache_k and self.parsed_objective.on_policy:
+            raise ValueError(f"cache_k={self.cache_k}: a score cache serves teacher-prefix "
+                             f"cells only; {self.objective!r} samples student prefixes")
+        if self.curriculum:
+            dc.EntropyGatedLengthCurriculum(self.curriculum, self.min_entropy)  # validates
+            if self.stage_steps < 1:
+                raise ValueError("a curriculum needs stage_steps >= 1 (steps between gates)")
+            if not self.held_out_problems:
+                raise ValueError("a curriculum measures entropy on held_out_problems: set it")
+        if self.prompt_template not in PROMPT_TEMPLATES:
+            raise ValueError(f"prompt_template={self.prompt_template!r} is not one of "
+                             f"{sorted(PROMPT_TEMPLATES)}")
+        if self.mixed_precision not in {"no", "fp16", "bf16"}:
+            raise ValueError(f"mixed_precision={self.mixed_precision!r}: use no, fp16 or bf16")
+
+    @property
+    def parsed_objective(self) -> dc.Objective:
+        return dc.Objective.parse(self.objective)
+
+    @property
+    def longest_response(self) -> int:
+        return max(self.curriculum) if self.curriculum else self.max_new_tokens
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the trained weights (not the output place)."""
+        settings = asdict(self)
+        settings.pop("output_dir")
+        settings.pop("artifacts_root")
+        return content_hash(settings)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    gate_decisions: list[dict] = field(default_factory=list)
+
+
+class NonFiniteError(FloatingPointError):
+    """A step produced a NaN/inf loss or gradient; the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    pointer = Path(output_dir) / LATEST
+    if not pointer.exists():
+        return None
+    path = Path(output_dir) / pointer.read_text().strip()
+    return path if (path / STATE_FILE).exists() else None
+
+
+def _save_checkpoint(accelerator: Accelerator, student, tokenizer, optimizer, scheduler,
+                     state: dict, output_dir: Path, step: int) -> Path:
+    """Write checkpoint-<step> beside the others, then move the 'latest' pointer to it."""
+    final = output_dir / f"checkpoint-{step:06d}"
+    tmp = output_dir / f".checkpoint-{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.unwrap_model(student).save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    torch.save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}},
+               tmp / STATE_FILE)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer_tmp = output_dir / f".{LATEST}.tmp"
+    pointer_tmp.write_text(final.name)
+    os.replace(pointer_tmp, output_dir / LATEST)
+    return final
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _learning_rate_lambda(config: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    return factor
+
+
+def _check_data(config: TrainConfig, problems: list[Problem], tokenizer, student) -> None:
+    if config.batch_size > len(problems):
+        raise ValueError(f"batch_size={config.batch_size} is larger than the "
+                         f"{len(problems)} problems in {config.train_problems}")
+    limit = context_length(student)
+    if config.longest_response >= limit:
+        raise ValueError(f"max response length {config.longest_response} is not below the "
+                         f"student's context of {limit} tokens; lower max_new_tokens/curriculum")
+
+
+def _cut(sample: Sample, length: int) -> Sample:
+    """A teacher rollout cut to the curriculum's current max length (then it is truncated)."""
+    if sample.length <= length:
+        return sample
+    return Sample(sample.prompt_index, sample.sample_index, sample.prompt_ids,
+                  sample.response_ids[:length], sample.text, "length", sample.prompt_truncated)
+
+
+def held_out_entropy(student, tokenizer, prompts: list[str], max_new_tokens: int, vocab: int,
+                     seed: int, temperature: float) -> float:
+    """Mean token entropy (nats) of the student over its own sampled held-out responses."""
+    samples = generate_hf(student, tokenizer, prompts,
+                          SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens,
+                                         seed=seed, batch_size=len(prompts)))
+    batch = response_batch(samples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = response_logits(student, batch, vocab)
+    entropy = dc.token_entropy(logits)
+    return float(dc.masked_mean(entropy, batch.response_mask_BT.to(entropy.device)))
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+    """Train config.student by config.objective; resumes from config.output_dir if it holds a
+    checkpoint of the same config. Returns the final checkpoint and metrics."""
+    objective = config.parsed_objective
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    vocab = check_pair(config.teacher, config.student)
+
+    resume_from = latest_checkpoint(output_dir)
+    resume_state = None
+    if resume_from is not None:
+        resume_state = torch.load(resume_from / STATE_FILE, weights_only=False)
+        if resume_state["config_hash"] != config.fingerprint():
+            raise ValueError(
+                f"{output_dir} holds a checkpoint of a different config (hash "
+                f"{resume_state['config_hash']} vs {config.fingerprint()}); use a new "
+                "output_dir or the original config to resume"
+            )
+
+    accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                              cpu=not torch.cuda.is_available())
+    tokenizer = load_tokenizer(config.student)
+    student = load_model(resume_from or config.student, device=accelerator.device)
+    teacher = None if config.cache_k else load_model(config.teacher, device=accelerator.device)
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+    problems = read_problems(config.train_problems)
+    _check_data(config, problems, tokenizer, student)
+    meter = ComputeMeter(non_embedding_parameters(student),
+                         _teacher_parameters(config.teacher, teacher))
+
+    rollouts: list[Sample] = []
+    scores: SparseTeacherScores | None = None
+    if not objective.on_policy:
+        _, rollouts = teacher_rollouts(
+            config.teacher, config.student, problems,
+            SamplingConfig(temperature=config.rollout_temperature,
+                           max_new_tokens=config.longest_response, seed=config.seed),
+            config.prompt_template, root=config.artifacts_root)
+        if config.cache_k:
+            scores = build_score_cache(lambda: load_model(config.teacher), config.teacher,
+                                       rollouts, tokenizer.pad_token_id, vocab,
+                                       ScoreCacheConfig(k=config.cache_k),
+                                       root=config.artifacts_root)
+    prompts = render_prompts(tokenizer, problems, config.prompt_template)
+    entropy_prompts: list[str] = []
+    if config.held_out_problems:
+        held_out = read_problems(config.held_out_problems)[: config.entropy_prompts]
+        entropy_prompts = render_prompts(tokenizer, held_out, config.prompt_template)
+
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_lambda(config))
+    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    curriculum = (dc.EntropyGatedLengthCurriculum(config.curriculum, config.min_entropy)
+                  if config.curriculum else None)
+
+    order = list(range(len(problems)))
+    random.Random(config.seed).shuffle(order)
+    start_step, position, history = 0, 0, []
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        random.setstate(resume_state["rng"]["python"])
+        torch.set_rng_state(resume_state["rng"]["torch"])
+        start_step, position = resume_state["step"], resume_state["position"]
+        order, meter.tokens = resume_state["order"], resume_state["compute_tokens"]
+        if curriculum is not None:
+            curriculum = dc.EntropyGatedLengthCurriculum.from_state_dict(
+                resume_state["curriculum"])
+        log(f"resuming from {resume_from} at step {start_step}")
+
+    checkpoint = resume_from
+    metrics: dict[str, float] = {}
+    for step in range(start_step, config.steps):
+        if position + config.batch_size > len(order):
+            position = 0
+            random.Random(f"{config.seed}/{step}").shuffle(order)
+        indices = order[position : position + config.batch_size]
+        position += config.batch_size
+        max_length = curriculum.max_response_length if curriculum else config.max_new_tokens
+
+        started = time.perf_counter()
+        if objective.on_policy:
+            samples = generate_hf(
+                accelerator.unwrap_model(student), tokenizer, [prompts[i] for i in indices],
+                SamplingConfig(temperature=config.rollout_temperature, max_new_tokens=max_length,
+                               seed=config.seed * 1_000_003 + step,
+                               batch_size=config.batch_size), meter)
+        else:
+            samples = [_cut(rollouts[i], max_length) for i in indices]
+        generated = time.perf_counter()
+        metrics, score_seconds = _train_step(config, objective, accelerator, student, teacher,
+                                             scores, samples, indices, tokenizer, vocab, meter)
+        if not math.isfinite(metrics["train/loss"]) or not math.isfinite(
+                metrics["train/grad_norm"]):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(
+                f"step {step + 1}: loss {metrics['train/loss']}, grad norm "
+                f"{metrics['train/grad_norm']} — not finite; the step was not applied and the "
+                f"last good checkpoint ({checkpoint}) is kept. Lower learning_rate or check "
+                "the teacher's logits"
+            )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        finished = time.perf_counter()
+        metrics.update({
+            "train/learning_rate": scheduler.get_last_lr()[0],
+            "train/max_response_length": float(max_length),
+            "time/generate": generated - started,
+            "time/score": score_seconds,
+            "time/train": finished - generated - score_seconds,
+            **meter.metrics("train"),
+        })
+        if curriculum is not None and (step + 1) % config.stage_steps == 0:
+            entropy = held_out_entropy(accelerator.unwrap_model(student), tokenizer,
+                                       entropy_prompts, max_length, vocab,
+                                       config.seed + step, config.rollout_temperature)
+            decision = curriculum.update(entropy)
+            metrics.update({f"curriculum/{k}": float(v) for k, v in decision.items()})
+            log(f"  curriculum gate at step {step + 1}: entropy {entropy:.3f} vs H_min "
+                f"{config.min_entropy:.3f} → max length {decision['length_after']}")
+        metrics["step"] = float(step + 1)
+        history.append(dict(metrics))
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            state = {"step": step + 1, "position": position, "order": order,
+                     "config_hash": config.fingerprint(), "compute_tokens": dict(meter.tokens),
+                     "curriculum": curriculum.state_dict() if curriculum else None,
+                     "config": asdict(config)}
+            checkpoint = _save_checkpoint(accelerator, student, tokenizer, optimizer, scheduler,
+                                          state, output_dir, step + 1)
+        log(f"  step {step + 1}/{config.steps}  loss {metrics['train/loss']:.4f}  "
+            f"fkl {metrics['train/forward_kl']:.4f}  rkl {metrics['train/reverse_kl']:.4f}  "
+            f"len {metrics['train/response_length']:.1f}")
+    (output_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return TrainResult(checkpoint, metrics, history,
+                       list(curriculum.history) if curriculum else [])
+
+
+def _teacher_parameters(teacher_id: str, teacher) -> int:
+    if teacher is not None:
+        return non_embedding_parameters(teacher)
+    return non_embedding_parameters(load_model(teacher_id))
+
+
+def _micro_batches(samples: list[Sample], indices: list[int], size: int | None):
+    size = size or len(samples)
+    for start in range(0, len(samples), size):
+        yield samples[start : start + size], indices[start : start + size]
+
+
+def _train_step(config, objective, accelerator, student, teacher, scores, samples, indices,
+                tokenizer, vocab, meter) -> tuple[dict[str, float], float]:
+    """Forward/backward over the step's micro-batches; returns metrics and scoring seconds."""
+    local_tokens = sum(s.length for s in samples)
+    global_tokens = float(accelerator.reduce(
+        torch.tensor(float(local_tokens), device=accelerator.device), "sum"))
+    # DDP averages gradients over processes; scale so the sum over all tokens is what counts.
+    scale = float(accelerator.num_processes)
+    sums = {"loss": 0.0, "forward_kl": 0.0, "reverse_kl": 0.0, "entropy": 0.0, "overlap": 0.0}
+    score_seconds = 0.0
+    parts = list(_micro_batches(samples, indices, config.micro_batch_size))
+    for number, (part, part_indices) in enumerate(parts):
+        batch = response_batch(part, tokenizer.pad_token_id)
+        mask = batch.response_mask_BT.to(accelerator.device)
+        sync = number == len(parts) - 1
+        context = accelerator.no_sync(student) if not sync else contextlib.nullcontext()
+        with context, accelerator.autocast():
+            student_logits = response_logits(student, batch, vocab)
+            began = time.perf_counter()
+            loss, terms, overlap = _loss(config, objective, teacher, scores, batch,
+                                         part_indices, student_logits, mask, global_tokens,
+                                         vocab, meter)
+            score_seconds += time.perf_counter() - began
+            accelerator.backward(loss * scale)
+        meter.student_train(batch.num_tokens)
+        sums["loss"] += float(loss.detach())
+        for name in ("forward_kl", "reverse_kl", "entropy"):
+            sums[name] += float((terms[name] * mask).sum()) / max(global_tokens, 1.0)
+        sums["overlap"] += float((overlap * mask).sum()) / max(global_tokens, 1.0)
+    grad_norm = accelerator.clip_grad_norm_(student.parameters(), 1.0)
+    lengths = [s.length for s in samples]
+    return {
+        "train/loss": sums["loss"],
+        "train/forward_kl": sums["forward_kl"],
+        "train/reverse_kl": sums["reverse_kl"],
+        "train/entropy": sums["entropy"],
+        "train/teacher_topk_mass": sums["overlap"],
+        "train/response_length": sum(lengths) / len(lengths),
+        "train/response_length_max": float(max(lengths)),
+        "train/truncation_rate": sum(s.truncated for s in samples) / len(samples),
+        "train/grad_norm": float(grad_norm),
+        "train/response_tokens": float(global_tokens),
+    }, score_seconds
+
+
+def _loss(config, objective, teacher, scores, batch: ResponseBatch, indices, student_logits,
+          mask, global_tokens, vocab, meter):
+    """(loss for backward, detached per-token terms, student mass on the teacher's top-k)."""
+    lam = objective.reverse_weight
+    entropy = dc.token_entropy(student_logits.detach(), config.temperature)
+    if config.loss == "sparse":
+        topk_logprobs, topk_ids = scores.batch(indices, batch)
+        topk_logprobs = topk_logprobs.to(student_logits.device)
+        topk_ids = topk_ids.to(student_logits.device)
+        forward, reverse = dc.sparse_kl_terms(student_logits, topk_logprobs, topk_ids,
+                                              config.temperature)
+        loss = ((lam * reverse + (1 - lam) * forward) * mask).sum() / max(global_tokens, 1.0)
+        overlap = _topk_mass(student_logits.detach(), topk_ids)
+        return loss, {"forward_kl": forward.detach(), "reverse_kl": reverse.detach(),
+                      "entropy": entropy}, overlap
+    with torch.no_grad():
+        teacher_logits = response_logits(teacher, batch, vocab)
+    meter.teacher_forward(batch.num_tokens)
+    overlap = _topk_mass(student_logits.detach(),
+                         teacher_logits.topk(min(OVERLAP_K, vocab), dim=-1).indices)
+    if config.loss == "exact":
+        out = dc.kl_loss(student_logits, teacher_logits, mask, lam,
+                         temperature=config.temperature, num_valid_tokens=global_tokens)
+        return out.loss, {"forward_kl": out.forward_kl_BT, "reverse_kl": out.reverse_kl_BT,
+                          "entropy": out.student_entropy_BT}, overlap
+    # sampled: REINFORCE on the sampled tokens for the reverse part, exact forward KL for the rest
+    forward, reverse, _ = dc.kl_terms(student_logits, teacher_logits, config.temperature)
+    student_lp = dc.sampled_token_logprobs(student_logits, batch.response_ids_BT.to(
+        student_logits.device), config.temperature)
+    teacher_lp = dc.sampled_token_logprobs(teacher_logits, batch.response_ids_BT.to(
+        teacher_logits.device), config.temperature)
+    surrogate, _ = dc.reverse_kl_surrogate(student_lp, teacher_lp)
+    per_token = lam * surrogate + (1 - lam) * forward
+    loss = (per_token * mask).sum() / max(global_tokens, 1.0)
+    return loss, {"forward_kl": forward.detach(), "reverse_kl": reverse.detach(),
+                  "entropy": entropy}, overlap
+
+
+def _topk_mass(student_logits: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+    """Student probability mass on the teacher's top-k tokens, per position (B, T)."""
+    probabilities = torch.softmax(student_logits.float(), dim=-1)
+    return probabilities.gather(-1, topk_ids.long()).sum(-1)

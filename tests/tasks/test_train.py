@@ -1,0 +1,154 @@
+"""Distillation training on tiny real models: every cell lowers its loss, kill-and-resume gives
+the same weights, the curriculum gate advances and holds as told, bad input fails up front."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tasks.data import write_problems
+from tasks.train import NonFiniteError, TrainConfig, latest_checkpoint, train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tiny_pair, tiny_problems):
+    data = tmp_path_factory.mktemp("data")
+    write_problems(tiny_problems["train"][:64], data / "train.jsonl")
+    write_problems(tiny_problems["held_out"], data / "held_out.jsonl")
+    return TrainConfig(
+        objective="sft", teacher=str(tiny_pair[0]), student=str(tiny_pair[1]),
+        train_problems=str(data / "train.jsonl"), held_out_problems=str(data / "held_out.jsonl"),
+        output_dir="unused", steps=30, batch_size=8, learning_rate=3e-3, max_new_tokens=12,
+        checkpoint_every=30, artifacts_root=str(tmp_path_factory.mktemp("artifacts")),
+    )
+
+
+def _mean(history, key, steps):
+    return sum(h[key] for h in steps(history)) / len(steps(history))
+
+
+@pytest.mark.parametrize("objective", ["sft", "dagger", "offline_rl", "opd", "student:0.5"])
+def test_every_cell_lowers_its_loss(base, tmp_path, objective):
+    result = train(replace(base, objective=objective, output_dir=str(tmp_path)),
+                   log=lambda line: None)
+    first = _mean(result.history, "train/loss", lambda h: h[:5])
+    last = _mean(result.history, "train/loss", lambda h: h[-5:])
+    assert last < 0.8 * first, (first, last)
+    assert result.checkpoint == tmp_path / "checkpoint-000030"
+    metrics = result.metrics
+    for key in ("train/forward_kl", "train/reverse_kl", "train/entropy", "train/grad_norm",
+                "train/learning_rate", "train/truncation_rate", "train/teacher_topk_mass",
+                "train/response_length_max", "time/generate", "train/total_flops"):
+        assert key in metrics and metrics[key] == metrics[key], key  # present, not NaN
+    on_policy = objective in {"dagger", "opd", "student:0.5"}
+    assert (metrics["train/generate_tokens"] > 0) == on_policy
+    assert metrics["train/teacher_score_tokens"] > 0
+
+
+def test_sparse_cell_trains_from_the_cache_without_a_teacher(base, tmp_path):
+    result = train(replace(base, objective="offline_rl", loss="sparse", cache_k=16, steps=12,
+                           output_dir=str(tmp_path)), log=lambda line: None)
+    assert result.metrics["train/teacher_score_tokens"] == 0
+    assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
+
+
+def test_sampled_reverse_kl_runs(base, tmp_path):
+    result = train(replace(base, objective="opd", loss="sampled", steps=4,
+                           output_dir=str(tmp_path)), log=lambda line: None)
+    assert all(torch.isfinite(torch.tensor(h["train/loss"])) for h in result.history)
+
+
+def test_gradient_accumulation_matches_one_batch(base, tmp_path):
+    whole = train(replace(base, steps=3, output_dir=str(tmp_path / "a")), log=lambda line: None)
+    split = train(replace(base, steps=3, micro_batch_size=3, output_dir=str(tmp_path / "b")),
+                  log=lambda line: None)
+    a = load_file(str(whole.checkpoint / "model.safetensors"))
+    b = load_file(str(split.checkpoint / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4)
+
+
+RUNNER = """
+import sys, json
+from tasks.train import TrainConfig, train
+train(TrainConfig(**json.loads(sys.argv[1])), log=lambda line: print(line, flush=True))
+"""
+
+
+def test_killed_run_resumes_to_the_same_weights(base, tmp_path):
+    config = replace(base, objective="opd", steps=12, checkpoint_every=3,
+                     output_dir=str(tmp_path / "killed"))
+    process = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, json.dumps(dataclasses.asdict(config))],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "killed" / "checkpoint-000006").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = latest_checkpoint(tmp_path / "killed")
+    assert killed_at is not None and killed_at.name < "checkpoint-000012"
+    resumed = train(config, log=lambda line: None)
+    straight = train(replace(config, output_dir=str(tmp_path / "straight")),
+                     log=lambda line: None)
+    a = load_file(str(resumed.checkpoint / "model.safetensors"))
+    b = load_file(str(straight.checkpoint / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("min_entropy, lengths_seen", [(0.0, [4, 8, 12, 12]),
+                                                        (1e9, [4, 4, 4, 4])])
+def test_curriculum_gate_advances_or_holds(base, tmp_path, min_entropy, lengths_seen):
+    result = train(replace(base, objective="opd", steps=8, curriculum=(4, 8, 12),
+                           min_entropy=min_entropy, stage_steps=2, entropy_prompts=4,
+                           output_dir=str(tmp_path)), log=lambda line: None)
+    assert [int(h["train/max_response_length"]) for h in result.history[::2]] == lengths_seen
+    assert len(result.gate_decisions) == 4
+    assert all(d["gate_passed"] == (min_entropy == 0.0) for d in result.gate_decisions)
+    assert all(d["held_out_entropy"] > 0 for d in result.gate_decisions)
+
+
+def test_non_finite_step_stops_and_keeps_the_good_checkpoint(base, tmp_path):
+    config = replace(base, objective="sft", steps=10, learning_rate=1e35, checkpoint_every=1,
+                     output_dir=str(tmp_path))
+    with pytest.raises(NonFiniteError, match=r"step \d+: .*not finite.*checkpoint-0000"):
+        train(config, log=lambda line: None)
+    good = latest_checkpoint(tmp_path)
+    weights = load_file(str(good / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"objective": "student:1.5"}, "1.5"),
+    ({"objective": "teacherish"}, "teacherish"),
+    ({"curriculum": (8, 4), "stage_steps": 1}, "strictly increasing"),
+    ({"loss": "sparse"}, "cache_k"),
+    ({"cache_k": 8, "loss": "sparse", "objective": "opd"}, "teacher-prefix cells only"),
+])
+def test_bad_config_is_refused_on_construction(base, change, message):
+    with pytest.raises(ValueError, match=message):
+        replace(base, **change)
+
+
+def test_bad_input_fails_before_training(base, tmp_path):
+    with pytest.raises(ValueError, match="batch_size=100 is larger than the 64 problems"):
+        train(replace(base, batch_size=100, output_dir=str(tmp_path / "a")), log=print)
+    with pytest.raises(ValueError, match="not below the student's context of 160"):
+        train(replace(base, max_new_tokens=500, output_dir=str(tmp_path / "b")), log=print)
+    train(replace(base, steps=1, checkpoint_every=1, output_dir=str(tmp_path / "c")),
+          log=lambda line: None)
+    with pytest.raises(ValueError, match="checkpoint of a different config"):
+        train(replace(base, steps=2, learning_rate=1e-3, output_dir=str(tmp_path / "c")),
+              log=print)
