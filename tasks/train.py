@@ -478,3 +478,24 @@ def _topk_mass(student_logits: torch.Tensor, topk_ids: torch.Tensor) -> torch.Te
     """Student probability mass on the teacher's top-k tokens, per position (B, T)."""
     probabilities = torch.softmax(student_logits.float(), dim=-1)
     return probabilities.gather(-1, topk_ids.long()).sum(-1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m tasks.train --config run.json (TrainConfig fields); works under
+    `accelerate launch --config_file infra/accelerate/<setup>.yaml`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tasks.train", description=main.__doc__)
+    parser.add_argument("--config", required=True, type=Path, help="JSON file of TrainConfig")
+    args = parser.parse_args(argv)
+    try:
+        fields = json.loads(args.config.read_text())
+        config = TrainConfig(**fields)
+    except (json.JSONDecodeError, TypeError) as error:
+        raise SystemExit(f"{args.config}: not a TrainConfig JSON object ({error})") from error
+    result = train(config)
+    print(json.dumps({"checkpoint": str(result.checkpoint), **result.metrics}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
