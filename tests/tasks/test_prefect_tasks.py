@@ -1,0 +1,37 @@
+"""The Prefect wrappers run inside a real (ephemeral, temporary) Prefect server."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from prefect import flow
+from prefect.testing.utilities import prefect_test_harness
+
+from tasks.data import write_problems
+from tasks.prefect_tasks import train_task
+from tasks.train import TrainConfig
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_train_task_runs_in_a_flow(prefect_server, tmp_path, tiny_pair, tiny_problems):
+    write_problems(tiny_problems["train"][:16], tmp_path / "train.jsonl")
+    config = TrainConfig(objective="sft", teacher=str(tiny_pair[0]), student=str(tiny_pair[1]),
+                         train_problems=str(tmp_path / "train.jsonl"),
+                         output_dir=str(tmp_path / "run"), steps=2, batch_size=4,
+                         max_new_tokens=8, artifacts_root=str(tmp_path / "artifacts"))
+
+    @flow
+    def distill(config: TrainConfig) -> dict:
+        return train_task(config)
+
+    out = distill(config)
+    assert Path(out["checkpoint"]) == tmp_path / "run" / "checkpoint-000002"
+    assert (Path(out["checkpoint"]) / "model.safetensors").exists()
+    assert out["metrics"]["step"] == 2.0
+    with pytest.raises(ValueError, match="checkpoint of a different config"):
+        distill(replace(config, learning_rate=1e-3))  # another config, same directory
