@@ -147,10 +147,22 @@ class RolloutStore:
                                                       default=str)))
         return run_id
 
+    def ensure_run(self, run_id: str, name: str, kind: str,
+                   config: Mapping[str, Any] | None = None) -> str:
+        """create_run unless run_id exists (e.g. a training run evaluated at several steps)."""
+        with Session(self.engine) as session:
+            if session.get(RunRow, run_id) is not None:
+                return run_id
+        return self.create_run(run_id, name, kind, config)
+
     def add_prompts(self, run_id: str, prompts: Iterable[tuple[str, str, str]]) -> int:
-        """(prompt_id, problem, answer) rows for a run, in one transaction; returns the count."""
-        rows = [PromptRow(run_id=run_id, prompt_id=p, problem=q, answer=a) for p, q, a in prompts]
+        """(prompt_id, problem, answer) rows for a run, in one transaction; prompts the run
+        already has are left as they are. Returns the number added."""
         with Session(self.engine) as session, session.begin():
+            known = set(session.scalars(select(PromptRow.prompt_id)
+                                        .where(PromptRow.run_id == run_id)).all())
+            rows = [PromptRow(run_id=run_id, prompt_id=p, problem=q, answer=a)
+                    for p, q, a in prompts if p not in known]
             session.add_all(rows)
         return len(rows)
 

@@ -44,6 +44,7 @@ import distill_core as dc
 from tasks.artifacts import content_hash
 from tasks.compute import ComputeMeter
 from tasks.data import Problem, read_problems
+from tasks.evaluate import entropy_probe
 from tasks.models import check_pair, load_model, load_tokenizer, non_embedding_parameters
 from tasks.rollout import (
     PROMPT_TEMPLATES,
@@ -226,22 +227,34 @@ def _cut(sample: Sample, length: int) -> Sample:
                   sample.response_ids[:length], sample.text, "length", sample.prompt_truncated)
 
 
-def held_out_entropy(student, tokenizer, prompts: list[str], max_new_tokens: int, vocab: int,
-                     seed: int, temperature: float) -> float:
-    """Mean token entropy (nats) of the student over its own sampled held-out responses."""
-    samples = generate_hf(student, tokenizer, prompts,
-                          SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens,
-                                         seed=seed, batch_size=len(prompts)))
-    batch = response_batch(samples, tokenizer.pad_token_id)
-    with torch.no_grad():
-        logits = response_logits(student, batch, vocab)
-    entropy = dc.token_entropy(logits)
-    return float(dc.masked_mean(entropy, batch.response_mask_BT.to(entropy.device)))
+def teacher_prefixes(config: TrainConfig,
+                     meter: ComputeMeter | None = None) -> tuple[Path, list[Sample]]:
+    """The teacher's rollouts a teacher-prefix run of config trains on (cached: every cell and
+    run with the same teacher, problems, template and sampling shares them)."""
+    return teacher_rollouts(
+        config.teacher, config.student, read_problems(config.train_problems),
+        SamplingConfig(temperature=config.rollout_temperature,
+                       max_new_tokens=config.longest_response, seed=config.seed),
+        config.prompt_template, root=config.artifacts_root, meter=meter)
 
 
-def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+def teacher_scores(config: TrainConfig, rollouts: list[Sample],
+                   meter: ComputeMeter | None = None) -> SparseTeacherScores:
+    """The top-k score cache of the teacher on its rollouts (cached like them)."""
+    tokenizer = load_tokenizer(config.student)
+    vocab = check_pair(config.teacher, config.student)
+    return build_score_cache(lambda: load_model(config.teacher), config.teacher, rollouts,
+                             tokenizer.pad_token_id, vocab, ScoreCacheConfig(k=config.cache_k),
+                             root=config.artifacts_root, meter=meter)
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = print,
+          on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     """Train config.student by config.objective; resumes from config.output_dir if it holds a
-    checkpoint of the same config. Returns the final checkpoint and metrics."""
+    checkpoint of the same config. Returns the final checkpoint and metrics.
+
+    on_step(step, metrics) is called after every optimiser step (e.g. to stream to MLflow).
+    """
     objective = config.parsed_objective
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -273,16 +286,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     rollouts: list[Sample] = []
     scores: SparseTeacherScores | None = None
     if not objective.on_policy:
-        _, rollouts = teacher_rollouts(
-            config.teacher, config.student, problems,
-            SamplingConfig(temperature=config.rollout_temperature,
-                           max_new_tokens=config.longest_response, seed=config.seed),
-            config.prompt_template, root=config.artifacts_root)
+        _, rollouts = teacher_prefixes(config)
         if config.cache_k:
-            scores = build_score_cache(lambda: load_model(config.teacher), config.teacher,
-                                       rollouts, tokenizer.pad_token_id, vocab,
-                                       ScoreCacheConfig(k=config.cache_k),
-                                       root=config.artifacts_root)
+            scores = teacher_scores(config, rollouts)
     prompts = render_prompts(tokenizer, problems, config.prompt_template)
     entropy_prompts: list[str] = []
     if config.held_out_problems:
@@ -355,15 +361,17 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
             **meter.metrics("train"),
         })
         if curriculum is not None and (step + 1) % config.stage_steps == 0:
-            entropy = held_out_entropy(accelerator.unwrap_model(student), tokenizer,
-                                       entropy_prompts, max_length, vocab,
-                                       config.seed + step, config.rollout_temperature)
+            entropy = entropy_probe(accelerator.unwrap_model(student), tokenizer,
+                                    entropy_prompts, max_length, config.seed + step,
+                                    config.rollout_temperature, vocab)
             decision = curriculum.update(entropy)
             metrics.update({f"curriculum/{k}": float(v) for k, v in decision.items()})
             log(f"  curriculum gate at step {step + 1}: entropy {entropy:.3f} vs H_min "
                 f"{config.min_entropy:.3f} → max length {decision['length_after']}")
         metrics["step"] = float(step + 1)
         history.append(dict(metrics))
+        if on_step is not None:
+            on_step(step + 1, metrics)
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
             state = {"step": step + 1, "position": position, "order": order,
                      "config_hash": config.fingerprint(), "compute_tokens": dict(meter.tokens),

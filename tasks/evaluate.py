@@ -1,0 +1,491 @@
+"""Math-reasoning evaluation: one versioned procedure for every number the platform reports.
+
+``evaluate(config)`` samples ``n`` responses per problem from a model on each benchmark, grades
+them with the project's one grader, runs one full-vocabulary forward pass over the model's own
+responses for token entropy, and returns per benchmark and overall (``eval/<benchmark>/<name>``):
+
+- ``avg_at_<k>``: mean correctness of the first k samples, averaged over problems;
+- ``pass_at_<k>``: the unbiased estimator 1 − C(n − c, k) / C(n, k) (distill_core), over all n;
+- ``strict_accuracy`` / ``flexible_accuracy``: over every sample, under each extraction rule
+  (strict: last ``\\boxed{}`` or ``####``; flexible: else the last number);
+- ``greedy_accuracy`` (optional): one greedy response per problem;
+- ``response_length_mean`` / ``response_length_median`` (tokens, EOS included),
+  ``truncation_rate`` (responses that hit max_new_tokens), ``empty_responses``;
+- ``entropy``: mean per-token entropy (nats) of the model's softmax at temperature 1 over its
+  own sampled response tokens, token-weighted;
+- ``grader_timeouts``, ``no_answer``, ``problems``, ``samples``.
+
+Avg@k and Pass@k count a sample correct under ``answer_rule`` ("strict" by default: the answer
+must be boxed, as the prompt asks). The per-sample table (problem id, sample index, response,
+extracted answer, correct, length, truncated, entropy) goes to ``samples.jsonl`` and, with a
+store URL, to the rollout store. The result's identity — procedure version, grader version,
+prompt template text, sampling settings, benchmark file hashes, model — is recorded next to the
+numbers; ``check_comparable`` refuses to put numbers of different procedures side by side.
+
+``entropy_probe`` is the curriculum gate's held-out entropy: the same sampling and entropy code.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+import distill_core as dc
+from tasks.artifacts import content_hash, file_hash
+from tasks.data import Problem, load_problems
+from tasks.grader import GRADER_VERSION, Grade, Grader
+from tasks.models import load_model, load_tokenizer
+from tasks.rollout import PROMPT_TEMPLATES, Sample, SamplingConfig, generate_hf, render_prompts
+from tasks.scoring import response_batch, response_logits
+
+# Bump when anything below changes what a number means (sampling, metrics, entropy, layout).
+EVAL_VERSION = "distill-lab-eval/1"
+DEFAULT_BENCHMARK = "default"  # the embedded default's test split
+ANSWER_RULES = ("strict", "flexible")
+BACKENDS = ("hf", "vllm")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation.
+
+    model: model directory or hub id (offline: it must be local or cached).
+    benchmarks: each "default" (the embedded default's test split), a file path (named by its
+        stem) or "name=path"; files are read by tasks.data's loaders (GSM8K, MATH500, AIME, AMC,
+        DeepScaleR, the problems JSONL).
+    n: samples per problem; ks: the k of Avg@k and Pass@k (each <= n).
+    temperature, top_p, max_new_tokens, seed: sampling (temperature 0 needs n = 1).
+    greedy: also report greedy accuracy (one extra greedy pass).
+    backend: "hf" (transformers generate) or "vllm" (tasks.vllm_backend, its own environment).
+    limit: first problems of each benchmark only (None: all).
+    answer_rule: which extraction decides "correct" for Avg@k / Pass@k.
+    entropy_batch_size: responses per entropy forward pass (bounds the (B, T, V) logits).
+    """
+
+    model: str
+    benchmarks: tuple[str, ...] = (DEFAULT_BENCHMARK,)
+    n: int = 4
+    ks: tuple[int, ...] = (1, 4)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    seed: int = 0
+    greedy: bool = False
+    backend: str = "hf"
+    prompt_template: str = "bare"
+    limit: int | None = None
+    answer_rule: str = "strict"
+    batch_size: int = 64
+    entropy_batch_size: int = 16
+    grader_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "benchmarks", tuple(self.benchmarks))
+        object.__setattr__(self, "ks", tuple(sorted(set(self.ks))))
+        if not self.benchmarks:
+            raise ValueError("benchmarks is empty: name at least one (e.g. 'default')")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks={self.ks}: give one or more k >= 1")
+        if max(self.ks) > self.n:
+            raise ValueError(f"ks={self.ks} has k={max(self.ks)} > n={self.n}: Avg@k and Pass@k "
+                             "need at least k samples per problem; raise n or lower k")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r} is not one of {BACKENDS}")
+        if self.answer_rule not in ANSWER_RULES:
+            raise ValueError(f"answer_rule={self.answer_rule!r} is not one of {ANSWER_RULES}")
+        if self.prompt_template not in PROMPT_TEMPLATES:
+            raise ValueError(f"prompt_template={self.prompt_template!r} is not one of "
+                             f"{sorted(PROMPT_TEMPLATES)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit={self.limit} must be >= 1 (or None for every problem)")
+        if self.entropy_batch_size < 1:
+            raise ValueError(f"entropy_batch_size={self.entropy_batch_size} must be >= 1")
+        self.sampling  # noqa: B018  (validates temperature, top_p, n, max_new_tokens)
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
+                              max_new_tokens=self.max_new_tokens, seed=self.seed,
+                              batch_size=self.batch_size)
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """One graded response: a row of the per-sample table."""
+
+    benchmark: str
+    problem_id: str
+    sample_index: int
+    response: str
+    extracted_answer: str | None
+    correct: bool
+    strict_correct: bool
+    flexible_correct: bool
+    length: int
+    truncated: bool
+    entropy: float | None  # mean over the response's tokens; None for an empty response
+    timed_out: bool = False
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    samples: list[SampleResult]
+    identity: dict
+    identity_hash: str
+    output_dir: Path | None = None
+    per_benchmark: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def summarise_samples(rows: Sequence[SampleResult], ks: Sequence[int]) -> dict[str, float]:
+    """Avg@k, Pass@k, accuracy, length, truncation and entropy of a per-sample table.
+
+    Every problem must have the same number of samples n >= max(ks), indexed 0..n-1; Avg@k uses
+    samples 0..k-1. entropy is token-weighted: each sample's mean entropy weighs by its length.
+    """
+    if not rows:
+        raise ValueError("no samples to summarise: the benchmark produced no responses")
+    by_problem: dict[tuple[str, str], list[SampleResult]] = {}
+    for row in rows:
+        by_problem.setdefault((row.benchmark, row.problem_id), []).append(row)
+    correct = [[r.correct for r in sorted(group, key=lambda r: r.sample_index)]
+               for group in by_problem.values()]
+    counts = {len(c) for c in correct}
+    if len(counts) != 1:
+        raise ValueError(f"problems have different sample counts {sorted(counts)}: every "
+                         "problem needs the same n")
+    metrics = {f"avg_at_{k}": dc.avg_at_k(correct, k) for k in ks}
+    metrics.update({f"pass_at_{k}": dc.mean_pass_at_k(correct, k) for k in ks})
+    lengths = [r.length for r in rows]
+    weighted = [(r.entropy, r.length) for r in rows if r.entropy is not None and r.length]
+    tokens = sum(length for _, length in weighted)
+    metrics.update({
+        "strict_accuracy": sum(r.strict_correct for r in rows) / len(rows),
+        "flexible_accuracy": sum(r.flexible_correct for r in rows) / len(rows),
+        "response_length_mean": sum(lengths) / len(lengths),
+        "response_length_median": float(statistics.median(lengths)),
+        "truncation_rate": sum(r.truncated for r in rows) / len(rows),
+        "entropy": sum(h * n for h, n in weighted) / tokens if tokens else float("nan"),
+        "empty_responses": float(sum(r.length == 0 or not r.response.strip() for r in rows)),
+        "no_answer": float(sum(r.extracted_answer is None for r in rows)),
+        "grader_timeouts": float(sum(r.timed_out for r in rows)),
+        "problems": float(len(by_problem)),
+        "samples": float(len(rows)),
+    })
+    return metrics
+
+
+# ----------------------------------------------------------------------------- entropy
+
+
+@torch.no_grad()
+def response_entropies(model, samples: Sequence[Sample], pad_token_id: int,
+                       batch_size: int = 16, vocab_size: int | None = None) -> list[float | None]:
+    """Mean per-token entropy (nats, softmax at temperature 1, full vocabulary) of each sample's
+    response under model; None for an empty response. One forward pass per batch_size samples."""
+    entropies: list[float | None] = []
+    for start in range(0, len(samples), batch_size):
+        part = samples[start : start + batch_size]
+        batch = response_batch(part, pad_token_id)
+        logits_BTV = response_logits(model, batch, vocab_size)
+        entropy_BT = dc.token_entropy(logits_BTV)
+        mask_BT = batch.response_mask_BT.to(entropy_BT.device)
+        sums = (entropy_BT * mask_BT).sum(-1)
+        counts = mask_BT.sum(-1)
+        entropies.extend(float(s / c) if c else None for s, c in zip(sums, counts, strict=True))
+    return entropies
+
+
+def token_weighted_entropy(samples: Sequence[Sample], entropies: Sequence[float | None]) -> float:
+    tokens = sum(s.length for s, h in zip(samples, entropies, strict=True) if h is not None)
+    if not tokens:
+        raise ValueError("every response is empty: no tokens to measure entropy on")
+    return sum(h * s.length for s, h in zip(samples, entropies, strict=True)
+               if h is not None) / tokens
+
+
+def entropy_probe(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int,
+                  temperature: float = 1.0, vocab_size: int | None = None) -> float:
+    """Held-out entropy for the length curriculum's gate: the model samples one response per
+    prompt (at most max_new_tokens), then the mean token entropy over those responses."""
+    if not prompts:
+        raise ValueError("entropy_probe needs held-out prompts; none were given")
+    samples = generate_hf(model, tokenizer, prompts,
+                          SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens,
+                                         seed=seed, batch_size=len(prompts)))
+    entropies = response_entropies(model, samples, tokenizer.pad_token_id, vocab_size=vocab_size)
+    return token_weighted_entropy(samples, entropies)
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    path: Path
+    problems: list[Problem]
+
+
+def resolve_benchmarks(specs: Sequence[str], limit: int | None = None,
+                       artifacts_root: str | Path | None = None) -> list[Benchmark]:
+    """Benchmarks from "default", "path" or "name=path" specs, loaded by tasks.data."""
+    benchmarks, seen = [], set()
+    for spec in specs:
+        name, path = _parse_spec(spec, artifacts_root)
+        if name in seen:
+            raise ValueError(f"benchmark name {name!r} appears twice in {list(specs)}; give one "
+                             "of them another name with 'name=path'")
+        seen.add(name)
+        problems = load_problems(path, benchmark_name=name, limit=limit).problems
+        if not problems:
+            raise ValueError(f"benchmark {name!r} ({path}) has no problems")
+        benchmarks.append(Benchmark(name, path, problems))
+    return benchmarks
+
+
+def _parse_spec(spec: str, artifacts_root: str | Path | None) -> tuple[str, Path]:
+    if spec == DEFAULT_BENCHMARK:
+        from tasks.arithmetic import ArithmeticConfig
+        from tasks.bootstrap import prepare_default_data
+        return DEFAULT_BENCHMARK, prepare_default_data(ArithmeticConfig(), artifacts_root) / (
+            "test.jsonl")
+    name, _, path = spec.rpartition("=")
+    path = Path(path)
+    name = name or path.stem
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark {spec!r}: no file at {path}; pass 'default', a "
+                                "problems/GSM8K/MATH500/AIME/AMC file, or 'name=path'")
+    return name, path
+
+
+def identity(config: EvalConfig, benchmarks: Sequence[Benchmark]) -> dict:
+    """What makes two results comparable: everything but the model being evaluated."""
+    return {
+        "eval_version": EVAL_VERSION,
+        "grader_version": GRADER_VERSION,
+        "prompt_template": config.prompt_template,
+        "prompt_template_text": PROMPT_TEMPLATES[config.prompt_template],
+        "sampling": asdict(config.sampling) | {"batch_size": None},
+        "ks": list(config.ks),
+        "answer_rule": config.answer_rule,
+        "greedy": config.greedy,
+        "limit": config.limit,
+        "benchmarks": {b.name: file_hash(b.path) for b in benchmarks},
+    }
+
+
+def check_comparable(identities: dict[str, dict]) -> None:
+    """Raise if the named results were produced by different evaluation procedures."""
+    items = list(identities.items())
+    first_name, first = items[0] if items else ("", {})
+    for name, other in items[1:]:
+        differing = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        if differing:
+            raise ValueError(f"results {first_name!r} and {name!r} come from different "
+                             f"evaluation procedures (differing: {', '.join(differing)}); "
+                             "re-evaluate both with one EvalConfig before comparing")
+
+
+# ----------------------------------------------------------------------------- the procedure
+
+
+def evaluate(
+    config: EvalConfig,
+    output_dir: str | Path | None = None,
+    store_url: str | None = None,
+    run_id: str | None = None,
+    step: int = 0,
+    artifacts_root: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> EvalResult:
+    """Evaluate config.model on config.benchmarks (see the module docstring).
+
+    output_dir: writes metrics.json (metrics + identity) and samples.jsonl there.
+    store_url, run_id, step: also writes the per-sample table to the rollout store, stage
+    ``eval/<benchmark>``, under run_id (created if missing), at step (e.g. a training step).
+    """
+    benchmarks = resolve_benchmarks(config.benchmarks, config.limit, artifacts_root)
+    ident = identity(config, benchmarks)
+    tokenizer, model = load_tokenizer(config.model), load_model(config.model)
+    started = time.perf_counter()
+    rows: list[SampleResult] = []
+    metrics: dict[str, float] = {}
+    per_benchmark: dict[str, dict[str, float]] = {}
+    greedy: dict[str, list[bool]] = {}
+    with Grader(timeout_s=config.grader_timeout_s) as grader, _backend(config, model,
+                                                                       tokenizer) as backend:
+        for benchmark in benchmarks:
+            log(f"evaluating {config.model} on {benchmark.name}: {len(benchmark.problems)} "
+                f"problems × {config.n} samples")
+            bench_rows, greedy[benchmark.name] = _evaluate_benchmark(
+                config, benchmark, model, tokenizer, backend, grader)
+            per_benchmark[benchmark.name] = _benchmark_metrics(config, bench_rows,
+                                                               greedy[benchmark.name])
+            rows.extend(bench_rows)
+            _log_line(log, benchmark.name, per_benchmark[benchmark.name], config.ks)
+    per_benchmark["overall"] = _benchmark_metrics(
+        config, rows, [g for flags in greedy.values() for g in flags])
+    per_benchmark["overall"]["seconds"] = time.perf_counter() - started
+    for name, values in per_benchmark.items():
+        metrics.update({f"eval/{name}/{key}": value for key, value in values.items()})
+    result = EvalResult(metrics, rows, ident, content_hash(ident), None, per_benchmark)
+    if output_dir is not None:
+        result.output_dir = write_result(result, config, output_dir)
+    if store_url is not None:
+        store_samples(result, benchmarks, store_url, run_id or f"eval-{result.identity_hash}",
+                      step, config)
+    return result
+
+
+def _backend(config: EvalConfig, model, tokenizer):
+    if config.backend == "vllm":
+        from tasks.vllm_backend import VLLMBackend
+        return VLLMBackend(config.model)
+    from contextlib import nullcontext
+
+    from tasks.rollout import HFBackend
+    return nullcontext(HFBackend(model, tokenizer))
+
+
+def _evaluate_benchmark(config, benchmark, model, tokenizer, backend,
+                        grader) -> tuple[list[SampleResult], list[bool]]:
+    problems = benchmark.problems
+    prompts = render_prompts(tokenizer, problems, config.prompt_template)
+    samples = backend.generate(prompts, config.sampling)
+    grades = grader.grade([s.text for s in samples],
+                          [problems[s.prompt_index].answer for s in samples])
+    entropies = response_entropies(model, samples, tokenizer.pad_token_id,
+                                   config.entropy_batch_size)
+    rows = [_row(config, benchmark.name, problems[s.prompt_index], s, g, h)
+            for s, g, h in zip(samples, grades, entropies, strict=True)]
+    greedy: list[bool] = []
+    if config.greedy:
+        greedy_config = SamplingConfig(temperature=0.0, max_new_tokens=config.max_new_tokens,
+                                       seed=config.seed, batch_size=config.batch_size)
+        answers = backend.generate(prompts, greedy_config)
+        greedy = [_is_correct(config, g) for g in grader.grade(
+            [s.text for s in answers], [p.answer for p in problems])]
+    return rows, greedy
+
+
+def _is_correct(config: EvalConfig, grade: Grade) -> bool:
+    return grade.strict_correct if config.answer_rule == "strict" else grade.flexible_correct
+
+
+def _row(config, benchmark: str, problem: Problem, sample: Sample, grade: Grade,
+         entropy: float | None) -> SampleResult:
+    answer = grade.strict_answer if config.answer_rule == "strict" else grade.flexible_answer
+    return SampleResult(
+        benchmark=benchmark, problem_id=problem.id, sample_index=sample.sample_index,
+        response=sample.text, extracted_answer=answer, correct=_is_correct(config, grade),
+        strict_correct=grade.strict_correct, flexible_correct=grade.flexible_correct,
+        length=sample.length, truncated=sample.truncated, entropy=entropy,
+        timed_out=grade.timed_out,
+    )
+
+
+def _benchmark_metrics(config, rows, greedy: list[bool]) -> dict[str, float]:
+    metrics = summarise_samples(rows, config.ks)
+    if greedy:
+        metrics["greedy_accuracy"] = sum(greedy) / len(greedy)
+    return metrics
+
+
+def _log_line(log, name: str, metrics: dict[str, float], ks) -> None:
+    k = max(ks)
+    log(f"  {name}: avg@{k} {metrics[f'avg_at_{k}']:.3f}  pass@{k} {metrics[f'pass_at_{k}']:.3f}"
+        f"  length {metrics['response_length_mean']:.1f}  truncated "
+        f"{metrics['truncation_rate']:.1%}  entropy {metrics['entropy']:.3f}")
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def write_result(result: EvalResult, config: EvalConfig, output_dir: str | Path) -> Path:
+    """metrics.json (metrics, identity, config) and samples.jsonl (the per-sample table)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = output_dir / "samples.jsonl"
+    tmp = table.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for row in result.samples:
+            handle.write(json.dumps(asdict(row)) + "\n")
+    tmp.replace(table)
+    summary = {"model": config.model, "metrics": result.metrics,
+               "identity": result.identity, "identity_hash": result.identity_hash,
+               "config": asdict(config)}
+    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return output_dir
+
+
+def read_result(output_dir: str | Path) -> EvalResult:
+    """An EvalResult written by write_result."""
+    output_dir = Path(output_dir)
+    summary = json.loads((output_dir / "metrics.json").read_text())
+    with open(output_dir / "samples.jsonl", encoding="utf-8") as handle:
+        rows = [SampleResult(**json.loads(line)) for line in handle]
+    return EvalResult(summary["metrics"], rows, summary["identity"], summary["identity_hash"],
+                      output_dir)
+
+
+def store_samples(result: EvalResult, benchmarks: Sequence[Benchmark], store_url: str,
+                  run_id: str, step: int, config: EvalConfig) -> None:
+    """The per-sample table into the rollout store, one transaction per benchmark."""
+    from tasks.store import RolloutStore, SampleRecord
+
+    with RolloutStore(store_url) as store:
+        store.ensure_run(run_id, f"evaluate {config.model}", "evaluate",
+                         {"eval": asdict(config), "identity_hash": result.identity_hash})
+        for benchmark in benchmarks:
+            store.add_prompts(run_id, [(f"{benchmark.name}/{p.id}", p.problem, p.answer)
+                                       for p in benchmark.problems])
+            store.add_samples(run_id, f"eval/{benchmark.name}", step, [
+                SampleRecord(f"{r.benchmark}/{r.problem_id}", r.sample_index, r.response,
+                             r.length, r.truncated, r.correct, r.entropy)
+                for r in result.samples if r.benchmark == benchmark.name])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m tasks.evaluate MODEL [--benchmark default] [--n 4] [--k 1 4] ..."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tasks.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--benchmark", action="append", dest="benchmarks",
+                        help="'default', a file, or name=path (repeatable; default: default)")
+    parser.add_argument("--n", type=int, default=EvalConfig.n)
+    parser.add_argument("--k", type=int, nargs="+", default=list(EvalConfig.ks), dest="ks")
+    parser.add_argument("--temperature", type=float, default=EvalConfig.temperature)
+    parser.add_argument("--top-p", type=float, default=EvalConfig.top_p)
+    parser.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens)
+    parser.add_argument("--seed", type=int, default=EvalConfig.seed)
+    parser.add_argument("--greedy", action="store_true")
+    parser.add_argument("--backend", choices=BACKENDS, default="hf")
+    parser.add_argument("--template", default="bare", dest="prompt_template")
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--output", type=Path, help="directory for metrics.json + samples.jsonl")
+    parser.add_argument("--store", help="rollout store URL (sqlite:///… or postgresql+…://)")
+    args = vars(parser.parse_args(argv))
+    output, store = args.pop("output"), args.pop("store")
+    args["benchmarks"] = tuple(args["benchmarks"] or (DEFAULT_BENCHMARK,))
+    try:
+        config = EvalConfig(**args)
+    except ValueError as error:
+        parser.error(str(error))
+    result = evaluate(config, output_dir=output, store_url=store)
+    print(json.dumps(result.metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()
