@@ -1,20 +1,187 @@
 """Prefect task wrappers: thin adapters that flows compose, around the plain functions here.
 
-Tasks exchange paths and small dicts, never models or tensors. Training is never cached or
-retried by Prefect: a rerun with the same config resumes from its own checkpoint instead.
+Tasks exchange paths, run ids and small dicts, never models or tensors. Expensive products
+(bootstraps, prepared problems, teacher rollouts, teacher score caches) are cached by the
+project's own content keys (inputs, config hash, code version) in the artifact directory, so
+Prefect's cache is off (``NO_CACHE``): its default key ignores the code a task calls. Retries
+only where the work is I/O (MLflow calls); training is never retried: a rerun of the same
+config resumes from its own checkpoint.
 """
 
 from __future__ import annotations
 
-from prefect import task
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.train import TrainConfig, train
+from tasks.compute import ComputeMeter
+from tasks.evaluate import EvalConfig, evaluate
+from tasks.experiment import ExperimentConfig, Inputs, bootstrap, resolve_inputs
+from tasks.train import TrainConfig, teacher_prefixes, teacher_scores, train
+
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5}
 
 
-@task(name="distill-train", cache_policy=NO_CACHE, retries=0, log_prints=True)
-def train_task(config: TrainConfig) -> dict:
-    """Run (or resume) one distillation training run; returns the checkpoint path and metrics."""
-    result = train(config)
-    return {"checkpoint": str(result.checkpoint), "metrics": result.metrics,
+@dataclass(frozen=True)
+class RunRef:
+    """Where a task reports: an MLflow tracking URI and an explicit run id."""
+
+    tracking_uri: str
+    run_id: str
+
+
+def _log(message: str) -> None:
+    get_run_logger().info(message)
+
+
+def _tracker(ref: RunRef):
+    from tasks.tracking import Tracker
+
+    return Tracker(ref.tracking_uri)
+
+
+@task(name="bootstrap", cache_policy=NO_CACHE)
+def bootstrap_task(profile: str, root: str) -> dict[str, str]:
+    """Build (or reuse) a profile's problems, teacher and student; returns their paths."""
+    artifacts = bootstrap(profile, root, _log)
+    return {"data": str(artifacts.data_dir), "teacher": str(artifacts.teacher_dir),
+            "student": str(artifacts.student_dir)}
+
+
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare_task(config: ExperimentConfig, root: str) -> Inputs:
+    """Resolve teacher, student and problem files (bootstrapping the profile if needed)."""
+    return resolve_inputs(config, root, _log)
+
+
+@task(name="teacher-rollouts", cache_policy=NO_CACHE)
+def teacher_rollouts_task(config: TrainConfig) -> dict:
+    """The teacher's responses for teacher-prefix cells (generated once, then reused)."""
+    meter = ComputeMeter(0, 0)
+    directory, samples = teacher_prefixes(config, meter)
+    generated = meter.tokens["generate"]
+    _log(f"teacher rollouts: {len(samples)} at {directory} "
+         f"({'generated now' if generated else 'reused from the cache'})")
+    return {"directory": str(directory), "samples": len(samples), "generated_tokens": generated}
+
+
+@task(name="teacher-scores", cache_policy=NO_CACHE)
+def teacher_scores_task(config: TrainConfig) -> dict:
+    """The teacher's top-k score cache over its rollouts (scored once, then reused)."""
+    meter = ComputeMeter(0, 0)
+    _, samples = teacher_prefixes(config)
+    scores = teacher_scores(config, samples, meter)
+    forward = meter.tokens["teacher_score"]
+    _log(f"teacher scores: top-{config.cache_k}, {scores.bytes_per_token():.0f} bytes/token "
+         f"({'scored now' if forward else 'reused from the cache'})")
+    return {"teacher_forward_tokens": forward, "bytes_per_token": scores.bytes_per_token()}
+
+
+@task(name="distill-train", cache_policy=NO_CACHE, retries=0)
+def train_task(config: TrainConfig, run: RunRef | None = None) -> dict:
+    """Run (or resume) one distillation run, streaming step metrics to the run if given."""
+    tracker = _tracker(run) if run else None
+    started = time.perf_counter()
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        if tracker is not None:
+            tracker.log_metrics(run.run_id, {k: v for k, v in metrics.items() if k != "step"},
+                                step)
+
+    try:
+        result = train(config, log=_log, on_step=on_step)
+        metrics = {**result.metrics, "time/train_total": time.perf_counter() - started}
+        if tracker is not None:
+            tracker.log_metrics(run.run_id, {"time/train_total": metrics["time/train_total"]},
+                                config.steps)
+    finally:
+        if tracker is not None:
+            tracker.close()
+    return {"checkpoint": str(result.checkpoint), "metrics": metrics,
             "gate_decisions": result.gate_decisions}
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(config: EvalConfig, output_dir: str, store_url: str | None = None,
+                  run: RunRef | None = None, step: int = 0, root: str | None = None) -> dict:
+    """Evaluate one model; the per-sample table goes to output_dir, the store and the run."""
+    result = evaluate(config, output_dir=output_dir, store_url=store_url,
+                      run_id=run.run_id if run else None, step=step, artifacts_root=root,
+                      log=_log)
+    if run is not None:
+        tracker = _tracker(run)
+        try:
+            tracker.log_metrics(run.run_id, result.metrics, step)
+            tracker.set_tags(run.run_id, {"eval_identity": result.identity_hash})
+            tracker.log_dict(run.run_id, {"identity": result.identity,
+                                          "metrics": result.metrics}, "eval/metrics.json")
+            tracker.log_table(run.run_id, [asdict(r) for r in result.samples[:200]],
+                              "eval/samples.json")
+        finally:
+            tracker.close()
+    return {"metrics": result.metrics, "identity_hash": result.identity_hash,
+            "output_dir": output_dir}
+
+
+@task(name="start-run", cache_policy=NO_CACHE, **IO_RETRIES)
+def start_run_task(tracking_uri: str, experiment: str, run_name: str, tags: dict,
+                   params: dict, parent: RunRef | None = None) -> RunRef:
+    """Open an MLflow run with its tags and (flattened) params; returns its reference."""
+    from tasks.tracking import Tracker, git_sha
+
+    tracker = Tracker(tracking_uri)
+    run_id = tracker.start_run(experiment, run_name, {"git_sha": git_sha(), **tags},
+                               parent_run_id=parent.run_id if parent else None)
+    tracker.log_params(run_id, params)
+    tracker.log_dict(run_id, params, "config.json")
+    tracker.close()
+    return RunRef(tracking_uri, run_id)
+
+
+@task(name="finish-run", cache_policy=NO_CACHE, **IO_RETRIES)
+def finish_run_task(run: RunRef, status: str = "FINISHED", register: tuple[str, str] | None = None,
+                    metrics: dict | None = None, text: dict[str, str] | None = None) -> dict:
+    """Register the trained student (name, model_dir), attach text artifacts, close the run."""
+    tracker = _tracker(run)
+    out = {}
+    try:
+        if register is not None:
+            name, model_dir = register
+            out["model_version"] = tracker.register_model(run.run_id, model_dir, name,
+                                                          metrics or {})
+        for artifact_file, content in (text or {}).items():
+            tracker.log_text(run.run_id, content, artifact_file)
+        tracker.end_run(run.run_id, status)
+    finally:
+        tracker.close()
+    return out
+
+
+def write_json(path: str | Path, value: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, default=str))
+    return path
+
+
+@task(name="models-to-evaluate", cache_policy=NO_CACHE, **IO_RETRIES)
+def models_task(config, tracking_uri: str, root: str) -> list[tuple[str, str, dict]]:
+    """(label, local model directory, tags) per model: config.models as given, else the newest
+    version of each registered model named config.registered_prefix*, downloaded."""
+    if config.models:
+        return [(Path(m).name or m, m, {"evaluated_model": m}) for m in config.models]
+    from tasks.tracking import Tracker
+
+    with Tracker(tracking_uri) as tracker:
+        versions = tracker.latest_model_versions(config.registered_prefix,
+                                                 download_to=Path(root) / "registry")
+    if not versions:
+        raise ValueError(f"no registered models start with {config.registered_prefix!r} at "
+                         f"{tracking_uri}; run the grid or distill flow first, or pass models")
+    return [(f"{v.name} v{v.version}", str(v.local_dir),
+             {"evaluated_model": v.name, "model_version": str(v.version),
+              "source_run": v.run_id}) for v in versions]

@@ -1,4 +1,5 @@
-"""Shared test settings: deterministic torch on few threads, no hub lookups."""
+"""Shared test settings (deterministic torch, no hub lookups, a throwaway Prefect home) and
+fixtures: tiny real models, and one temporary Prefect server per session."""
 
 import os
 import tempfile
@@ -9,10 +10,47 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="distill-lab-prefe
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
+
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+from tasks.arithmetic import ArithmeticConfig, generate_splits  # noqa: E402
+from tasks.models import TinyModelConfig, build_tiny_model, build_tokenizer  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_problems():
+    return generate_splits(ArithmeticConfig(train_size=300, held_out_size=20, test_size=20))
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory, tiny_problems) -> tuple[Path, Path]:
+    """(teacher_dir, student_dir): untrained Llama models sharing the default-style tokenizer."""
+    root = tmp_path_factory.mktemp("tiny-pair")
+    tokenizer = build_tokenizer([p.problem + "\n" + p.solution for p in tiny_problems["train"]],
+                                vocab_size=300)
+    shapes = {
+        "teacher": TinyModelConfig(hidden_size=48, num_layers=2, num_heads=2,
+                                   intermediate_size=96, max_positions=160),
+        "student": TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2,
+                                   intermediate_size=64, max_positions=160),
+    }
+    for seed, (role, shape) in enumerate(shapes.items()):
+        build_tiny_model(shape, tokenizer, seed=seed).save_pretrained(root / role)
+        tokenizer.save_pretrained(root / role)
+    return root / "teacher", root / "student"
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server (the test harness) for every flow test of the session."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

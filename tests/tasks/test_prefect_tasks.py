@@ -5,17 +5,10 @@ from pathlib import Path
 
 import pytest
 from prefect import flow
-from prefect.testing.utilities import prefect_test_harness
 
 from tasks.data import write_problems
 from tasks.prefect_tasks import train_task
 from tasks.train import TrainConfig
-
-
-@pytest.fixture(scope="session")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_train_task_runs_in_a_flow(prefect_server, tmp_path, tiny_pair, tiny_problems):

@@ -1,0 +1,179 @@
+"""`distill`: the command line. Subcommands mirror the flows and the local services.
+
+    distill grid configs/demo.yaml     the study (the main job)
+    distill run CONFIG                 one experiment (the distill flow)
+    distill eval [--config YAML] [--model DIR ...]
+    distill bootstrap [--real-weights] / distill prepare CONFIG
+    distill serve [--cron "0 2 * * *"] [--timezone UTC]
+    distill up / down / status         local Prefect + MLflow servers (SQLite) on 127.0.0.1
+    distill report [--experiment NAME] the results table of the newest grid, from MLflow
+
+Honours MLFLOW_TRACKING_URI and PREFECT_API_URL; --artifacts DIR (or DISTILL_LAB_ARTIFACTS)
+says where caches, checkpoints, the SQLite store and the default MLflow database live. Without
+PREFECT_API_URL the flows run locally on a temporary Prefect server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tasks.artifacts import ROOT_ENV, artifact_root
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifacts", help=f"artifact/cache directory (${ROOT_ENV}, default "
+                                            "./artifacts)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("grid", "run the grid flow (every cell) from a YAML config"),
+                       ("run", "run the distill flow (one cell) from a YAML config"),
+                       ("prepare", "resolve and cache an experiment's inputs")):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("config", type=Path, help="YAML file of ExperimentConfig fields")
+    evaluate = commands.add_parser("eval", help="evaluate models (the evaluate flow)")
+    evaluate.add_argument("--config", type=Path, help="YAML file of EvaluateFlowConfig fields")
+    evaluate.add_argument("--model", action="append", default=[],
+                          help="model directory (repeatable; none: newest registered students)")
+    evaluate.add_argument("--benchmark", action="append", default=[],
+                          help="'default', a file, or name=path (repeatable)")
+    boot = commands.add_parser("bootstrap", help="build the default (or real-weights) models")
+    boot.add_argument("--real-weights", action="store_true")
+    serve = commands.add_parser("serve", help="serve the flows as Prefect deployments")
+    serve.add_argument("--cron", default="0 2 * * *", help="nightly evaluation schedule")
+    serve.add_argument("--timezone", default="UTC")
+    up = commands.add_parser("up", help="start local Prefect and MLflow servers")
+    up.add_argument("--prefect-port", type=int, default=4200)
+    up.add_argument("--mlflow-port", type=int, default=5000)
+    commands.add_parser("down", help="stop the servers `distill up` started")
+    commands.add_parser("status", help="show the servers `distill up` started")
+    report = commands.add_parser("report", help="print a grid's results table from MLflow")
+    report.add_argument("--experiment", default="demo")
+    report.add_argument("--run", help="parent run id (default: the experiment's newest grid)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.artifacts:
+        os.environ[ROOT_ENV] = str(Path(args.artifacts).resolve())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.stdout.reconfigure(line_buffering=True)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except (ValueError, FileNotFoundError, ConnectionError, RuntimeError) as error:
+        print(f"distill {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _experiment(path: Path):
+    from tasks.experiment import ExperimentConfig, load_config
+
+    return load_config(path, ExperimentConfig)
+
+
+def _grid(args) -> None:
+    from flows.grid import grid_flow
+
+    config = _experiment(args.config)
+    result = grid_flow(config)
+    print(f"\n{result['table']}\n")
+    _where_to_look(result["tracking_uri"], config.name)
+
+
+def _run(args) -> None:
+    from flows.distill import distill_flow
+
+    config = _experiment(args.config)
+    result = distill_flow(config)
+    print({k: v for k, v in result.items() if k != "train"})
+
+
+def _prepare(args) -> None:
+    from flows.prepare import prepare_flow
+
+    print(prepare_flow(_experiment(args.config)))
+
+
+def _eval(args) -> None:
+    from flows.evaluate import evaluate_flow
+    from tasks.experiment import EvaluateFlowConfig, load_config
+
+    config = load_config(args.config, EvaluateFlowConfig) if args.config else EvaluateFlowConfig()
+    updates = {"models": args.model} if args.model else {}
+    if args.benchmark:
+        updates["benchmarks"] = args.benchmark
+    config = EvaluateFlowConfig(**{**config.model_dump(), **updates})
+    for label, result in evaluate_flow(config).items():
+        print(label, {k: round(v, 4) for k, v in result["metrics"].items()
+                      if k.startswith("eval/overall/")})
+
+
+def _bootstrap(args) -> None:
+    from flows.prepare import bootstrap_flow
+    from tasks.experiment import BootstrapFlowConfig
+
+    print(bootstrap_flow(BootstrapFlowConfig(profile="real-weights" if args.real_weights
+                                             else "default")))
+
+
+def _serve(args) -> None:
+    from flows.serve import serve
+
+    if not os.environ.get("PREFECT_API_URL"):
+        print("PREFECT_API_URL is not set: deployments need a running server (`distill up`, "
+              "then export the PREFECT_API_URL it prints)", file=sys.stderr)
+        raise SystemExit(2)
+    serve(args.cron, args.timezone)
+
+
+def _services_dir() -> Path:
+    return artifact_root() / "services"
+
+
+def _up(args) -> None:
+    from tasks.services import up
+
+    info = up(_services_dir(), prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
+    print(f"Prefect UI: {info['prefect_ui']}\nMLflow UI:  {info['mlflow_ui']}\nexport "
+          + " ".join(f"{k}={v}" for k, v in info["env"].items()))
+
+
+def _down(args) -> None:
+    from tasks.services import down
+
+    print("\n".join(down(_services_dir())) or "nothing was running")
+
+
+def _status(args) -> None:
+    from tasks.services import status
+
+    print(status(_services_dir()))
+
+
+def _report(args) -> None:
+    from tasks.experiment import grid_report
+    from tasks.tracking import default_tracking_uri
+
+    print(grid_report(default_tracking_uri(), args.experiment, args.run))
+
+
+def _where_to_look(tracking_uri: str, experiment: str) -> None:
+    print(f"MLflow: experiment {experiment!r} at {tracking_uri}")
+    if tracking_uri.startswith("sqlite:"):
+        print(f"  browse: mlflow ui --backend-store-uri {tracking_uri} --workers 1  "
+              "(or `distill up` and set MLFLOW_TRACKING_URI)")
+    print("Prefect: " + (os.environ.get("PREFECT_API_URL") or "ran on a temporary local server; "
+                         "`distill up` keeps one with a UI, then export PREFECT_API_URL"))
+
+
+COMMANDS = {"grid": _grid, "run": _run, "prepare": _prepare, "eval": _eval,
+            "bootstrap": _bootstrap, "serve": _serve, "up": _up, "down": _down,
+            "status": _status, "report": _report}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

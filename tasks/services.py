@@ -1,0 +1,288 @@
+"""Local Prefect and MLflow servers on one machine: ``up``, ``down`` and ``status``.
+
+``up(state_dir)`` starts a Prefect server (SQLite database ``<state_dir>/prefect.db``) and an
+MLflow tracking server (``sqlite:///<state_dir>/mlflow.db``, artifacts served from
+``<state_dir>/mlflow-artifacts``) as background processes that outlive the caller, each in its
+own session so that ``down`` can stop it with every child it spawned (uvicorn workers). Their
+pids go to ``<state_dir>/services.json`` and their output to ``<state_dir>/logs/<name>.log``.
+``up`` returns once both answer their health check, with the URLs to export::
+
+    PREFECT_API_URL=http://127.0.0.1:4200/api   MLFLOW_TRACKING_URI=http://127.0.0.1:5000
+
+Plain functions: a CLI calls them. A team server is infra/docker-compose.yml instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "services.json"
+# A fresh Prefect server runs its database migrations first: 16-30 s on 2 cores, more on a
+# loaded machine. MLflow (also migrating a new SQLite file) is quicker but gets the same room.
+STARTUP_TIMEOUT_S = 120.0
+STOP_GRACE_S = 10.0
+_POLL_S = 0.5
+_LOG_TAIL_LINES = 15
+
+
+@dataclass(frozen=True)
+class Service:
+    """One server to start: its command, environment, port and health-check path."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    host: str
+    port: int
+    health_path: str
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def prefect_service(state_dir: Path, port: int, host: str) -> Service:
+    env = dict(os.environ)
+    # The client-side settings of a caller's environment must not steer the server: its UI
+    # would call a foreign API, and the deprecated alias would compete with the database URL.
+    for name in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        env.pop(name, None)
+    env.update(PREFECT_HOME=str(state_dir / "prefect-home"),
+               # prefect 3.9 reads PREFECT_SERVER_DATABASE_CONNECTION_URL (the old
+               # PREFECT_API_DATABASE_CONNECTION_URL is an accepted alias).
+               PREFECT_SERVER_DATABASE_CONNECTION_URL=(
+                   f"sqlite+aiosqlite:///{state_dir / 'prefect.db'}"))
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    argv = [sys.executable, "-m", "prefect", "server", "start", "--host", host,
+            "--port", str(port)]
+    return Service("prefect", argv, env, host, port, "/api/health",
+                   state_dir / "logs" / "prefect.log")
+
+
+def mlflow_service(state_dir: Path, port: int, host: str) -> Service:
+    env = dict(os.environ)
+    # MLflow 3's job runner (huey consumers) is not needed for tracking and costs start-up time.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    argv = [sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{state_dir / 'mlflow.db'}",
+            "--artifacts-destination", str(state_dir / "mlflow-artifacts"),
+            "--host", host, "--port", str(port), "--workers", "1"]
+    return Service("mlflow", argv, env, host, port, "/health", state_dir / "logs" / "mlflow.log")
+
+
+def up(state_dir: Path, prefect_port: int = 4200, mlflow_port: int = 5000,
+       host: str = "127.0.0.1", timeout_s: float = STARTUP_TIMEOUT_S) -> dict:
+    """Start the Prefect and MLflow servers in the background and wait until both are healthy.
+
+    Returns their URLs (``prefect_ui``, ``prefect_api``, ``mlflow_ui``), the environment to
+    export (``env``), pids and log files. When the servers of ``state_dir`` already run, reports
+    them (``already_running: True``) and starts nothing. Raises ``RuntimeError`` before starting
+    anything when a port is taken, and after stopping both servers when one dies or stays
+    unhealthy for ``timeout_s`` (the message names its log file and quotes its last lines).
+    """
+    state_dir = Path(state_dir).resolve()
+    running = status(state_dir)
+    if running["running"]:
+        ports = {name: s["port"] for name, s in running["services"].items()}
+        if ports != {"prefect": prefect_port, "mlflow": mlflow_port}:
+            log.warning("services of %s already run on other ports %s; `down` first to move "
+                        "them", state_dir, ports)
+        log.info("services of %s already running; nothing started", state_dir)
+        return {**running["urls"], **_report(running["services"]), "already_running": True}
+    if running["services"]:  # some died: stop what is left, then start afresh
+        down(state_dir)
+    services = [prefect_service(state_dir, prefect_port, host),
+                mlflow_service(state_dir, mlflow_port, host)]
+    _check_ports_free(services)
+    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (state_dir / "mlflow-artifacts").mkdir(exist_ok=True)
+    try:
+        started = {}
+        for service in services:
+            started[service.name] = _spawn(service)
+            _write_state(state_dir, host, services, started)  # so `down` can stop a half start
+        wait_until_healthy(services, started, timeout_s)
+    except BaseException:  # also Ctrl-C: never leave orphan servers behind
+        down(state_dir)
+        raise
+    return {**_urls(host, prefect_port, mlflow_port),
+            **_report(_read_state(state_dir)["services"]), "already_running": False}
+
+
+def down(state_dir: Path, grace_s: float = STOP_GRACE_S) -> list[str]:
+    """Stop the servers that ``up`` started (SIGTERM to each process group, SIGKILL after
+    ``grace_s``) and remove services.json. Returns one line per server stopped; an empty list
+    means nothing was running."""
+    state_dir = Path(state_dir).resolve()
+    state = _read_state(state_dir)
+    if state is None:
+        log.info("no services running for %s (no %s)", state_dir, STATE_FILE)
+        return []
+    stopped = []
+    for name, entry in state["services"].items():
+        if _stop_group(entry["pid"], grace_s):
+            stopped.append(f"{name} (pid {entry['pid']}, {entry['url']})")
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    if not stopped:
+        log.info("services of %s had already exited; removed the stale %s", state_dir, STATE_FILE)
+    return stopped
+
+
+def status(state_dir: Path) -> dict:
+    """``running`` (every server recorded in services.json is alive), ``services`` (name ->
+    pid, url, log, alive) and ``urls``; ``services`` is empty when nothing was started."""
+    state = _read_state(Path(state_dir).resolve())
+    if state is None:
+        return {"running": False, "services": {}, "urls": {}}
+    services = {name: {**entry, "alive": _group_alive(entry["pid"])}
+                for name, entry in state["services"].items()}
+    complete = set(services) == {"prefect", "mlflow"}  # else `up` was cut short
+    running = complete and all(s["alive"] for s in services.values())
+    urls = (_urls(state["host"], services["prefect"]["port"], services["mlflow"]["port"])
+            if complete else {})
+    return {"running": running, "services": services, "urls": urls}
+
+
+def wait_until_healthy(services: list[Service], processes: dict[str, subprocess.Popen],
+                       timeout_s: float) -> None:
+    """Poll each service's health URL until all answer 200; raise ``RuntimeError`` naming the
+    log file if a process exits or ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
+    waiting = list(services)
+    while waiting:
+        for service in list(waiting):
+            code = processes[service.name].poll()
+            if code is not None:
+                raise RuntimeError(f"the {service.name} server exited with code {code} while "
+                                   f"starting; see {service.log_path}:\n{_tail(service.log_path)}")
+            if _healthy(service.url + service.health_path):
+                waiting.remove(service)
+        if waiting and time.monotonic() > deadline:
+            service = waiting[0]
+            raise RuntimeError(
+                f"the {service.name} server did not answer {service.url}{service.health_path} "
+                f"within {timeout_s:g} s; see {service.log_path}:\n{_tail(service.log_path)}")
+        if waiting:
+            time.sleep(_POLL_S)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _urls(host: str, prefect_port: int, mlflow_port: int) -> dict:
+    prefect, mlflow = f"http://{host}:{prefect_port}", f"http://{host}:{mlflow_port}"
+    return {"prefect_ui": prefect, "prefect_api": f"{prefect}/api", "mlflow_ui": mlflow,
+            "env": {"PREFECT_API_URL": f"{prefect}/api", "MLFLOW_TRACKING_URI": mlflow}}
+
+
+def _report(services: dict) -> dict:
+    return {"pids": {name: s["pid"] for name, s in services.items()},
+            "logs": {name: s["log"] for name, s in services.items()}}
+
+
+def _check_ports_free(services: list[Service]) -> None:
+    for service in services:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # SO_REUSEADDR as the servers set it: a port in TIME_WAIT after `down` is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((service.host, service.port))
+            except OSError as error:
+                option = f"{service.name}_port"
+                raise RuntimeError(
+                    f"port {service.port} on {service.host} (for the {service.name} server) is "
+                    f"already in use ({error.strerror}); nothing was started. Stop whatever "
+                    f"listens there (`lsof -i :{service.port}`) or pick another port with "
+                    f"{option}=<free port>") from error
+
+
+def _spawn(service: Service) -> subprocess.Popen:
+    with open(service.log_path, "ab") as log_file:
+        log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                       f"{' '.join(service.argv)}\n".encode())
+        log_file.flush()
+        # A new session: the server outlives this process and its group can be signalled whole.
+        return subprocess.Popen(service.argv, env=service.env, stdin=subprocess.DEVNULL,
+                                stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _write_state(state_dir: Path, host: str, services: list[Service],
+                 started: dict[str, subprocess.Popen]) -> None:
+    state = {"host": host, "services": {
+        s.name: {"pid": started[s.name].pid, "port": s.port, "url": s.url,
+                 "log": str(s.log_path)}
+        for s in services if s.name in started}}
+    path = state_dir / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)
+
+
+def _read_state(state_dir: Path) -> dict | None:
+    path = state_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RuntimeError(f"{path} is not valid JSON ({error}); stop the servers by hand if "
+                           "they still run, then delete the file") from error
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group that ``_spawn`` started (pgid == leader pid) lives."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)  # reap our own exited child, else it counts as alive
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the pid now belongs to someone else's process group
+        return False
+    return True
+
+
+def _stop_group(pgid: int, grace_s: float) -> bool:
+    """SIGTERM the process group, SIGKILL it after ``grace_s``; False if it had already gone."""
+    if not _group_alive(pgid):
+        return False
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not _group_alive(pgid):
+                return True
+            time.sleep(0.1)
+    raise RuntimeError(f"process group {pgid} survived SIGKILL; check `ps -g {pgid}`")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as error:
+        return f"(cannot read the log: {error})"
+    return "\n".join(f"    {line}" for line in lines[-_LOG_TAIL_LINES:])

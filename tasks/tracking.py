@@ -1,0 +1,572 @@
+"""The one module that talks to MLflow: runs, params, metrics, artifacts and the model registry.
+
+Every call names its run explicitly and goes through ``mlflow.MlflowClient``. MLflow's fluent
+API (``mlflow.start_run``, ``mlflow.log_metric``) keeps an active-run stack per thread, and
+Prefect runs tasks in worker threads, so fluent calls there silently create orphan runs.
+
+Where things go by default: ``$MLFLOW_TRACKING_URI`` if set, else a SQLite database
+``<artifacts dir>/mlflow.db`` with run artifacts in ``<artifacts dir>/mlflow-artifacts``.
+
+Metrics survive a tracking-server outage: they are buffered in memory and re-sent on the next
+``log_metrics`` or ``flush`` (with exponential backoff between attempts), and whatever still
+cannot be sent when the tracker gives up is written to ``<artifacts dir>/tracking-spill/<run
+id>.jsonl`` for ``Tracker.replay_spill``. To keep one failed attempt short, the tracker sets
+MLflow's HTTP client to 1 retry and a 2 s timeout (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
+``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``) unless those variables
+are already set: a refused connection fails at once, a server that accepts but never answers
+costs at most about 4 s. Raise ``MLFLOW_HTTP_REQUEST_TIMEOUT`` if large artifact uploads to a
+slow server time out. Everything other than metrics (params, tags, artifacts, registry) is sent
+at once and raises if the server is down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import posixpath
+import re
+import sqlite3
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import (
+    MAX_ENTITY_KEY_LENGTH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
+
+from tasks.artifacts import artifact_root
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+MODEL_ARTIFACT_PATH = "student"
+HTTP_CLIENT_DEFAULTS = {  # MLflow's defaults (7 retries, 120 s) would stall training for minutes
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
+}
+HEALTH_TIMEOUT_S = 5.0
+# The characters MLflow accepts in metric and param names (mlflow/utils/validation.py).
+_VALID_NAME = re.compile(r"^[/\w.\- :]+$")
+
+
+def default_tracking_uri(artifacts_dir: str | Path | None = None) -> str:
+    """$MLFLOW_TRACKING_URI if set, else ``sqlite:///<artifacts dir>/mlflow.db``."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{artifact_root(artifacts_dir) / 'mlflow.db'}"
+
+
+def git_sha(repo_dir: str | Path | None = None) -> str:
+    """HEAD's SHA of the repository holding this code (or ``repo_dir``), "-dirty" appended
+    when tracked files differ from HEAD; "unknown" outside a git checkout."""
+    cwd = Path(repo_dir) if repo_dir else Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=10, check=True)
+        return done.stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def flatten_config(config: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts, dataclasses and pydantic models as ``{"a.b.c": "value"}``.
+
+    Lists and tuples become compact JSON strings; everything else its ``str``."""
+    if is_dataclass(config) and not isinstance(config, type):
+        config = asdict(config)
+    elif hasattr(config, "model_dump"):
+        config = config.model_dump()
+    if not isinstance(config, Mapping):
+        if not prefix:
+            raise TypeError(f"log_params needs a dict or dataclass, got {type(config).__name__}")
+        return {prefix: _param_text(config)}
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        flat.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return json.dumps(value, default=str, separators=(",", ":"))
+    return str(value)
+
+
+def _truncate_param(key: str, text: str) -> str:
+    """Cut a value to MLflow's param length limit, saying so at the end of the value."""
+    if len(text) <= MAX_PARAM_VAL_LENGTH:
+        return text
+    note = f"...[truncated {len(text)} chars to {MAX_PARAM_VAL_LENGTH}]"
+    log.warning("param %r is %d characters long, over MLflow's limit of %d; logged truncated",
+                key, len(text), MAX_PARAM_VAL_LENGTH)
+    return text[: MAX_PARAM_VAL_LENGTH - len(note)] + note
+
+
+def _check_name(kind: str, name: str) -> None:
+    if (not _VALID_NAME.match(name) or len(name) > MAX_ENTITY_KEY_LENGTH
+            or posixpath.normpath(name) != name):
+        raise ValueError(
+            f"{kind} name {name!r} is not valid in MLflow: use at most {MAX_ENTITY_KEY_LENGTH} "
+            "letters, digits, '_', '-', '.', ' ', ':' and single '/' between parts")
+
+
+def _check_metric_key(key: str) -> None:
+    _check_name("metric", key)
+    if "/" not in key:
+        raise ValueError(f"metric key {key!r} has no stage: name it 'stage/name', e.g. "
+                         f"'train/{key}' or 'eval/<benchmark>/{key}'")
+
+
+@dataclass(frozen=True)
+class _PendingMetric:
+    run_id: str
+    key: str
+    value: float
+    timestamp: int  # ms since the epoch, kept from the first attempt so re-sends are idempotent
+    step: int
+
+    def to_mlflow(self) -> Metric:
+        return Metric(self.key, self.value, self.timestamp, self.step)
+
+
+class ModelVersionRef(NamedTuple):
+    """One registered model version; ``local_dir`` is set once its files are downloaded."""
+
+    name: str
+    version: int
+    run_id: str | None
+    local_dir: Path | None
+
+
+class RunSummary(NamedTuple):
+    """A run as ``child_runs`` lists it; status is RUNNING, FINISHED, FAILED or KILLED."""
+
+    run_id: str
+    run_name: str
+    status: str
+
+
+class Tracker:
+    """Explicit-run-id MLflow logging with a metric buffer that outlives server outages.
+
+    Args:
+        tracking_uri: an ``http(s)://`` server or a ``sqlite:///`` database; default
+            ``default_tracking_uri(artifacts_dir)``.
+        artifacts_dir: where the default SQLite database and unsent-metric spill files live;
+            default ``tasks.artifacts.artifact_root()``.
+        initial_backoff_s, max_backoff_s: after a failed metric send, the next attempt waits
+            this long, doubling per consecutive failure up to the maximum.
+        max_buffered: more unsent metrics than this are written to the spill file instead of
+            being held in memory.
+
+    Raises:
+        ConnectionError: the tracking server does not answer or the database cannot be opened.
+    """
+
+    def __init__(self, tracking_uri: str | None = None, artifacts_dir: str | Path | None = None,
+                 *, initial_backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+                 max_buffered: int = 100_000):
+        for name, value in HTTP_CLIENT_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        self.artifacts_dir = artifact_root(artifacts_dir)
+        self.tracking_uri = tracking_uri or default_tracking_uri(self.artifacts_dir)
+        self.spill_dir = self.artifacts_dir / "tracking-spill"
+        self.initial_backoff_s, self.max_backoff_s = initial_backoff_s, max_backoff_s
+        self.max_buffered = max_buffered
+        self.nonfinite_skipped: Counter[str] = Counter()  # metric key -> values skipped
+        self._pending: list[_PendingMetric] = []
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._lock = threading.RLock()
+        _check_reachable(self.tracking_uri)
+        self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri,
+                                          registry_uri=self.tracking_uri)
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def start_run(self, experiment: str, run_name: str, tags: Mapping[str, Any] | None = None,
+                  parent_run_id: str | None = None) -> str:
+        """Create a run (and its experiment if missing) and return its id.
+
+        A ``git_sha`` tag is added unless ``tags`` has one; a parent run id becomes the
+        ``mlflow.parentRunId`` tag, which MLflow's UI uses to nest child runs."""
+        all_tags = {"git_sha": git_sha(), **(tags or {})}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(self._experiment_id(experiment), run_name=run_name,
+                                     tags={k: str(v) for k, v in all_tags.items()})
+        return run.info.run_id
+
+    def _experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                return self.client.create_experiment(
+                    name, artifact_location=self._artifact_location())
+            except MlflowException as error:  # another process created it in between
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment = self.client.get_experiment_by_name(name)
+        if experiment.lifecycle_stage == "deleted":
+            raise ValueError(
+                f"MLflow experiment {name!r} (id {experiment.experiment_id}) at "
+                f"{self.tracking_uri} is deleted: restore it (`mlflow experiments restore "
+                f"--experiment-id {experiment.experiment_id}`) or choose another name")
+        return experiment.experiment_id
+
+    def _artifact_location(self) -> str | None:
+        """For a SQLite store, a folder beside the database; a server picks its own."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return None
+        return (_sqlite_path(self.tracking_uri).parent / "mlflow-artifacts").as_uri()
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Send the run's buffered metrics (one attempt; what fails stays buffered for
+        ``close``) and mark the run FINISHED, FAILED or KILLED."""
+        if status not in ("FINISHED", "FAILED", "KILLED"):
+            raise ValueError(f"end_run status must be FINISHED, FAILED or KILLED, got {status!r}")
+        self.flush()
+        self.client.set_terminated(run_id, status=status)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set run tags (values become strings); a tag may be overwritten."""
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    # -- params -------------------------------------------------------------------------------
+
+    def log_params(self, run_id: str, config: Any) -> None:
+        """Log a (nested) config once, as flat ``a.b.c`` params.
+
+        Values longer than MLflow's limit are truncated with a note. Logging the same values
+        again is a no-op; a different value for a logged key raises ValueError, because MLflow
+        params are write-once (start a new run, or log a changing value as a metric)."""
+        flat = {k: _truncate_param(k, v) for k, v in flatten_config(config).items()}
+        for key in flat:
+            _check_name("param", key)
+        logged = self.client.get_run(run_id).data.params
+        changed = {k: (logged[k], v) for k, v in flat.items() if k in logged and logged[k] != v}
+        if changed:
+            lines = "; ".join(f"{k}: logged {old!r}, now {new!r}" for k, (old, new)
+                              in list(changed.items())[:5])
+            raise ValueError(f"run {run_id} already has different values for {len(changed)} "
+                             f"params ({lines}). MLflow params are write-once: start a new run "
+                             "for a new config")
+        new = [Param(k, v) for k, v in flat.items() if k not in logged]
+        for start in range(0, len(new), MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, params=new[start:start + MAX_PARAMS_TAGS_PER_BATCH])
+
+    # -- metrics ------------------------------------------------------------------------------
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        """Log ``stage/name`` metrics at a step; never raises for an unreachable server.
+
+        NaN and ±inf values are skipped, counted in ``nonfinite_skipped`` and warned about
+        once per key: MLflow would store them, but its charts break on them. The rest join the
+        buffer, which is sent now unless a recent failure asked to wait (exponential backoff)."""
+        now_ms = int(time.time() * 1000)
+        batch = []
+        for key, value in metrics.items():
+            _check_metric_key(key)
+            value = float(value)
+            if math.isfinite(value):
+                batch.append(_PendingMetric(run_id, key, value, now_ms, int(step)))
+            else:
+                self._count_nonfinite(key, value, step)
+        with self._lock:
+            self._pending.extend(batch)
+            self._send_pending(force=False)
+            if len(self._pending) > self.max_buffered:
+                self._spill_pending(reason=f"more than {self.max_buffered} metrics buffered")
+
+    def _count_nonfinite(self, key: str, value: float, step: int) -> None:
+        if not self.nonfinite_skipped[key]:
+            log.warning("metric %r is %s at step %d: not logged (MLflow charts break on NaN/inf); "
+                        "later non-finite values of it are only counted", key, value, step)
+        self.nonfinite_skipped[key] += 1
+
+    def flush(self, final: bool = False, wait_s: float = 0.0) -> int:
+        """Try to send every buffered metric now, retrying with backoff for up to ``wait_s``.
+
+        With ``final=True`` whatever is still unsent is written to the spill file (a warning
+        says how many and where). Returns the number of metrics not delivered to MLflow."""
+        deadline = time.monotonic() + wait_s
+        with self._lock:
+            while not self._send_pending(force=True) and time.monotonic() < deadline:
+                time.sleep(min(self._backoff_s(), max(0.0, deadline - time.monotonic())))
+            unsent = len(self._pending)
+            if unsent and final:
+                self._spill_pending(reason=f"{self.tracking_uri} is unreachable")
+                self._failures, self._next_attempt = 0, 0.0  # gave up: the next metric tries anew
+            return unsent
+
+    def close(self, wait_s: float = 0.0) -> int:
+        """Final flush: returns how many metrics had to be spilled to a file (0 = none)."""
+        return self.flush(final=True, wait_s=wait_s)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _backoff_s(self) -> float:
+        return min(self.initial_backoff_s * 2 ** max(self._failures - 1, 0), self.max_backoff_s)
+
+    def _send_pending(self, force: bool) -> bool:
+        """Send the buffer in order, run by run; True when it is empty afterwards."""
+        if not self._pending:
+            return True
+        if not force and time.monotonic() < self._next_attempt:
+            return False
+        try:
+            while self._pending:
+                run_id = self._pending[0].run_id
+                chunk = [m for m in self._pending[:MAX_METRICS_PER_BATCH] if m.run_id == run_id]
+                self.client.log_batch(run_id, metrics=[m.to_mlflow() for m in chunk])
+                sent = set(map(id, chunk))
+                self._pending = [m for m in self._pending if id(m) not in sent]
+        except Exception as error:  # any failure: keep the metrics, retry later, never raise
+            self._failures += 1
+            self._next_attempt = time.monotonic() + self._backoff_s()
+            # Warn when an outage starts; later attempts only at INFO to keep training logs clean.
+            log.log(logging.WARNING if self._failures == 1 else logging.INFO,
+                    "could not send %d metrics to %s (attempt %d, next in %.0f s; they stay "
+                    "buffered): %s", len(self._pending), self.tracking_uri, self._failures,
+                    self._backoff_s(), _first_line(error))
+            return False
+        if self._failures:
+            log.warning("tracking at %s reachable again; buffered metrics sent", self.tracking_uri)
+        self._failures = 0
+        return True
+
+    def _spill_pending(self, reason: str) -> None:
+        """Append every buffered metric to its run's spill file and empty the buffer."""
+        by_run: dict[str, list[_PendingMetric]] = {}
+        for metric in self._pending:
+            by_run.setdefault(metric.run_id, []).append(metric)
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        for run_id, metrics in by_run.items():
+            path = self.spill_path(run_id)
+            with path.open("a") as f:
+                f.writelines(json.dumps(asdict(m)) + "\n" for m in metrics)
+            log.warning("%s: wrote %d unsent metrics of run %s to %s; send them later with "
+                        "Tracker(%r).replay_spill(%r)", reason, len(metrics), run_id, path,
+                        self.tracking_uri, str(path))
+        self._pending = []
+
+    def spill_path(self, run_id: str) -> Path:
+        """Where unsent metrics of a run are written when the tracker gives up."""
+        return self.spill_dir / f"{run_id}.jsonl"
+
+    def replay_spill(self, path: str | Path) -> int:
+        """Send a spill file's metrics to MLflow, delete the file and return how many.
+
+        Metrics keep their original timestamps, so replaying a file twice logs nothing new.
+        Raises (and keeps the file) if the server is still unreachable."""
+        path = Path(path)
+        metrics = [_PendingMetric(**json.loads(line)) for line in path.read_text().splitlines()
+                   if line.strip()]
+        for run_id in dict.fromkeys(m.run_id for m in metrics):
+            of_run = [m.to_mlflow() for m in metrics if m.run_id == run_id]
+            for start in range(0, len(of_run), MAX_METRICS_PER_BATCH):
+                self.client.log_batch(run_id, metrics=of_run[start:start + MAX_METRICS_PER_BATCH])
+        path.unlink()
+        return len(metrics)
+
+    # -- artifacts ----------------------------------------------------------------------------
+
+    def log_artifact(self, run_id: str, local_path: str | Path,
+                     artifact_path: str | None = None) -> None:
+        """Upload a file, or a directory's contents, under ``artifact_path`` of the run."""
+        local_path = Path(local_path)
+        if local_path.is_dir():
+            self.client.log_artifacts(run_id, str(local_path), artifact_path)
+        elif local_path.is_file():
+            self.client.log_artifact(run_id, str(local_path), artifact_path)
+        else:
+            raise FileNotFoundError(f"log_artifact: {local_path} does not exist")
+
+    def log_dict(self, run_id: str, dictionary: Mapping[str, Any], artifact_file: str) -> None:
+        """Write a dict as a JSON (or .yaml) artifact file of the run."""
+        self.client.log_dict(run_id, dict(dictionary), artifact_file)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Write text (Markdown, HTML, …) as an artifact file of the run."""
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_table(self, run_id: str, rows: Sequence[Mapping[str, Any]],
+                  artifact_file: str) -> None:
+        """Log rows (dicts; missing keys become null) as a ``.json`` table MLflow's UI shows."""
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        self.client.log_table(run_id, {c: [row.get(c) for row in rows] for c in columns},
+                              artifact_file)
+
+    # -- reading back -------------------------------------------------------------------------
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value of every metric of a run."""
+        return dict(self.client.get_run(run_id).data.metrics)
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """Every logged ``(step, value)`` of one metric, by step."""
+        history = self.client.get_metric_history(run_id, key)
+        return [(m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+
+    def run_params(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.params)
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def child_runs(self, parent_run_id: str) -> list[RunSummary]:
+        """Runs whose ``mlflow.parentRunId`` is the given run, oldest first."""
+        experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                order_by=["attributes.start_time ASC"], page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        return [RunSummary(r.info.run_id, r.info.run_name, r.info.status) for r in runs]
+
+    def latest_run(self, experiment: str, tag: str, value: str) -> str | None:
+        """The newest run of experiment whose tag equals value (None if there is none)."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return None
+        runs = self.client.search_runs([found.experiment_id],
+                                       filter_string=f"tags.`{tag}` = '{value}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    # -- model registry -----------------------------------------------------------------------
+
+    def register_model(self, run_id: str, model_dir: str | Path, name: str,
+                       metrics: Mapping[str, float] | None = None) -> int:
+        """Upload a ``save_pretrained`` folder as the run's ``student/`` artifacts and register
+        it as a new version of ``name`` (created if missing), metrics as version tags.
+
+        Returns the new version number."""
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"register_model: {model_dir} has no config.json; pass the "
+                                    "folder written by save_pretrained")
+        self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = self.client.create_model_version(
+            name, source, run_id=run_id, tags={k: str(v) for k, v in (metrics or {}).items()},
+            description=_metrics_description(metrics or {}))
+        return int(version.version)
+
+    def download_model_version(self, name: str, version: int | str,
+                               dst: str | Path) -> Path:
+        """Download a registered version's files under ``dst``; returns the folder to pass to
+        ``from_pretrained`` (``<dst>/student`` for versions made by ``register_model``)."""
+        uri = self.client.get_model_version_download_uri(name, str(version))
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(dst), tracking_uri=self.tracking_uri)
+        return Path(local)
+
+    def latest_model_versions(self, names: str | Iterable[str],
+                              download_to: str | Path | None = None) -> list[ModelVersionRef]:
+        """The newest version of each registered model, by version number.
+
+        ``names`` is a name prefix (a string) or a list of exact names. With ``download_to``,
+        each version is also downloaded under ``<download_to>/<name>/<version>/``, and
+        ``local_dir`` is the folder to pass to ``from_pretrained``."""
+        refs = []
+        for name in self._model_names(names):
+            found = self.client.search_model_versions(
+                f"name = '{_quote(name)}'", max_results=1, order_by=["version_number DESC"])
+            if not found:
+                log.warning("registered model %r has no versions; skipped", name)
+                continue
+            latest = found[0]
+            local_dir = None
+            if download_to is not None:
+                local_dir = self.download_model_version(
+                    name, latest.version, Path(download_to) / name / str(latest.version))
+            refs.append(ModelVersionRef(name, int(latest.version), latest.run_id, local_dir))
+        return refs
+
+    def _model_names(self, names: str | Iterable[str]) -> list[str]:
+        if not isinstance(names, str):
+            return list(names)
+        found, token = [], None
+        while True:
+            page = self.client.search_registered_models(
+                filter_string=f"name LIKE '{_quote(names)}%'", page_token=token)
+            found.extend(model.name for model in page)
+            token = page.token
+            if not token:
+                return found
+
+
+def _metrics_description(metrics: Mapping[str, float]) -> str:
+    return "; ".join(f"{key} = {value:.4g}" for key, value in sorted(metrics.items()))
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "\\'")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _sqlite_path(uri: str) -> Path:
+    return Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve()
+
+
+def _check_reachable(uri: str) -> None:
+    """Fail fast with a message that names the URI and says what to do."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
+                return
+        except (urllib.error.URLError, OSError) as error:
+            raise ConnectionError(
+                f"MLflow tracking server {uri} is not reachable ({error}). Start it (e.g. "
+                f"`mlflow server --backend-store-uri sqlite:///mlflow.db --port <port>`), fix "
+                "MLFLOW_TRACKING_URI, or unset it to log to a local SQLite file") from error
+    if uri.startswith("sqlite:///"):
+        path = _sqlite_path(uri)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sqlite3.connect(path).close()
+        except (OSError, sqlite3.Error) as error:
+            raise ConnectionError(
+                f"cannot open the MLflow SQLite database of {uri} ({error}): check that "
+                f"{path.parent} is writable, or set MLFLOW_TRACKING_URI to a server") from error

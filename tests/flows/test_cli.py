@@ -1,0 +1,48 @@
+"""The `distill` command line: every subcommand has help; bad configs fail before any work."""
+
+import subprocess
+import sys
+
+import pytest
+
+from flows.cli import COMMANDS, main
+
+CLI = [sys.executable, "-m", "flows.cli"]
+
+
+def test_every_subcommand_has_help():
+    for command in COMMANDS:
+        out = subprocess.run([*CLI, command, "--help"], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "usage: distill " + command in out.stdout
+
+
+def test_an_invalid_config_names_the_field_and_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(tmp_path / "a"))  # restored afterwards
+    config = tmp_path / "grid.yaml"
+    config.write_text("name: demo\neval_n: 2\neval_ks: [1, 4]\n")
+    assert main(["--artifacts", str(tmp_path / "a"), "grid", str(config)]) == 2
+    assert "eval_ks" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # rejected before anything ran
+
+
+def test_a_missing_config_file_exits_2(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_report_without_runs_says_what_to_do(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(tmp_path))
+    assert main(["--artifacts", str(tmp_path), "report", "--experiment", "none"]) == 2
+    assert "run `distill grid CONFIG` first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["demo.yaml"])
+def test_shipped_configs_are_valid(name):
+    from pathlib import Path
+
+    from tasks.experiment import load_config
+
+    assert load_config(Path(__file__).parents[2] / "configs" / name).name == "demo"

@@ -1,0 +1,106 @@
+"""The flows on tiny real models in the session's temporary Prefect server, with a real SQLite
+MLflow and rollout store: the grid's runs and metrics, caching across flow runs, the nightly
+evaluation of registered students, and parameter validation before a run starts."""
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from flows.evaluate import evaluate_flow
+from flows.grid import grid_flow
+from tasks.data import write_problems
+from tasks.experiment import EvaluateFlowConfig, ExperimentConfig
+from tasks.store import RolloutStore
+from tasks.tracking import Tracker
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_pair, tiny_problems):
+    """A 2-cell grid run twice in one artifact directory (the second must reuse the caches)."""
+    root = tmp_path_factory.mktemp("grid")
+    train = write_problems(tiny_problems["train"][:32], root / "train.jsonl")
+    held_out = write_problems(tiny_problems["held_out"], root / "held_out.jsonl")
+    bench = write_problems(tiny_problems["test"][:4], root / "tiny.jsonl")
+    config = ExperimentConfig(
+        name="tiny", teacher=str(tiny_pair[0]), student=str(tiny_pair[1]),
+        train_problems=str(train), held_out_problems=str(held_out), train_size=16,
+        cells=["sft", "opd"], steps=2, batch_size=4, max_new_tokens=8, benchmarks=[str(bench)],
+        eval_n=2, eval_ks=[1, 2], eval_limit=4, eval_max_new_tokens=8)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DISTILL_LAB_ARTIFACTS", str(root / "artifacts"))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("DISTILL_LAB_STORE_URL", raising=False)
+        first = grid_flow(config)
+        second = grid_flow(config)
+        nightly = evaluate_flow(EvaluateFlowConfig(registered_prefix="distill-tiny-",
+                                                   benchmarks=[str(bench)], n=2, ks=[1, 2],
+                                                   limit=4, max_new_tokens=8))
+    return root / "artifacts", config, first, second, nightly
+
+
+def test_grid_logs_a_parent_with_a_child_run_per_cell(prefect_server, study):
+    root, config, first, _, _ = study
+    with Tracker(first["tracking_uri"]) as tracker:
+        children = {c.run_name: c for c in tracker.child_runs(first["parent_run_id"])}
+        assert set(children) == {"teacher", "student (start)", "sft", "opd"}
+        assert all(c.status == "FINISHED" for c in children.values())
+        opd = children["opd"].run_id
+        tags, metrics = tracker.run_tags(opd), tracker.run_metrics(opd)
+        assert tags["prefix_source"] == "student" and tags["lambda"] == "1"
+        assert tags["cell"] == "opd" and tags["curriculum"] == "false" and tags["git_sha"]
+        # every response-length metric, training and evaluation
+        for key in ("train/response_length", "train/response_length_max",
+                    "train/truncation_rate", "eval/tiny/response_length_mean",
+                    "eval/tiny/response_length_median", "eval/overall/truncation_rate",
+                    "eval/tiny/avg_at_2", "eval/tiny/pass_at_2", "eval/tiny/entropy",
+                    "train/total_flops"):
+            assert key in metrics, key
+        assert [step for step, _ in tracker.metric_history(opd, "train/loss")] == [1, 2]
+        params = tracker.run_params(opd)
+        assert params["train.objective"] == "opd" and params["experiment.steps"] == "2"
+        versions = tracker.latest_model_versions("distill-tiny-")
+    assert {v.name for v in versions} == {"distill-tiny-sft", "distill-tiny-opd"}
+    assert "| opd |" in first["table"] and "| teacher |" in first["table"]
+
+
+def test_second_grid_run_reuses_the_teacher_products(prefect_server, study):
+    _, _, first, second, _ = study
+    assert first["teacher_products"][0]["rollouts"]["generated_tokens"] > 0
+    assert second["teacher_products"][0]["rollouts"]["generated_tokens"] == 0
+    assert (second["teacher_products"][0]["rollouts"]["directory"]
+            == first["teacher_products"][0]["rollouts"]["directory"])
+    assert second["parent_run_id"] != first["parent_run_id"]
+
+
+def test_evaluation_samples_reach_the_store(prefect_server, study):
+    root, _, first, _, _ = study
+    run_id = next(r["run_id"] for r in first["rows"] if r["cell"] == "sft")
+    with RolloutStore(f"sqlite:///{root / 'distill_lab.db'}") as store:
+        rows = store.samples(run_id, stage="eval/tiny")
+    assert len(rows) == 4 * 2 and all(r.step == 2 for r in rows)
+
+
+def test_nightly_evaluation_takes_the_newest_registered_students(prefect_server, study):
+    _, _, _, _, nightly = study
+    assert set(nightly) == {"distill-tiny-sft v2", "distill-tiny-opd v2"}  # two grid runs
+    assert all("eval/tiny/avg_at_2" in r["metrics"] for r in nightly.values())
+
+
+def test_invalid_parameters_are_rejected_before_the_run(prefect_server):
+    with pytest.raises(ValidationError, match="steps"):
+        ExperimentConfig(steps=0)
+    with pytest.raises(Exception, match="eval_ks"):
+        grid_flow(config={"eval_n": 2, "eval_ks": [4]})
+
+
+def test_yaml_config_errors_name_the_file_and_field(tmp_path):
+    from tasks.experiment import load_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nstepz: 3\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: invalid ExperimentConfig: stepz"):
+        load_config(path)
+    path.write_text(json.dumps({"cells": ["sft", "nope"]}))
+    with pytest.raises(ValueError, match="cells"):
+        load_config(path)

@@ -1,0 +1,132 @@
+"""Local services: real Prefect and MLflow servers started, checked and stopped on free ports."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from tasks import services
+from tasks.services import Service, down, status, up, wait_until_healthy
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    """A state directory whose servers are stopped whatever the test does."""
+    path = tmp_path / "services"
+    yield path
+    down(path, grace_s=5)
+
+
+@pytest.mark.slow
+def test_up_twice_then_down(state_dir):
+    import mlflow
+
+    prefect_port, mlflow_port = _free_port(), _free_port()
+    started = up(state_dir, prefect_port=prefect_port, mlflow_port=mlflow_port)
+
+    assert started["prefect_api"] == f"http://127.0.0.1:{prefect_port}/api"
+    assert started["already_running"] is False
+    for url in (started["prefect_api"] + "/health", started["mlflow_ui"] + "/health"):
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200, url
+    client = mlflow.MlflowClient(started["env"]["MLFLOW_TRACKING_URI"])
+    experiment_id = client.create_experiment("services-smoke")
+    run = client.create_run(experiment_id)
+    client.log_metric(run.info.run_id, "train/loss", 1.5, step=0)
+    assert client.get_run(run.info.run_id).data.metrics == {"train/loss": 1.5}
+    assert json.loads((state_dir / "services.json").read_text())["services"]["mlflow"]["pid"] \
+        == started["pids"]["mlflow"]
+
+    again = up(state_dir, prefect_port=prefect_port, mlflow_port=mlflow_port)
+    assert again["already_running"] is True
+    assert again["pids"] == started["pids"]
+    assert status(state_dir)["running"] is True
+
+    stopped = down(state_dir)
+    assert [line.split()[0] for line in stopped] == ["prefect", "mlflow"]
+    assert not any(_pid_alive(pid) for pid in started["pids"].values())
+    assert _port_free(prefect_port) and _port_free(mlflow_port)
+    assert not (state_dir / "services.json").exists()
+    assert down(state_dir) == []
+
+
+def test_port_in_use_is_refused_before_starting_anything(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match=rf"port {port} .*mlflow.*mlflow_port="):
+            up(tmp_path, prefect_port=_free_port(), mlflow_port=port)
+    assert not (tmp_path / "services.json").exists()
+    assert not (tmp_path / "logs").exists()
+
+
+def test_nothing_running(tmp_path):
+    assert status(tmp_path) == {"running": False, "services": {}, "urls": {}}
+    assert down(tmp_path) == []
+
+
+def test_stale_state_file_is_reported_and_removed(tmp_path):
+    exited = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    exited.wait()
+    entry = {"pid": exited.pid, "port": 1, "url": "http://127.0.0.1:1", "log": "x.log"}
+    (tmp_path / "services.json").write_text(json.dumps(
+        {"host": "127.0.0.1", "services": {"prefect": entry, "mlflow": entry}}))
+
+    assert status(tmp_path)["running"] is False
+    assert down(tmp_path) == []
+    assert not (tmp_path / "services.json").exists()
+
+
+def test_a_server_that_dies_while_starting_names_its_log(tmp_path):
+    log_path = tmp_path / "broken.log"
+    service = Service("broken", [sys.executable, "-c", "print('no database'); exit(3)"],
+                      dict(os.environ), "127.0.0.1", _free_port(), "/health", log_path)
+    process = services._spawn(service)
+    try:
+        with pytest.raises(RuntimeError, match=r"(?s)exited with code 3.*broken\.log.*no database"):
+            wait_until_healthy([service], {"broken": process}, timeout_s=30)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_server_that_never_answers_times_out(tmp_path):
+    service = Service("silent", [sys.executable, "-c", "import time; time.sleep(30)"],
+                      dict(os.environ), "127.0.0.1", _free_port(), "/health",
+                      tmp_path / "silent.log")
+    process = services._spawn(service)
+    try:
+        with pytest.raises(RuntimeError, match=r"silent server did not answer .* within 0.2 s"):
+            wait_until_healthy([service], {"silent": process}, timeout_s=0.2)
+    finally:
+        process.kill()
+        process.wait()

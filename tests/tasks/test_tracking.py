@@ -1,0 +1,283 @@
+"""tasks.tracking against a real MLflow: a SQLite store in tmp_path, and for the outage test a
+real `mlflow server` subprocess that is killed and restarted mid-run."""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tasks.tracking import Tracker, default_tracking_uri, flatten_config, git_sha
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory) -> Tracker:
+    """One SQLite-backed tracker for the module (creating MLflow's tables takes seconds)."""
+    root = tmp_path_factory.mktemp("tracking")
+    return Tracker(f"sqlite:///{root / 'mlflow.db'}", artifacts_dir=root)
+
+
+@dataclass(frozen=True)
+class Optim:
+    lr: float = 1e-3
+    betas: tuple = (0.9, 0.95)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    objective: str = "opd"
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_default_uri_is_sqlite_beside_artifacts_unless_env_says(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert default_tracking_uri(tmp_path) == "http://mlflow.example:5000"
+
+
+def test_experiment_artifacts_sit_beside_the_sqlite_database(tracker):
+    run_id = tracker.start_run("artifact-location", "r", {})
+    artifact_uri = tracker.client.get_run(run_id).info.artifact_uri
+    assert artifact_uri.startswith((tracker.artifacts_dir / "mlflow-artifacts").as_uri())
+
+
+def test_params_are_flattened_and_logged_once(tracker, caplog):
+    run_id = tracker.start_run("params", "once", {})
+    config = {"experiment": Experiment(), "note": "x" * 7000}
+    assert flatten_config(Experiment()) == {
+        "objective": "opd", "optim.lr": "0.001", "optim.betas": "[0.9,0.95]"}
+    with caplog.at_level(logging.WARNING, logger="tasks.tracking"):
+        tracker.log_params(run_id, config)
+    assert "over MLflow's limit" in caplog.text
+    params = tracker.run_params(run_id)
+    assert params["experiment.optim.lr"] == "0.001"
+    assert params["experiment.optim.betas"] == "[0.9,0.95]"
+    assert len(params["note"]) == 6000 and params["note"].endswith("[truncated 7000 chars to 6000]")
+
+    tracker.log_params(run_id, config)  # same values again: a no-op
+    with pytest.raises(ValueError, match=r"experiment\.objective: logged 'opd', now 'sft'"):
+        tracker.log_params(run_id, {"experiment": Experiment(objective="sft")})
+
+
+def test_metrics_are_read_back_by_step(tracker, caplog):
+    run_id = tracker.start_run("metrics", "steps", {})
+    length_key = "eval/default/response_length_mean"
+    for step in range(3):
+        tracker.log_metrics(run_id, {"train/loss": 1.0 / (step + 1), length_key: 10.0 * step},
+                            step=step)
+    with caplog.at_level(logging.WARNING, logger="tasks.tracking"):
+        tracker.log_metrics(run_id, {"train/entropy": float("nan")}, step=3)
+        tracker.log_metrics(run_id, {"train/entropy": float("inf")}, step=4)
+    assert caplog.text.count("not logged") == 1
+    assert tracker.nonfinite_skipped["train/entropy"] == 2
+
+    assert tracker.metric_history(run_id, "train/loss") == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
+    assert tracker.metric_history(run_id, length_key) == [(0, 0.0), (1, 10.0), (2, 20.0)]
+    assert tracker.run_metrics(run_id) == {"train/loss": 1 / 3, length_key: 20.0}
+    with pytest.raises(ValueError, match="name it 'stage/name'"):
+        tracker.log_metrics(run_id, {"loss": 1.0}, step=5)
+
+
+def test_parent_and_child_runs_with_tags(tracker):
+    parent = tracker.start_run("grid", "study", {"study": "kl-grid"})
+    children = [tracker.start_run("grid", cell, {"cell": cell}, parent_run_id=parent)
+                for cell in ("sft", "opd")]
+    tracker.set_tags(children[0], {"reverse_weight": 0.5})
+    tracker.end_run(children[0])
+    tracker.end_run(children[1], status="FAILED")
+
+    summaries = tracker.child_runs(parent)
+    assert [(s.run_id, s.run_name, s.status) for s in summaries] == [
+        (children[0], "sft", "FINISHED"), (children[1], "opd", "FAILED")]
+    tags = tracker.run_tags(children[0])
+    assert tags["mlflow.parentRunId"] == parent
+    assert tags["reverse_weight"] == "0.5" and tags["cell"] == "sft"
+    assert tags["git_sha"] == git_sha()
+    assert tracker.child_runs(children[0]) == []
+
+
+def test_artifacts_files_dirs_dicts_and_tables(tracker, tmp_path):
+    run_id = tracker.start_run("artifacts", "files", {})
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "a.jsonl").write_text("{}\n")
+    tracker.log_artifact(run_id, tmp_path / "notes.txt")
+    tracker.log_artifact(run_id, tmp_path / "samples", "rollouts")
+    tracker.log_dict(run_id, {"objective": "opd"}, "config.json")
+    tracker.log_table(run_id, [{"id": "p1", "correct": True}, {"id": "p2", "length": 7}],
+                      "eval/samples.json")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        tracker.log_artifact(run_id, tmp_path / "missing.txt")
+
+    local = Path(tracker.client.download_artifacts(run_id, "", str(tmp_path / "back")))
+    assert (local / "notes.txt").read_text() == "hello"
+    assert (local / "rollouts" / "a.jsonl").is_file()
+    assert json.loads((local / "config.json").read_text()) == {"objective": "opd"}
+    table = json.loads((local / "eval" / "samples.json").read_text())
+    assert table["columns"] == ["id", "correct", "length"]
+    assert table["data"][0][:2] == ["p1", True] and table["data"][1][0] == "p2"
+    assert "eval/samples.json" in tracker.run_tags(run_id)["mlflow.loggedArtifacts"]
+
+
+def _tiny_llama(path: Path) -> Path:
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=32)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def test_model_registration_and_download_round_trip(tracker, tmp_path):
+    model_dir = _tiny_llama(tmp_path / "student")
+    versions = []
+    for cell in ("opd", "opd-again"):
+        run_id = tracker.start_run("registry", cell, {})
+        versions.append(tracker.register_model(run_id, model_dir, "distill-student-opd",
+                                               {"eval/gsm8k/avg_at_4": 0.25}))
+    assert versions == [1, 2]
+    version = tracker.client.get_model_version("distill-student-opd", "2")
+    assert version.tags == {"eval/gsm8k/avg_at_4": "0.25"} and version.run_id == run_id
+
+    [latest] = tracker.latest_model_versions("distill-student", download_to=tmp_path / "dl")
+    assert (latest.name, latest.version, latest.run_id) == ("distill-student-opd", 2, run_id)
+    loaded = LlamaForCausalLM.from_pretrained(latest.local_dir)
+    original = LlamaForCausalLM.from_pretrained(model_dir)
+    for (name, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+    assert tracker.latest_model_versions(["distill-student-opd"])[0].local_dir is None
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        tracker.register_model(run_id, tmp_path, "distill-student-opd", {})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_fails_fast_at_start(tmp_path):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"{uri} is not reachable"):
+        Tracker(uri, artifacts_dir=tmp_path)
+    assert time.monotonic() - started < 10
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConnectionError, match="cannot open the MLflow SQLite database"):
+        Tracker(f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}", artifacts_dir=tmp_path)
+
+
+def test_metrics_that_cannot_be_sent_are_spilled_then_replayed(tracker):
+    # A deleted run refuses metrics just as a dead server does; restoring it is the "recovery".
+    run_id = tracker.start_run("spill", "deleted-mid-run", {})
+    tracker.log_metrics(run_id, {"train/loss": 3.0}, step=0)
+    tracker.client.delete_run(run_id)
+    started = time.monotonic()
+    for step in range(1, 21):
+        tracker.log_metrics(run_id, {"train/loss": 3.0 - 0.1 * step}, step=step)
+    assert time.monotonic() - started < 10  # backoff: failed sends do not stall training
+    assert tracker.flush() == 20
+
+    assert tracker.close() == 20
+    spill = tracker.spill_path(run_id)
+    assert len(spill.read_text().splitlines()) == 20
+    tracker.client.restore_run(run_id)
+    assert tracker.replay_spill(spill) == 20
+    assert not spill.exists()
+    assert [step for step, _ in tracker.metric_history(run_id, "train/loss")] == list(range(21))
+
+
+def test_a_long_outage_spills_to_disk_instead_of_filling_memory(tracker):
+    small = Tracker(tracker.tracking_uri, artifacts_dir=tracker.artifacts_dir, max_buffered=5)
+    run_id = small.start_run("spill", "small-buffer", {})
+    small.client.delete_run(run_id)
+    for step in range(8):
+        small.log_metrics(run_id, {"train/loss": float(step)}, step=step)
+    assert len(small.spill_path(run_id).read_text().splitlines()) == 6  # buffer passed 5
+    assert small.close() == 2  # the rest join the same file
+    small.client.restore_run(run_id)
+    assert small.replay_spill(small.spill_path(run_id)) == 8
+    assert len(small.metric_history(run_id, "train/loss")) == 8
+
+
+class MlflowServer:
+    """A real `mlflow server` on a fixed port and database, which can be killed and restarted."""
+
+    def __init__(self, root: Path):
+        self.root, self.port = root, _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120) -> None:
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--workers", "1",
+                   "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+                   "--artifacts-destination", str(self.root / "server-artifacts")]
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        with (self.root / "server.log").open("a") as server_log:
+            self.process = subprocess.Popen(command, env=env, stdout=server_log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, (self.root / "server.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"mlflow server did not answer on {self.uri} in {timeout_s} s")
+
+    def stop(self) -> None:
+        """Terminate the server's own process group (it starts uvicorn as a child)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.mark.slow
+def test_metrics_survive_a_server_outage(tmp_path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        tracker = Tracker(server.uri, artifacts_dir=tmp_path)
+        run_id = tracker.start_run("outage", "train", {})
+        for step in range(3):
+            tracker.log_metrics(run_id, {"train/loss": float(step)}, step=step)
+
+        server.stop()  # outage: training goes on, each step returns quickly
+        started = time.monotonic()
+        for step in range(3, 13):
+            tracker.log_metrics(run_id, {"train/loss": float(step)}, step=step)
+        assert time.monotonic() - started < 10
+
+        server.start()  # same port, same database
+        assert tracker.flush() == 0
+        assert [s for s, _ in tracker.metric_history(run_id, "train/loss")] == list(range(13))
+
+        server.stop()  # down for good: closing spills what is left
+        tracker.log_metrics(run_id, {"train/loss": 13.0, "eval/default/avg_at_4": 0.5}, step=13)
+        assert tracker.close() == 2
+        spill = tracker.spill_path(run_id)
+        assert spill.is_file()
+
+        server.start()
+        assert Tracker(server.uri, artifacts_dir=tmp_path).replay_spill(spill) == 2
+        assert tracker.run_metrics(run_id) == {"train/loss": 13.0, "eval/default/avg_at_4": 0.5}
+    finally:
+        server.stop()
