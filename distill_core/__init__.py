@@ -1,8 +1,9 @@
 """distill_core: the distillation method in pure PyTorch.
 
 The objective grid (prefix source × token-level KL direction), its losses — straightforward,
-chunked, sparse-teacher and sampled-token forms — the entropy-gated length curriculum and the
-Avg@k / Pass@k metrics. Imports only torch and the standard library.
+chunked, sparse-teacher and sampled-token forms — the entropy-gated length curriculum, the
+Avg@k / Pass@k metrics and the GRPO loss for RL after distillation. Imports only torch and
+the standard library.
 """
 
 from distill_core.curriculum import EntropyGatedLengthCurriculum, doubling_ladder
@@ -14,6 +15,7 @@ from distill_core.divergences import (
     reverse_kl,
     token_entropy,
 )
+from distill_core.grpo import group_advantages, grpo_token_loss, k3_kl
 from distill_core.losses import KLLoss, kl_loss
 from distill_core.metrics import avg_at_k, mean_pass_at_k, pass_at_k
 from distill_core.objective import PRESETS, Objective
@@ -28,6 +30,9 @@ __all__ = [
     "avg_at_k",
     "doubling_ladder",
     "forward_kl",
+    "group_advantages",
+    "grpo_token_loss",
+    "k3_kl",
     "kl_loss",
     "kl_terms",
     "masked_mean",

@@ -1,0 +1,298 @@
+"""GRPO after distillation: RL with an accuracy-only reward from the project's one grader.
+
+``train_grpo(config)`` starts from a distilled student (``config.policy``) and, per step:
+
+1. Samples G responses for each of ``prompts_per_step`` prompts from the current policy
+   (``tasks.rollout.generate_hf``; the seed depends on the step, so a resumed run samples the
+   same responses).
+2. Rewards each response with ``tasks.grader`` (one ``Grader`` for the whole run):
+   1 if its strict answer is correct, else 0, plus ``format_reward`` for a ``\\boxed{}`` answer.
+3. Turns rewards into group-relative advantages (``distill_core.group_advantages``). A step in
+   which every group's rewards are all equal has no learning signal: it is skipped (no optimiser
+   step), counted in ``skipped_steps`` and logged — never a NaN.
+4. Computes the sampling policy's log-probs (no gradient) and, for the ``rl/kl_to_initial``
+   metric and the optional penalty, those of a frozen copy of the initial policy; then one
+   clipped update (``distill_core.grpo_token_loss``, global token normalisation), AdamW, gradient
+   clipping at 1.0 and a finite check.
+
+One update per batch means the ratio starts at 1; the clipped objective is still the real one,
+so more updates per batch would need no change to the loss. Checkpoints and exact resume work
+as in ``tasks.train`` (same helpers and layout). Metrics per step are ``rl/...`` dicts; this
+module does not log to MLflow (``on_step`` streams them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+import distill_core as dc
+from tasks.artifacts import content_hash
+from tasks.data import Problem, read_problems
+from tasks.grader import Grader
+from tasks.models import check_pair, load_model, load_tokenizer
+from tasks.rollout import (
+    PROMPT_TEMPLATES,
+    Sample,
+    SamplingConfig,
+    context_length,
+    generate_hf,
+    render_prompts,
+)
+from tasks.scoring import response_batch, response_logits
+from tasks.train import STATE_FILE, NonFiniteError, _save_checkpoint, latest_checkpoint
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """One GRPO run from a distilled student.
+
+    policy: model directory (or hub id) of the starting policy, e.g. a distilled student.
+    train_problems: Problem JSONL the prompts come from; output_dir: checkpoints and metrics.
+    steps: optimiser steps (skipped steps count); prompts_per_step: prompts per step;
+        group_size: G responses sampled per prompt (>= 2: the group is the baseline).
+    max_new_tokens, temperature: sampling (the loss's log-probs use the same temperature).
+    clip_eps: PPO trust region ε; kl_coef: weight of the k3 penalty to the initial policy.
+    normalise_std: divide advantages by the group's reward std.
+    format_reward: bonus for a \\boxed{} answer (0: accuracy-only reward).
+    reference: optional model directory whose tokenizer the policy must match.
+    """
+
+    policy: str
+    train_problems: str
+    output_dir: str
+    steps: int = 20
+    prompts_per_step: int = 8
+    group_size: int = 4
+    learning_rate: float = 1e-5
+    max_new_tokens: int = 96
+    temperature: float = 1.0
+    clip_eps: float = 0.2
+    kl_coef: float = 0.0
+    normalise_std: bool = True
+    format_reward: float = 0.0
+    prompt_template: str = "bare"
+    seed: int = 0
+    checkpoint_every: int = 10
+    reference: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"group_size={self.group_size}: GRPO needs >= 2 samples per prompt "
+                             "(the group's mean reward is the baseline)")
+        for name in ("steps", "prompts_per_step", "max_new_tokens", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate={self.learning_rate} must be > 0")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature={self.temperature} must be > 0: GRPO samples a "
+                             "group per prompt, and greedy samples would all be identical")
+        if not self.clip_eps > 0:
+            raise ValueError(f"clip_eps={self.clip_eps} must be > 0")
+        for name in ("kl_coef", "format_reward"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.prompt_template not in PROMPT_TEMPLATES:
+            raise ValueError(f"prompt_template={self.prompt_template!r} is not one of "
+                             f"{sorted(PROMPT_TEMPLATES)}")
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the trained weights (not the output place)."""
+        settings = asdict(self)
+        settings.pop("output_dir")
+        return content_hash(settings)
+
+
+@dataclass
+class RLResult:
+    checkpoint: Path
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    skipped_steps: int = 0
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def rewards(grader: Grader, samples: Sequence[Sample], gold_answers: Sequence[str],
+            format_reward: float = 0.0) -> list[float]:
+    """Accuracy reward per sample: 1.0 if the strict answer is correct, else 0.0, plus
+    format_reward when the response has a \\boxed{} answer."""
+    grades = grader.grade([s.text for s in samples], gold_answers)
+    return [float(g.strict_correct) + (format_reward if g.method == "boxed" else 0.0)
+            for g in grades]
+
+
+def _resume_state(config: GRPOConfig, output_dir: Path) -> tuple[Path | None, dict | None]:
+    resume_from = latest_checkpoint(output_dir)
+    if resume_from is None:
+        return None, None
+    state = torch.load(resume_from / STATE_FILE, weights_only=False)
+    if state["config_hash"] != config.fingerprint():
+        raise ValueError(
+            f"{output_dir} holds a GRPO checkpoint of a different config (hash "
+            f"{state['config_hash']} vs {config.fingerprint()}); use a new output_dir or the "
+            "original config to resume")
+    return resume_from, state
+
+
+def _check_data(config: GRPOConfig, problems: list[Problem], policy) -> None:
+    if config.prompts_per_step > len(problems):
+        raise ValueError(f"prompts_per_step={config.prompts_per_step} is larger than the "
+                         f"{len(problems)} problems in {config.train_problems}")
+    if config.max_new_tokens >= context_length(policy):
+        raise ValueError(f"max_new_tokens={config.max_new_tokens} is not below the policy's "
+                         f"context of {context_length(policy)} tokens")
+
+
+def _masked_mean(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> float:
+    return float((values_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1))
+
+
+@torch.no_grad()
+def _frozen_logprobs(model, batch, vocab: int, temperature: float):
+    """(sampled-token log-probs, logits) of a model without gradient, e.g. the sampling policy."""
+    logits = response_logits(model, batch, vocab)
+    tokens = batch.response_ids_BT.to(logits.device)
+    return dc.sampled_token_logprobs(logits, tokens, temperature), logits
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_grpo(config: GRPOConfig, log: Callable[[str], None] = print,
+               on_step: Callable[[int, dict[str, float]], None] | None = None) -> RLResult:
+    """GRPO on config.policy; resumes from config.output_dir if it holds a checkpoint of the same
+    config. on_step(step, metrics) is called after every step, skipped ones included."""
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        vocab = check_pair(config.reference or config.policy, config.policy)
+    except ValueError as error:  # name the fields: check_pair speaks of teacher and student
+        raise ValueError(f"GRPO reference {config.reference!r} (as teacher) and policy "
+                         f"{config.policy!r} (as student): {error}") from error
+    resume_from, resume_state = _resume_state(config, output_dir)
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    tokenizer = load_tokenizer(config.policy)
+    policy = load_model(resume_from or config.policy, device=accelerator.device)
+    initial = load_model(config.policy, device=accelerator.device).eval().requires_grad_(False)
+    problems = read_problems(config.train_problems)
+    _check_data(config, problems, policy)
+    prompts = render_prompts(tokenizer, problems, config.prompt_template)
+
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+
+    order = list(range(len(problems)))
+    random.Random(config.seed).shuffle(order)
+    start_step, position, skipped, history = 0, 0, 0, []
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        random.setstate(resume_state["rng"]["python"])
+        torch.set_rng_state(resume_state["rng"]["torch"])
+        start_step, position = resume_state["step"], resume_state["position"]
+        order, skipped = resume_state["order"], resume_state["skipped_steps"]
+        log(f"resuming GRPO from {resume_from} at step {start_step}")
+
+    checkpoint, metrics = resume_from, {}
+    with Grader() as grader:
+        for step in range(start_step, config.steps):
+            if position + config.prompts_per_step > len(order):
+                position = 0
+                random.Random(f"{config.seed}/{step}").shuffle(order)
+            indices = order[position : position + config.prompts_per_step]
+            position += config.prompts_per_step
+            metrics = _grpo_step(config, step, accelerator, policy, initial, optimizer, grader,
+                                 tokenizer, vocab, [prompts[i] for i in indices],
+                                 [problems[i].answer for i in indices])
+            skipped += int(metrics["rl/skipped"])
+            metrics.update({"rl/skipped_steps": float(skipped), "step": float(step + 1)})
+            history.append(dict(metrics))
+            if on_step is not None:
+                on_step(step + 1, metrics)
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                state = {"step": step + 1, "position": position, "order": order,
+                         "skipped_steps": skipped, "config_hash": config.fingerprint(),
+                         "config": asdict(config)}
+                checkpoint = _save_checkpoint(accelerator, policy, tokenizer, optimizer,
+                                              scheduler, state, output_dir, step + 1)
+            log(f"  grpo step {step + 1}/{config.steps}  reward {metrics['rl/reward_mean']:.3f}"
+                f"  all-equal groups {metrics['rl/all_equal_group_fraction']:.2f}"
+                + ("  skipped: no reward signal" if metrics["rl/skipped"] else
+                   f"  loss {metrics['rl/loss']:.4f}  kl {metrics['rl/kl_to_initial']:.4f}"))
+    (output_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return RLResult(checkpoint, metrics, history, skipped)
+
+
+def _grpo_step(config, step, accelerator, policy, initial, optimizer, grader, tokenizer, vocab,
+               prompts: list[str], gold_answers: list[str]) -> dict[str, float]:
+    """Sample, reward, and (unless no group has a signal) one clipped update; returns metrics."""
+    started = time.perf_counter()
+    G = config.group_size
+    samples = generate_hf(
+        accelerator.unwrap_model(policy), tokenizer, prompts,
+        SamplingConfig(n=G, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                       seed=config.seed * 1_000_003 + step, batch_size=len(prompts) * G))
+    generated = time.perf_counter()
+    reward_list = rewards(grader, samples, [gold_answers[s.prompt_index] for s in samples],
+                          config.format_reward)
+    rewards_G_N = torch.tensor(reward_list).view(len(prompts), G)
+    advantages, all_equal = dc.group_advantages(rewards_G_N, config.normalise_std)
+
+    batch = response_batch(samples, tokenizer.pad_token_id)
+    mask = batch.response_mask_BT.to(accelerator.device)
+    old_logprobs, old_logits = _frozen_logprobs(policy, batch, vocab, config.temperature)
+    ref_logprobs, _ = _frozen_logprobs(initial, batch, vocab, config.temperature)
+    lengths = [s.length for s in samples]
+    metrics = {
+        "rl/reward_mean": float(rewards_G_N.mean()),
+        "rl/all_equal_group_fraction": float(all_equal.float().mean()),
+        "rl/entropy": _masked_mean(dc.token_entropy(old_logits), mask),
+        "rl/response_length_mean": sum(lengths) / len(lengths),
+        "rl/truncation_rate": sum(s.truncated for s in samples) / len(samples),
+        "rl/kl_to_initial": _masked_mean(dc.k3_kl(old_logprobs, ref_logprobs), mask),
+        "rl/skipped": float(bool(all_equal.all())),
+        "rl/clip_fraction": 0.0, "rl/loss": 0.0, "rl/grad_norm": 0.0,
+    }
+    del old_logits
+    if not all_equal.all():
+        metrics.update(_update(config, step, accelerator, policy, optimizer, batch, vocab, mask,
+                               old_logprobs, ref_logprobs, advantages.flatten().to(mask.device)))
+    metrics.update({"time/generate": generated - started,
+                    "time/train": time.perf_counter() - generated})
+    return metrics
+
+
+def _update(config, step, accelerator, policy, optimizer, batch, vocab, mask, old_logprobs,
+            ref_logprobs, advantages_B) -> dict[str, float]:
+    """One clipped GRPO update on the step's batch; raises NonFiniteError before applying NaN."""
+    logits = response_logits(policy, batch, vocab)
+    logprobs = dc.sampled_token_logprobs(logits, batch.response_ids_BT.to(logits.device),
+                                         config.temperature)
+    loss, stats = dc.grpo_token_loss(
+        logprobs, old_logprobs, advantages_B, mask, clip_eps=config.clip_eps,
+        ref_logprobs_BT=ref_logprobs if config.kl_coef > 0 else None, kl_coef=config.kl_coef)
+    accelerator.backward(loss)
+    grad_norm = float(accelerator.clip_grad_norm_(policy.parameters(), 1.0))
+    loss_value = float(loss.detach())
+    if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteError(f"GRPO step {step + 1}: loss {loss_value}, grad norm {grad_norm} "
+                             "— not finite; the step was not applied and the last checkpoint is "
+                             "kept. Lower learning_rate")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"rl/loss": loss_value, "rl/grad_norm": grad_norm,
+            "rl/clip_fraction": stats["clip_fraction"]}
