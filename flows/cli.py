@@ -3,10 +3,12 @@
     distill grid configs/demo.yaml     the study (the main job)
     distill run CONFIG                 one experiment (the distill flow)
     distill eval [--config YAML] [--model DIR ...]
+    distill rl [--config YAML]         GRPO from every student of the newest grid study
     distill bootstrap [--real-weights] / distill prepare CONFIG
     distill serve [--cron "0 2 * * *"] [--timezone UTC]
     distill up / down / status         local Prefect + MLflow servers (SQLite) on 127.0.0.1
-    distill report [--experiment NAME] the results table of the newest grid, from MLflow
+    distill report [--experiment NAME] [--run ID] [--html OUT [--attach]]
+                                       a grid's results table, or its HTML tradeoff report
 
 Honours MLFLOW_TRACKING_URI and PREFECT_API_URL; --artifacts DIR (or DISTILL_LAB_ARTIFACTS)
 says where caches, checkpoints, the SQLite store and the default MLflow database live. Without
@@ -40,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="model directory (repeatable; none: newest registered students)")
     evaluate.add_argument("--benchmark", action="append", default=[],
                           help="'default', a file, or name=path (repeatable)")
+    rl = commands.add_parser("rl", help="GRPO after distillation (the rl_after_distill flow)")
+    rl.add_argument("--config", type=Path, help="YAML file of RLFlowConfig fields")
     boot = commands.add_parser("bootstrap", help="build the default (or real-weights) models")
     boot.add_argument("--real-weights", action="store_true")
     serve = commands.add_parser("serve", help="serve the flows as Prefect deployments")
@@ -50,9 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--mlflow-port", type=int, default=5000)
     commands.add_parser("down", help="stop the servers `distill up` started")
     commands.add_parser("status", help="show the servers `distill up` started")
-    report = commands.add_parser("report", help="print a grid's results table from MLflow")
+    report = commands.add_parser("report", help="a grid's results table, or its HTML report")
     report.add_argument("--experiment", default="demo")
     report.add_argument("--run", help="parent run id (default: the experiment's newest grid)")
+    report.add_argument("--html", type=Path, metavar="OUT",
+                        help="write the tradeoff report (plots, tables, samples) to this file")
+    report.add_argument("--attach", action="store_true",
+                        help="with --html: also attach it as report.html of the grid run")
     return parser
 
 
@@ -112,6 +120,14 @@ def _eval(args) -> None:
                       if k.startswith("eval/overall/")})
 
 
+def _rl(args) -> None:
+    from flows.rl import rl_after_distill_flow
+    from tasks.experiment import RLFlowConfig, load_config
+
+    config = load_config(args.config, RLFlowConfig) if args.config else RLFlowConfig()
+    print(f"\n{rl_after_distill_flow(config)['table']}")
+
+
 def _bootstrap(args) -> None:
     from flows.prepare import bootstrap_flow
     from tasks.experiment import BootstrapFlowConfig
@@ -154,11 +170,20 @@ def _status(args) -> None:
     print(status(_services_dir()))
 
 
-def _report(args) -> None:
+def _report(args) -> int:
     from tasks.experiment import grid_report
     from tasks.tracking import default_tracking_uri
 
-    print(grid_report(default_tracking_uri(), args.experiment, args.run))
+    if args.html is None:
+        if args.attach:
+            raise ValueError("--attach needs --html OUT")
+        print(grid_report(default_tracking_uri(), args.experiment, args.run))
+        return 0
+    from dashboards.report import main as report_main
+
+    argv = ["--output", str(args.html), "--tracking-uri", default_tracking_uri()]
+    argv += ["--run", args.run] if args.run else ["--experiment", args.experiment]
+    return report_main(argv + (["--attach"] if args.attach else []))
 
 
 def _where_to_look(tracking_uri: str, experiment: str) -> None:
@@ -170,7 +195,7 @@ def _where_to_look(tracking_uri: str, experiment: str) -> None:
                          "`distill up` keeps one with a UI, then export PREFECT_API_URL"))
 
 
-COMMANDS = {"grid": _grid, "run": _run, "prepare": _prepare, "eval": _eval,
+COMMANDS = {"grid": _grid, "run": _run, "prepare": _prepare, "eval": _eval, "rl": _rl,
             "bootstrap": _bootstrap, "serve": _serve, "up": _up, "down": _down,
             "status": _status, "report": _report}
 

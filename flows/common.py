@@ -19,6 +19,7 @@ from tasks.prefect_tasks import (
     RunRef,
     evaluate_task,
     finish_run_task,
+    report_task,
     start_run_task,
     teacher_rollouts_task,
     teacher_scores_task,
@@ -101,3 +102,15 @@ def run_directory(root: str, name: str) -> Path:
 
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     return Path(root) / "runs" / f"{name}-{stamp}"
+
+
+def study_report(where: dict[str, str], parent_run_id: str, run_dir: str | Path) -> str | None:
+    """Build and attach the study's HTML report; a failure is reported, not raised: the study's
+    runs are already in MLflow, and `distill report --html` rebuilds the page."""
+    try:
+        return report_task(where["tracking_uri"], parent_run_id, where["store_url"],
+                           str(Path(run_dir) / "report.html"))
+    except Exception as error:  # the report must never cost the study its results
+        print(f"warning: the report of run {parent_run_id} was not built ({error}); rebuild it "
+              f"with `distill report --run {parent_run_id} --html report.html --attach`")
+        return None

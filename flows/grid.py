@@ -10,6 +10,7 @@ from flows.common import (
     locations,
     run_cell,
     run_directory,
+    study_report,
     teacher_products,
 )
 from tasks.experiment import ExperimentConfig, cells, results_table
@@ -37,11 +38,14 @@ def grid_flow(config: ExperimentConfig = ExperimentConfig()) -> dict:
             print(f"cell {cell.label}: training {config.steps} steps")
             rows.append(run_cell(config, inputs, cell, where, run_dir, parent))
         table = results_table(rows, config.eval_ks)
+        report = study_report(where, parent.run_id, run_dir)
         finish_run_task(parent, "FINISHED", text={"results.md": table + "\n"})
     except BaseException:
         finish_run_task(parent, "FAILED")
         raise
     print(table)
+    if report:
+        print(f"report: {report} (also report.html of the grid run in MLflow)")
     return {"parent_run_id": parent.run_id, "rows": rows, "table": table,
             "teacher_products": products, "tracking_uri": where["tracking_uri"],
-            "run_dir": str(run_dir)}
+            "run_dir": str(run_dir), "report": report}

@@ -1,5 +1,5 @@
-"""Serve the flows as deployments against a Prefect server: distill, grid and bootstrap on
-demand, evaluate on a nightly cron schedule (the newest registered students)."""
+"""Serve the flows as deployments against a Prefect server: distill, grid, rl_after_distill and
+bootstrap on demand, evaluate on a nightly cron schedule (the newest registered students)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from flows.distill import distill_flow
 from flows.evaluate import evaluate_flow
 from flows.grid import grid_flow
 from flows.prepare import bootstrap_flow
+from flows.rl import rl_after_distill_flow
 
 NIGHTLY_CRON = "0 2 * * *"
 
@@ -20,6 +21,7 @@ def deployments(cron: str = NIGHTLY_CRON, timezone: str = "UTC") -> list:
         distill_flow.to_deployment(name="distill", tags=["distill-lab"]),
         grid_flow.to_deployment(name="grid", tags=["distill-lab"]),
         bootstrap_flow.to_deployment(name="bootstrap", tags=["distill-lab"]),
+        rl_after_distill_flow.to_deployment(name="rl-after-distill", tags=["distill-lab"]),
         evaluate_flow.to_deployment(name="nightly-evaluate", tags=["distill-lab"],
                                     schedule=Cron(cron, timezone=timezone)),
     ]

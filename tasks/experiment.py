@@ -203,8 +203,7 @@ def resolve_inputs(config: ExperimentConfig, root: str | Path | None = None,
     profile = bootstrap(config.profile, root, log) if needs_profile else None
     train_source = config.train_problems or str(profile.split("train"))
     held_out = config.held_out_problems or str(profile.split("held_out"))
-    benchmarks = tuple(f"{DEFAULT_BENCHMARK}={_default_test_split(profile)}"
-                       if spec == DEFAULT_BENCHMARK else spec for spec in config.benchmarks)
+    benchmarks = _benchmark_specs(config.benchmarks, profile)
     return Inputs(
         teacher=config.teacher or str(profile.teacher_dir),
         student=config.student or str(profile.student_dir),
@@ -212,6 +211,12 @@ def resolve_inputs(config: ExperimentConfig, root: str | Path | None = None,
         held_out_problems=held_out,
         benchmarks=benchmarks,
     )
+
+
+def _benchmark_specs(benchmarks: list[str], profile) -> tuple[str, ...]:
+    """The config's benchmark specs with "default" pointing at the profile's test split."""
+    return tuple(f"{DEFAULT_BENCHMARK}={_default_test_split(profile)}"
+                 if spec == DEFAULT_BENCHMARK else spec for spec in benchmarks)
 
 
 def _default_test_split(profile) -> Path:
@@ -362,3 +367,116 @@ def json_list(text: str | None) -> list:
     import json
 
     return json.loads(text) if text else []
+
+
+# ----------------------------------------------------------------------- RL after distillation
+
+
+class RLFlowConfig(_Config):
+    """GRPO with the same budget from each distilled student of a study (or given checkpoints),
+    evaluated before and after."""
+
+    name: str = Field("rl-after-distill", description="MLflow experiment for the RL runs.")
+    study_experiment: str = Field("demo", description="Experiment holding the grid study.")
+    parent_run_id: str | None = Field(None, description="The grid's parent run (None: newest).")
+    checkpoints: list[str] = Field([], description="Student directories instead of a study.")
+    profile: Literal["default", "real-weights"] = DEFAULT
+    train_problems: str | None = Field(None, description="RL prompts (None: profile's train).")
+    train_size: int = Field(512, ge=1)
+    steps: int = Field(20, ge=1)
+    prompts_per_step: int = Field(8, ge=1)
+    group_size: int = Field(4, ge=2, description="Samples per prompt (GRPO's group, G >= 2).")
+    learning_rate: float = Field(1e-5, gt=0)
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    kl_coef: float = Field(0.0, ge=0)
+    prompt_template: str = "bare"
+    seed: int = 0
+    benchmarks: list[str] = Field([DEFAULT_BENCHMARK])
+    eval_n: int = Field(4, ge=1)
+    eval_ks: list[int] = Field([1, 4])
+    eval_limit: int | None = Field(50, ge=1)
+    eval_max_new_tokens: int = Field(96, ge=1)
+    eval_temperature: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ks_within_n(self) -> RLFlowConfig:
+        if not self.eval_ks or max(self.eval_ks) > self.eval_n:
+            raise ValueError(f"eval_ks={self.eval_ks} must be <= eval_n={self.eval_n}")
+        return self
+
+    def eval_config(self, inputs: RLInputs, model: str) -> EvalConfig:
+        """The evaluation before and after RL (the same procedure as the grid's)."""
+        return EvalConfig(model=model, benchmarks=inputs.benchmarks, n=self.eval_n,
+                          ks=tuple(self.eval_ks), temperature=self.eval_temperature,
+                          max_new_tokens=self.eval_max_new_tokens, seed=self.seed,
+                          prompt_template=self.prompt_template, limit=self.eval_limit)
+
+
+@dataclass(frozen=True)
+class RLInputs:
+    """Resolved paths of an RL flow: its prompts and benchmarks (the sources are the models)."""
+
+    train_problems: str
+    benchmarks: tuple[str, ...]
+
+
+def resolve_rl_inputs(config: RLFlowConfig, root: str | Path | None = None,
+                      log=print) -> RLInputs:
+    """The RL prompts (cut to train_size) and benchmarks; the profile is bootstrapped (or found
+    in the artifact directory) only when its problems are asked for."""
+    needs_profile = config.train_problems is None or DEFAULT_BENCHMARK in config.benchmarks
+    profile = bootstrap(config.profile, root, log) if needs_profile else None
+    train_source = config.train_problems or str(profile.split("train"))
+    return RLInputs(str(subset(train_source, config.train_size, root)),
+                    _benchmark_specs(config.benchmarks, profile))
+
+
+def rl_sources(config: RLFlowConfig, tracking_uri: str) -> tuple[str | None, list[dict]]:
+    """(grid parent run id or None, the students to start GRPO from): config.checkpoints, else
+    every trained cell of the grid study (its final checkpoint, from the run's train.output_dir).
+    Each source names a reference model whose tokenizer it must share (GRPO checks it before
+    sampling): the study's starting student, or the first of config.checkpoints."""
+    if config.checkpoints:  # all must share the first one's tokenizer
+        return None, [{"label": Path(c).name, "checkpoint": c, "source_run": "",
+                       "reference": config.checkpoints[0]} for c in config.checkpoints]
+    from tasks.tracking import Tracker
+    from tasks.train import latest_checkpoint
+
+    with Tracker(tracking_uri) as tracker:
+        parent = config.parent_run_id or tracker.latest_run(config.study_experiment, "study",
+                                                            "grid")
+        if parent is None:
+            raise ValueError(f"no grid study in experiment {config.study_experiment!r} at "
+                             f"{tracking_uri}; run `distill grid` first or pass checkpoints")
+        sources = []
+        for child in tracker.child_runs(parent):
+            if tracker.run_tags(child.run_id).get("reference") == "true":
+                continue
+            params = tracker.run_params(child.run_id)
+            output_dir = params.get("train.output_dir")
+            checkpoint = latest_checkpoint(output_dir) if output_dir else None
+            if checkpoint is None:
+                raise FileNotFoundError(f"cell {child.run_name!r} (run {child.run_id}) has no "
+                                        f"checkpoint under {output_dir}; was it trained on "
+                                        "this machine and artifact directory?")
+            sources.append({"label": child.run_name, "checkpoint": str(checkpoint),
+                            "source_run": child.run_id,  # its tokenizer: the study's student's
+                            "reference": params.get("train.student")})
+    return parent, sources
+
+
+def before_after_table(rows: list[dict], ks: list[int]) -> str:
+    """Markdown: per source cell, Avg@k / Pass@k / entropy / length before and after RL."""
+    k = max(ks)
+    keys = [(f"eval/overall/avg_at_{k}", f"avg@{k}", ".3f"),
+            (f"eval/overall/pass_at_{k}", f"pass@{k}", ".3f"),
+            ("eval/overall/entropy", "entropy", ".3f"),
+            ("eval/overall/response_length_mean", "mean length", ".1f")]
+    head = ["cell"] + [f"{label} before → after" for _, label, _ in keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        values = [f"{_fmt(row['before'].get(key), spec)} → {_fmt(row['after'].get(key), spec)}"
+                  for key, _, spec in keys]
+        lines.append("| " + " | ".join([row["label"], *values]) + " |")
+    return "\n".join(lines)

@@ -185,3 +185,55 @@ def models_task(config, tracking_uri: str, root: str) -> list[tuple[str, str, di
     return [(f"{v.name} v{v.version}", str(v.local_dir),
              {"evaluated_model": v.name, "model_version": str(v.version),
               "source_run": v.run_id}) for v in versions]
+
+
+@task(name="prepare-rl", cache_policy=NO_CACHE)
+def rl_inputs_task(config, root: str):
+    """The RL flow's prompts and benchmarks (tasks.experiment.resolve_rl_inputs)."""
+    from tasks.experiment import resolve_rl_inputs
+
+    return resolve_rl_inputs(config, root, _log)
+
+
+@task(name="grpo", cache_policy=NO_CACHE, retries=0)
+def rl_task(config, run: RunRef | None = None) -> dict:
+    """GRPO from one distilled student (tasks.rl), streaming step metrics to the run."""
+    from tasks.rl import train_grpo
+
+    tracker = _tracker(run) if run else None
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        if tracker is not None:
+            tracker.log_metrics(run.run_id, {k: v for k, v in metrics.items() if "/" in k},
+                                step)
+
+    try:
+        result = train_grpo(config, log=_log, on_step=on_step)
+    finally:
+        if tracker is not None:
+            tracker.close()
+    return {"checkpoint": str(result.checkpoint), "metrics": result.metrics,
+            "skipped_steps": result.skipped_steps}
+
+
+@task(name="log-text", cache_policy=NO_CACHE, **IO_RETRIES)
+def log_text_task(run: RunRef, text: str, artifact_file: str) -> None:
+    """Attach a text artifact (a table, a report) to an existing run."""
+    tracker = _tracker(run)
+    try:
+        tracker.log_text(run.run_id, text, artifact_file)
+    finally:
+        tracker.close()
+
+
+@task(name="report", cache_policy=NO_CACHE, **IO_RETRIES)
+def report_task(tracking_uri: str, parent_run_id: str, store_url: str, output: str) -> str:
+    """Build a study's tradeoff report (dashboards.report) and attach it to the study's parent
+    run as ``report.html``; returns the page's path."""
+    from dashboards.report import attach_report, build_report
+
+    page = build_report(tracking_uri, parent_run_id=parent_run_id, store_url=store_url,
+                        output=output)
+    attach_report(tracking_uri, parent_run_id, page)
+    _log(f"report: {page} (attached as report.html of run {parent_run_id})")
+    return str(page)

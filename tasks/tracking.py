@@ -465,6 +465,21 @@ class Tracker:
                                        order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0].info.run_id if runs else None
 
+    def tagged_runs(self, tag: str, value: str) -> list[RunSummary]:
+        """Runs of every experiment whose tag equals value, oldest first (e.g. the RL runs
+        that name a distillation run as their ``source_run``)."""
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        runs, token = [], None
+        while experiments:
+            page = self.client.search_runs(
+                experiments, filter_string=f"tags.`{tag}` = '{value}'",
+                order_by=["attributes.start_time ASC"], page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        return [RunSummary(r.info.run_id, r.info.run_name, r.info.status) for r in runs]
+
     # -- model registry -----------------------------------------------------------------------
 
     def register_model(self, run_id: str, model_dir: str | Path, name: str,

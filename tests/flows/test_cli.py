@@ -39,10 +39,19 @@ def test_report_without_runs_says_what_to_do(tmp_path, capsys, monkeypatch):
     assert "run `distill grid CONFIG` first" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["demo.yaml"])
-def test_shipped_configs_are_valid(name):
+@pytest.mark.parametrize(("name", "model", "experiment"), [
+    ("demo.yaml", "ExperimentConfig", "demo"),
+    ("rl-demo.yaml", "RLFlowConfig", "rl-after-distill")])
+def test_shipped_configs_are_valid(name, model, experiment):
     from pathlib import Path
 
+    import tasks.experiment
     from tasks.experiment import load_config
 
-    assert load_config(Path(__file__).parents[2] / "configs" / name).name == "demo"
+    path = Path(__file__).parents[2] / "configs" / name
+    assert load_config(path, getattr(tasks.experiment, model)).name == experiment
+
+
+def test_report_attach_needs_html(tmp_path, capsys):
+    assert main(["--artifacts", str(tmp_path), "report", "--attach"]) == 2
+    assert "--attach needs --html OUT" in capsys.readouterr().err

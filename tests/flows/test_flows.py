@@ -3,6 +3,7 @@ MLflow and rollout store: the grid's runs and metrics, caching across flow runs,
 evaluation of registered students, and parameter validation before a run starts."""
 
 import json
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -104,3 +105,52 @@ def test_yaml_config_errors_name_the_file_and_field(tmp_path):
     path.write_text(json.dumps({"cells": ["sft", "nope"]}))
     with pytest.raises(ValueError, match="cells"):
         load_config(path)
+
+
+def test_grid_attaches_its_report_and_the_cli_rebuilds_it(prefect_server, study, tmp_path,
+                                                           monkeypatch):
+    from flows.cli import main
+
+    root, _, first, _, _ = study
+    page = first["report"]
+    assert page and page.endswith("report.html")
+    html = open(page, encoding="utf-8").read()
+    assert html.count('<tr class="run">') == 4  # teacher, student (start), sft, opd
+    assert html.count("<svg") >= 4
+    with Tracker(first["tracking_uri"]) as tracker:
+        artifacts = [a.path for a in tracker.client.list_artifacts(first["parent_run_id"])]
+    assert "report.html" in artifacts and "results.md" in artifacts
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "again.html"
+    assert main(["--artifacts", str(root), "report", "--experiment", "tiny", "--run",
+                 first["parent_run_id"], "--html", str(out)]) == 0
+    assert out.read_text(encoding="utf-8").count('<tr class="run">') == 4
+
+
+def test_rl_after_distill_starts_from_every_cell_of_the_study(prefect_server, study,
+                                                              monkeypatch):
+    from flows.rl import rl_after_distill_flow
+    from tasks.experiment import RLFlowConfig
+
+    root, config, first, second, _ = study
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = rl_after_distill_flow(RLFlowConfig(
+        study_experiment="tiny", parent_run_id=first["parent_run_id"],
+        train_problems=config.train_problems, train_size=16, steps=2, prompts_per_step=2,
+        group_size=2, max_new_tokens=8, benchmarks=config.benchmarks, eval_n=2, eval_ks=[1, 2],
+        eval_limit=4, eval_max_new_tokens=8))
+    assert [row["label"] for row in result["rows"]] == ["sft", "opd"]
+    assert "| opd |" in result["table"] and "→" in result["table"]
+    with Tracker(first["tracking_uri"]) as tracker:
+        children = tracker.child_runs(result["parent_run_id"])
+        sources = {tracker.run_tags(c.run_id)["source_run"] for c in children}
+        cell_runs = {r["run_id"] for r in first["rows"] if r["cell"] in ("sft", "opd")}
+        assert sources == cell_runs  # each RL run names the distillation run it started from
+        history = tracker.metric_history(children[0].run_id, "eval/tiny/avg_at_2")
+        assert [step for step, _ in history] == [0, 2]  # before and after RL
+        assert "rl/reward_mean" in tracker.run_metrics(children[0].run_id)
+        study_artifacts = [a.path for a in tracker.client.list_artifacts(first["parent_run_id"])]
+    assert "rl_results.md" in study_artifacts
+    report = (Path(result["run_dir"]) / "report.html").read_text(encoding="utf-8")
+    assert report.count('<tr class="rl">') == 2  # the study's report, rebuilt with RL rows

@@ -20,6 +20,7 @@ EXPECTED_DEPLOYMENTS = {
     "grid": "flows/grid.py:grid_flow",
     "nightly-evaluate": "flows/evaluate.py:evaluate_flow",
     "bootstrap": "flows/prepare.py:bootstrap_flow",
+    "rl-after-distill": "flows/rl.py:rl_after_distill_flow",
 }
 
 
