@@ -432,11 +432,13 @@ def resolve_rl_inputs(config: RLFlowConfig, root: str | Path | None = None,
                     _benchmark_specs(config.benchmarks, profile))
 
 
-def rl_sources(config: RLFlowConfig, tracking_uri: str) -> tuple[str | None, list[dict]]:
+def rl_sources(config: RLFlowConfig, tracking_uri: str,
+               log=print) -> tuple[str | None, list[dict]]:
     """(grid parent run id or None, the students to start GRPO from): config.checkpoints, else
     every trained cell of the grid study (its final checkpoint, from the run's train.output_dir).
     Each source names a reference model whose tokenizer it must share (GRPO checks it before
-    sampling): the study's starting student, or the first of config.checkpoints."""
+    sampling): the study's starting student, or the first of config.checkpoints. Cells whose run
+    did not finish (a failed cell) are skipped and named through log."""
     if config.checkpoints:  # all must share the first one's tokenizer
         return None, [{"label": Path(c).name, "checkpoint": c, "source_run": "",
                        "reference": config.checkpoints[0]} for c in config.checkpoints]
@@ -453,6 +455,10 @@ def rl_sources(config: RLFlowConfig, tracking_uri: str) -> tuple[str | None, lis
         for child in tracker.child_runs(parent):
             if tracker.run_tags(child.run_id).get("reference") == "true":
                 continue
+            if child.status != "FINISHED":
+                log(f"skipping cell {child.run_name!r} (run {child.run_id}): its run is "
+                    f"{child.status}, not FINISHED")
+                continue
             params = tracker.run_params(child.run_id)
             output_dir = params.get("train.output_dir")
             checkpoint = latest_checkpoint(output_dir) if output_dir else None
@@ -463,6 +469,8 @@ def rl_sources(config: RLFlowConfig, tracking_uri: str) -> tuple[str | None, lis
             sources.append({"label": child.run_name, "checkpoint": str(checkpoint),
                             "source_run": child.run_id,  # its tokenizer: the study's student's
                             "reference": params.get("train.student")})
+    if not sources:
+        raise ValueError(f"grid run {parent} has no finished trained cell to start RL from")
     return parent, sources
 
 
