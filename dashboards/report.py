@@ -37,16 +37,13 @@ import shutil
 import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from tasks.artifacts import artifact_root
-from tasks.store import PromptRow, RolloutStore, default_url
+from tasks.store import RolloutStore, default_url
 from tasks.tracking import RunSummary, Tracker, default_tracking_uri
 
 CURVE_KEYS = ("train/loss", "train/entropy", "train/response_length")
@@ -155,31 +152,11 @@ class RLRun:
 
 def experiment_runs(tracker: Tracker, experiment: str) -> list[RunSummary]:
     """Every run of an experiment except study parents, oldest first."""
-    found = tracker.client.get_experiment_by_name(experiment)
-    if found is None:
+    runs = tracker.experiment_runs(experiment, without_tag="study")
+    if runs is None:
         raise ValueError(f"no MLflow experiment {experiment!r} at {tracker.tracking_uri}: check "
                          "the name (`mlflow experiments search`) or pass --tracking-uri")
-    runs, token = [], None
-    while True:
-        page = tracker.client.search_runs([found.experiment_id], page_token=token,
-                                          order_by=["attributes.start_time ASC"])
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-    return [RunSummary(r.info.run_id, r.info.run_name, r.info.status)
-            for r in runs if "study" not in r.data.tags]
-
-
-def run_summary(tracker: Tracker, run_id: str) -> RunSummary:
-    """Name and status of one run, by id."""
-    try:
-        info = tracker.client.get_run(run_id).info
-    except Exception as error:  # MlflowException; dashboards/ does not import mlflow
-        raise ValueError(f"run {run_id!r} is not in {tracker.tracking_uri} "
-                         f"({str(error).splitlines()[0]}): pass run ids shown in the MLflow UI"
-                         ) from error
-    return RunSummary(info.run_id, info.run_name, info.status)
+    return runs
 
 
 def newest_grid(tracker: Tracker, experiment: str) -> str | None:
@@ -192,7 +169,7 @@ def resolve_runs(tracker: Tracker, experiment: str | None, parent_run_id: str | 
                  run_ids: Sequence[str] | None) -> tuple[str | None, list[RunSummary], str]:
     """(parent run id or None, the runs to report, a title) for the given selection."""
     if run_ids:
-        return None, [run_summary(tracker, r) for r in run_ids], f"{len(run_ids)} selected runs"
+        return None, [tracker.run_summary(r) for r in run_ids], f"{len(run_ids)} selected runs"
     if parent_run_id is None:
         if experiment is None:
             raise ValueError("say which runs to report: experiment=, parent_run_id= or run_ids= "
@@ -208,7 +185,7 @@ def resolve_runs(tracker: Tracker, experiment: str | None, parent_run_id: str | 
     if not children:
         raise ValueError(f"run {parent_run_id} has no child runs: pass the parent run of a grid "
                          "study (tag study=grid), or --runs ID … for single runs")
-    name = run_summary(tracker, parent_run_id).run_name
+    name = tracker.run_summary(parent_run_id).run_name
     return parent_run_id, children, f"{name} ({parent_run_id})"
 
 
@@ -232,7 +209,8 @@ def load_study(tracker: Tracker, experiment: str | None, parent_run_id: str | No
         run.colour = REFERENCE_COLOURS[i % len(REFERENCE_COLOURS)]
     for i, run in enumerate(r for r in runs if r.trained):
         run.colour = CELL_COLOURS[i % len(CELL_COLOURS)]
-    study = Study(title, tracker.tracking_uri, parent, runs, headline_k(runs))
+    k = headline_k(key for run in runs for key in run.metrics)
+    study = Study(title, tracker.tracking_uri, parent, runs, k)
     study.rl = [rl for run in runs if run.trained
                 if (rl := load_rl_run(tracker, run, study)) is not None]
     return study
@@ -248,7 +226,7 @@ def load_rl_run(tracker: Tracker, source: RunData, study: Study) -> RLRun | None
                            f"section shows the newest ({found[-1].run_id}).")
     newest = found[-1]
     metrics = tracker.run_metrics(newest.run_id)
-    k = headline_k([RunData(newest.run_id, newest.run_name, newest.status, {}, metrics)])
+    k = headline_k(metrics)
     before, after, last_step = {}, {}, None
     for name in RL_EVAL_NAMES:
         key = f"eval/overall/{name.format(k=k)}"
@@ -263,9 +241,9 @@ def load_rl_run(tracker: Tracker, source: RunData, study: Study) -> RLRun | None
     return RLRun(source, newest.run_id, newest.status, k, before, after, last_step, reward)
 
 
-def headline_k(runs: Sequence[RunData]) -> int:
+def headline_k(metric_keys: Iterable[str]) -> int:
     """The largest k of any ``eval/overall/avg_at_<k>`` key (1 if none is logged)."""
-    ks = [int(m.group(1)) for run in runs for key in run.metrics
+    ks = [int(m.group(1)) for key in metric_keys
           if (m := re.fullmatch(r"eval/overall/avg_at_(\d+)", key))]
     return max(ks, default=1)
 
@@ -323,18 +301,11 @@ def pick_samples(store: RolloutStore, run: RunData) -> list[Sample]:
         rows = [row for row in rows if row.step == last]
         chosen = ([row for row in rows if row.correct][:SAMPLES_PER_VERDICT]
                   + [row for row in rows if not row.correct][:SAMPLES_PER_VERDICT])
-        problems = problems if problems is not None else prompt_problems(store, run.run_id)
+        problems = problems if problems is not None else store.problems(run.run_id)
         picked += [Sample(benchmark, row.step, row.prompt_id, row.sample_index,
                           problems.get(row.prompt_id), row.response, row.token_count,
                           row.truncated, row.correct, row.mean_entropy) for row in chosen]
     return picked
-
-
-def prompt_problems(store: RolloutStore, run_id: str) -> dict[str, str]:
-    """``{prompt id: problem text}`` of one run (the store has no reader for prompts)."""
-    query = select(PromptRow.prompt_id, PromptRow.problem).where(PromptRow.run_id == run_id)
-    with Session(store.engine) as session:
-        return {prompt_id: problem for prompt_id, problem in session.execute(query)}
 
 
 # -- derived views ------------------------------------------------------------------------------

@@ -10,7 +10,13 @@ from pathlib import Path
 from prefect import flow
 
 from flows.common import locations, run_directory, study_report
-from tasks.experiment import RLFlowConfig, before_after_table, rl_sources
+from tasks.experiment import (
+    RLFlowConfig,
+    before_after_table,
+    eval_config,
+    grpo_config,
+    rl_sources,
+)
 from tasks.prefect_tasks import (
     RunRef,
     evaluate_task,
@@ -25,8 +31,6 @@ from tasks.prefect_tasks import (
 @flow(name="rl_after_distill", log_prints=True)
 def rl_after_distill_flow(config: RLFlowConfig = RLFlowConfig()) -> dict:
     """GRPO from each source student; returns the before → after table and the run ids."""
-    from tasks.rl import GRPOConfig
-
     where = locations()
     inputs = rl_inputs_task(config, where["root"])
     run_dir = run_directory(where["root"], config.name)
@@ -41,19 +45,12 @@ def rl_after_distill_flow(config: RLFlowConfig = RLFlowConfig()) -> dict:
                                  {"cell": source["label"], "source_run": source["source_run"],
                                   "stage": "rl"}, {"rl": config.model_dump(), **source},
                                  parent)
-            before = evaluate_task(config.eval_config(inputs, source["checkpoint"]),
+            before = evaluate_task(eval_config(config, inputs, source["checkpoint"]),
                                    str(out / "eval-before"), where["store_url"], run, 0,
                                    where["root"])
-            grpo = GRPOConfig(policy=source["checkpoint"], train_problems=inputs.train_problems,
-                              output_dir=str(out / "grpo"), steps=config.steps,
-                              prompts_per_step=config.prompts_per_step,
-                              group_size=config.group_size, learning_rate=config.learning_rate,
-                              max_new_tokens=config.max_new_tokens,
-                              temperature=config.temperature, kl_coef=config.kl_coef,
-                              prompt_template=config.prompt_template, seed=config.seed,
-                              reference=source["reference"])
+            grpo = grpo_config(config, inputs, source, str(out / "grpo"))
             trained = rl_task(grpo, run)
-            after = evaluate_task(config.eval_config(inputs, trained["checkpoint"]),
+            after = evaluate_task(eval_config(config, inputs, trained["checkpoint"]),
                                   str(out / "eval-after"), where["store_url"], run,
                                   config.steps, where["root"])
             finish_run_task(run, "FINISHED")

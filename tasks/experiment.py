@@ -290,7 +290,10 @@ def train_config(config: ExperimentConfig, inputs: Inputs, cell: Cell,
     )
 
 
-def eval_config(config: ExperimentConfig, inputs: Inputs, model: str) -> EvalConfig:
+def eval_config(config: ExperimentConfig | RLFlowConfig, inputs: Inputs | RLInputs,
+                model: str) -> EvalConfig:
+    """The one evaluation procedure of a flow's config (the grid's and the RL flow's fields
+    share their names)."""
     return EvalConfig(model=model, benchmarks=inputs.benchmarks, n=config.eval_n,
                       ks=tuple(config.eval_ks), temperature=config.eval_temperature,
                       max_new_tokens=config.eval_max_new_tokens, seed=config.seed,
@@ -405,13 +408,6 @@ class RLFlowConfig(_Config):
             raise ValueError(f"eval_ks={self.eval_ks} must be <= eval_n={self.eval_n}")
         return self
 
-    def eval_config(self, inputs: RLInputs, model: str) -> EvalConfig:
-        """The evaluation before and after RL (the same procedure as the grid's)."""
-        return EvalConfig(model=model, benchmarks=inputs.benchmarks, n=self.eval_n,
-                          ks=tuple(self.eval_ks), temperature=self.eval_temperature,
-                          max_new_tokens=self.eval_max_new_tokens, seed=self.seed,
-                          prompt_template=self.prompt_template, limit=self.eval_limit)
-
 
 @dataclass(frozen=True)
 class RLInputs:
@@ -472,6 +468,19 @@ def rl_sources(config: RLFlowConfig, tracking_uri: str,
     if not sources:
         raise ValueError(f"grid run {parent} has no finished trained cell to start RL from")
     return parent, sources
+
+
+def grpo_config(config: RLFlowConfig, inputs: RLInputs, source: dict, output_dir: str):
+    """The GRPO run of one source student (tasks.rl.GRPOConfig)."""
+    from tasks.rl import GRPOConfig
+
+    return GRPOConfig(policy=source["checkpoint"], train_problems=inputs.train_problems,
+                      output_dir=output_dir, steps=config.steps,
+                      prompts_per_step=config.prompts_per_step, group_size=config.group_size,
+                      learning_rate=config.learning_rate, max_new_tokens=config.max_new_tokens,
+                      temperature=config.temperature, kl_coef=config.kl_coef,
+                      prompt_template=config.prompt_template, seed=config.seed,
+                      reference=source["reference"])
 
 
 def before_after_table(rows: list[dict], ks: list[int]) -> str:

@@ -185,6 +185,12 @@ class RolloutStore:
         with Session(self.engine) as session:
             return list(session.scalars(query).all())
 
+    def problems(self, run_id: str) -> dict[str, str]:
+        """``{prompt id: problem text}`` of one run's prompts."""
+        query = select(PromptRow.prompt_id, PromptRow.problem).where(PromptRow.run_id == run_id)
+        with Session(self.engine) as session:
+            return {prompt_id: problem for prompt_id, problem in session.execute(query)}
+
     def runs(self) -> list[RunRow]:
         with Session(self.engine) as session:
             return list(session.scalars(select(RunRow).order_by(RunRow.created_at)).all())

@@ -441,19 +441,43 @@ class Tracker:
     def run_tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)
 
-    def child_runs(self, parent_run_id: str) -> list[RunSummary]:
-        """Runs whose ``mlflow.parentRunId`` is the given run, oldest first."""
-        experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+    def _search(self, experiment_ids: list[str], filter_string: str = "") -> list:
+        """Every matching run (all pages), oldest first."""
         runs, token = [], None
-        while True:
-            page = self.client.search_runs(
-                [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-                order_by=["attributes.start_time ASC"], page_token=token)
+        while experiment_ids:
+            page = self.client.search_runs(experiment_ids, filter_string=filter_string,
+                                           order_by=["attributes.start_time ASC"],
+                                           page_token=token)
             runs.extend(page)
             token = page.token
             if not token:
                 break
-        return [RunSummary(r.info.run_id, r.info.run_name, r.info.status) for r in runs]
+        return runs
+
+    def child_runs(self, parent_run_id: str) -> list[RunSummary]:
+        """Runs whose ``mlflow.parentRunId`` is the given run, oldest first."""
+        experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+        return [_summary(r) for r in self._search(
+            [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'")]
+
+    def experiment_runs(self, experiment: str, without_tag: str | None = None
+                        ) -> list[RunSummary] | None:
+        """Every run of an experiment, oldest first, except those carrying without_tag (None if
+        the experiment does not exist)."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return None
+        return [_summary(r) for r in self._search([found.experiment_id])
+                if without_tag is None or without_tag not in r.data.tags]
+
+    def run_summary(self, run_id: str) -> RunSummary:
+        """Name and status of one run; ValueError naming the run if it is not here."""
+        try:
+            return _summary(self.client.get_run(run_id))
+        except MlflowException as error:
+            raise ValueError(f"run {run_id!r} is not in {self.tracking_uri} "
+                             f"({_first_line(error)}): pass run ids shown in the MLflow UI"
+                             ) from error
 
     def latest_run(self, experiment: str, tag: str, value: str) -> str | None:
         """The newest run of experiment whose tag equals value (None if there is none)."""
@@ -469,16 +493,7 @@ class Tracker:
         """Runs of every experiment whose tag equals value, oldest first (e.g. the RL runs
         that name a distillation run as their ``source_run``)."""
         experiments = [e.experiment_id for e in self.client.search_experiments()]
-        runs, token = [], None
-        while experiments:
-            page = self.client.search_runs(
-                experiments, filter_string=f"tags.`{tag}` = '{value}'",
-                order_by=["attributes.start_time ASC"], page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                break
-        return [RunSummary(r.info.run_id, r.info.run_name, r.info.status) for r in runs]
+        return [_summary(r) for r in self._search(experiments, f"tags.`{tag}` = '{value}'")]
 
     # -- model registry -----------------------------------------------------------------------
 
@@ -546,6 +561,10 @@ class Tracker:
             token = page.token
             if not token:
                 return found
+
+
+def _summary(run) -> RunSummary:
+    return RunSummary(run.info.run_id, run.info.run_name, run.info.status)
 
 
 def _metrics_description(metrics: Mapping[str, float]) -> str:
