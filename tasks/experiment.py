@@ -438,8 +438,8 @@ def rl_sources(config: RLFlowConfig, tracking_uri: str,
     if config.checkpoints:  # all must share the first one's tokenizer
         return None, [{"label": Path(c).name, "checkpoint": c, "source_run": "",
                        "reference": config.checkpoints[0]} for c in config.checkpoints]
+    from tasks.checkpoints import latest_checkpoint
     from tasks.tracking import Tracker
-    from tasks.train import latest_checkpoint
 
     with Tracker(tracking_uri) as tracker:
         parent = config.parent_run_id or tracker.latest_run(config.study_experiment, "study",

@@ -16,16 +16,14 @@
    clipping at 1.0 and a finite check.
 
 One update per batch means the ratio starts at 1; the clipped objective is still the real one,
-so more updates per batch would need no change to the loss. Checkpoints and exact resume work
-as in ``tasks.train`` (same helpers and layout). Metrics per step are ``rl/...`` dicts; this
-module does not log to MLflow (``on_step`` streams them).
+so more updates per batch would need no change to the loss. Checkpoints, exact resume and the
+finite guard come from ``tasks.loop``, the skeleton distillation uses too. Metrics per step
+are ``rl/...`` dicts; this module does not log to MLflow (``on_step`` streams them).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,6 +36,7 @@ import distill_core as dc
 from tasks.artifacts import content_hash
 from tasks.data import Problem, read_problems
 from tasks.grader import Grader
+from tasks.loop import DataCursor, TrainingLoop, check_finite, check_finite_weights
 from tasks.models import check_pair, load_model, load_tokenizer
 from tasks.rollout import (
     PROMPT_TEMPLATES,
@@ -48,7 +47,6 @@ from tasks.rollout import (
     render_prompts,
 )
 from tasks.scoring import response_batch, response_logits
-from tasks.train import STATE_FILE, NonFiniteError, _save_checkpoint, latest_checkpoint
 
 
 @dataclass(frozen=True)
@@ -132,19 +130,6 @@ def rewards(grader: Grader, samples: Sequence[Sample], gold_answers: Sequence[st
             for g in grades]
 
 
-def _resume_state(config: GRPOConfig, output_dir: Path) -> tuple[Path | None, dict | None]:
-    resume_from = latest_checkpoint(output_dir)
-    if resume_from is None:
-        return None, None
-    state = torch.load(resume_from / STATE_FILE, weights_only=False)
-    if state["config_hash"] != config.fingerprint():
-        raise ValueError(
-            f"{output_dir} holds a GRPO checkpoint of a different config (hash "
-            f"{state['config_hash']} vs {config.fingerprint()}); use a new output_dir or the "
-            "original config to resume")
-    return resume_from, state
-
-
 def _check_data(config: GRPOConfig, problems: list[Problem], policy) -> None:
     if config.prompts_per_step > len(problems):
         raise ValueError(f"prompts_per_step={config.prompts_per_step} is larger than the "
@@ -173,18 +158,17 @@ def train_grpo(config: GRPOConfig, log: Callable[[str], None] = print,
                on_step: Callable[[int, dict[str, float]], None] | None = None) -> RLResult:
     """GRPO on config.policy; resumes from config.output_dir if it holds a checkpoint of the same
     config. on_step(step, metrics) is called after every step, skipped ones included."""
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     try:
         vocab = check_pair(config.reference or config.policy, config.policy)
     except ValueError as error:  # name the fields: check_pair speaks of teacher and student
         raise ValueError(f"GRPO reference {config.reference!r} (as teacher) and policy "
                          f"{config.policy!r} (as student): {error}") from error
-    resume_from, resume_state = _resume_state(config, output_dir)
-
+    loop = TrainingLoop(config.output_dir, config.fingerprint(), config.steps,
+                        config.checkpoint_every, log)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     tokenizer = load_tokenizer(config.policy)
-    policy = load_model(resume_from or config.policy, device=accelerator.device)
+    policy = load_model(loop.weights or config.policy, device=accelerator.device)
+    check_finite_weights(policy, loop.weights or config.policy)
     initial = load_model(config.policy, device=accelerator.device).eval().requires_grad_(False)
     problems = read_problems(config.train_problems)
     _check_data(config, problems, policy)
@@ -193,56 +177,51 @@ def train_grpo(config: GRPOConfig, log: Callable[[str], None] = print,
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
-
-    order = list(range(len(problems)))
-    random.Random(config.seed).shuffle(order)
-    start_step, position, skipped, history = 0, 0, 0, []
-    if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        random.setstate(resume_state["rng"]["python"])
-        torch.set_rng_state(resume_state["rng"]["torch"])
-        start_step, position = resume_state["step"], resume_state["position"]
-        order, skipped = resume_state["order"], resume_state["skipped_steps"]
-        log(f"resuming GRPO from {resume_from} at step {start_step}")
-
-    checkpoint, metrics = resume_from, {}
+    cursor = DataCursor(len(problems), config.seed)
+    loop.restore(accelerator, cursor)
+    skipped, history, metrics = int(loop.saved("skipped_steps", 0)), [], {}
+    step_context = _Step(config, accelerator, policy, initial, optimizer, tokenizer, vocab)
     with Grader() as grader:
-        for step in range(start_step, config.steps):
-            if position + config.prompts_per_step > len(order):
-                position = 0
-                random.Random(f"{config.seed}/{step}").shuffle(order)
-            indices = order[position : position + config.prompts_per_step]
-            position += config.prompts_per_step
-            metrics = _grpo_step(config, step, accelerator, policy, initial, optimizer, grader,
-                                 tokenizer, vocab, [prompts[i] for i in indices],
-                                 [problems[i].answer for i in indices])
+        for step in range(loop.start_step, config.steps):
+            indices = cursor.take(config.prompts_per_step, step)
+            metrics = _grpo_step(step_context, step, grader, [prompts[i] for i in indices],
+                                 [problems[i].answer for i in indices], loop.checkpoint)
             skipped += int(metrics["rl/skipped"])
             metrics.update({"rl/skipped_steps": float(skipped), "step": float(step + 1)})
             history.append(dict(metrics))
             if on_step is not None:
                 on_step(step + 1, metrics)
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                state = {"step": step + 1, "position": position, "order": order,
-                         "skipped_steps": skipped, "config_hash": config.fingerprint(),
-                         "config": asdict(config)}
-                checkpoint = _save_checkpoint(accelerator, policy, tokenizer, optimizer,
-                                              scheduler, state, output_dir, step + 1)
+            loop.end_step(step + 1, accelerator, policy, tokenizer, cursor,
+                          {"skipped_steps": skipped})
             log(f"  grpo step {step + 1}/{config.steps}  reward {metrics['rl/reward_mean']:.3f}"
                 f"  all-equal groups {metrics['rl/all_equal_group_fraction']:.2f}"
                 + ("  skipped: no reward signal" if metrics["rl/skipped"] else
                    f"  loss {metrics['rl/loss']:.4f}  kl {metrics['rl/kl_to_initial']:.4f}"))
-    (output_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
-    return RLResult(checkpoint, metrics, history, skipped)
+    loop.finish(metrics)
+    return RLResult(loop.checkpoint, metrics, history, skipped)
 
 
-def _grpo_step(config, step, accelerator, policy, initial, optimizer, grader, tokenizer, vocab,
-               prompts: list[str], gold_answers: list[str]) -> dict[str, float]:
+@dataclass
+class _Step:
+    """What every GRPO step of one run uses (built once by train_grpo)."""
+
+    config: GRPOConfig
+    accelerator: Accelerator
+    policy: torch.nn.Module
+    initial: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    tokenizer: object
+    vocab: int
+
+
+def _grpo_step(run: _Step, step: int, grader: Grader, prompts: list[str],
+               gold_answers: list[str], checkpoint: Path | None) -> dict[str, float]:
     """Sample, reward, and (unless no group has a signal) one clipped update; returns metrics."""
+    config, accelerator = run.config, run.accelerator
     started = time.perf_counter()
     G = config.group_size
     samples = generate_hf(
-        accelerator.unwrap_model(policy), tokenizer, prompts,
+        accelerator.unwrap_model(run.policy), run.tokenizer, prompts,
         SamplingConfig(n=G, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
                        seed=config.seed * 1_000_003 + step, batch_size=len(prompts) * G))
     generated = time.perf_counter()
@@ -251,10 +230,10 @@ def _grpo_step(config, step, accelerator, policy, initial, optimizer, grader, to
     rewards_G_N = torch.tensor(reward_list).view(len(prompts), G)
     advantages, all_equal = dc.group_advantages(rewards_G_N, config.normalise_std)
 
-    batch = response_batch(samples, tokenizer.pad_token_id)
+    batch = response_batch(samples, run.tokenizer.pad_token_id)
     mask = batch.response_mask_BT.to(accelerator.device)
-    old_logprobs, old_logits = _frozen_logprobs(policy, batch, vocab, config.temperature)
-    ref_logprobs, _ = _frozen_logprobs(initial, batch, vocab, config.temperature)
+    old_logprobs, old_logits = _frozen_logprobs(run.policy, batch, run.vocab, config.temperature)
+    ref_logprobs, _ = _frozen_logprobs(run.initial, batch, run.vocab, config.temperature)
     lengths = [s.length for s in samples]
     metrics = {
         "rl/reward_mean": float(rewards_G_N.mean()),
@@ -268,31 +247,29 @@ def _grpo_step(config, step, accelerator, policy, initial, optimizer, grader, to
     }
     del old_logits
     if not all_equal.all():
-        metrics.update(_update(config, step, accelerator, policy, optimizer, batch, vocab, mask,
-                               old_logprobs, ref_logprobs, advantages.flatten().to(mask.device)))
+        metrics.update(_update(run, step, batch, mask, old_logprobs, ref_logprobs,
+                               advantages.flatten().to(mask.device), checkpoint))
     metrics.update({"time/generate": generated - started,
                     "time/train": time.perf_counter() - generated})
     return metrics
 
 
-def _update(config, step, accelerator, policy, optimizer, batch, vocab, mask, old_logprobs,
-            ref_logprobs, advantages_B) -> dict[str, float]:
+def _update(run: _Step, step: int, batch, mask, old_logprobs, ref_logprobs, advantages_B,
+            checkpoint: Path | None) -> dict[str, float]:
     """One clipped GRPO update on the step's batch; raises NonFiniteError before applying NaN."""
-    logits = response_logits(policy, batch, vocab)
+    config = run.config
+    logits = response_logits(run.policy, batch, run.vocab)
     logprobs = dc.sampled_token_logprobs(logits, batch.response_ids_BT.to(logits.device),
                                          config.temperature)
     loss, stats = dc.grpo_token_loss(
         logprobs, old_logprobs, advantages_B, mask, clip_eps=config.clip_eps,
         ref_logprobs_BT=ref_logprobs if config.kl_coef > 0 else None, kl_coef=config.kl_coef)
-    accelerator.backward(loss)
-    grad_norm = float(accelerator.clip_grad_norm_(policy.parameters(), 1.0))
+    run.accelerator.backward(loss)
+    grad_norm = float(run.accelerator.clip_grad_norm_(run.policy.parameters(), 1.0))
     loss_value = float(loss.detach())
-    if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-        optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteError(f"GRPO step {step + 1}: loss {loss_value}, grad norm {grad_norm} "
-                             "— not finite; the step was not applied and the last checkpoint is "
-                             "kept. Lower learning_rate")
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    check_finite(step + 1, loss_value, grad_norm, checkpoint, run.optimizer,
+                 "Lower learning_rate")
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
     return {"rl/loss": loss_value, "rl/grad_norm": grad_norm,
             "rl/clip_fraction": stats["clip_fraction"]}

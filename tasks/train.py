@@ -18,9 +18,11 @@ metrics. Per step:
 4. Optimiser step through ``accelerate`` (CPU, one GPU, or DDP/FSDP from a config in infra/),
    after a finite-gradient check.
 
-Checkpoints (every ``checkpoint_every`` steps and at the end) hold the student (safetensors),
-optimiser, scheduler, RNG states, data position, curriculum state and a hash of the config; a
-restarted run with the same config resumes from the newest one and reaches the same weights.
+Resume, the data cursor, checkpoints (every ``checkpoint_every`` steps and at the end: the
+student as safetensors, optimiser, scheduler, RNG, data position, curriculum state, a hash of
+the config, all checksummed) and the finite-gradient guard come from ``tasks.loop``, which GRPO
+shares: a restarted run with the same config resumes from the newest trustworthy checkpoint and
+reaches the same weights.
 Metrics are returned as dicts per step (``train/...``); this module does not log to MLflow.
 """
 
@@ -29,9 +31,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,13 @@ from tasks.artifacts import content_hash
 from tasks.compute import ComputeMeter
 from tasks.data import Problem, read_problems
 from tasks.evaluate import entropy_probe
+from tasks.loop import (
+    DataCursor,
+    NonFiniteError,
+    TrainingLoop,
+    check_finite,
+    check_finite_weights,
+)
 from tasks.models import check_pair, load_model, load_tokenizer, non_embedding_parameters
 from tasks.rollout import (
     PROMPT_TEMPLATES,
@@ -66,8 +72,8 @@ from tasks.scoring import (
 
 LOSSES = ("exact", "sparse", "sampled")
 OVERLAP_K = 20
-STATE_FILE = "trainer_state.pt"
-LATEST = "latest"
+__all__ = ["TrainConfig", "TrainResult", "NonFiniteError", "train", "teacher_prefixes",
+           "teacher_scores"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,10 @@ class TrainConfig:
         if (self.loss == "sparse") != (self.cache_k >= 1):
             raise ValueError(f"loss={self.loss!r} with cache_k={self.cache_k}: the sparse loss "
                              "and only it trains from the top-k score cache (cache_k >= 1)")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate={self.learning_rate} must be a finite number > 0")
+        if self.loss == "sampled":
+            self._check_sampled()
         if self.cache_k and self.parsed_objective.on_policy:
             raise ValueError(f"cache_k={self.cache_k}: a score cache serves teacher-prefix "
                              f"cells only; {self.objective!r} samples student prefixes")
@@ -141,6 +151,20 @@ class TrainConfig:
                              f"{sorted(PROMPT_TEMPLATES)}")
         if self.mixed_precision not in {"no", "fp16", "bf16"}:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}: use no, fp16 or bf16")
+
+    def _check_sampled(self) -> None:
+        """The sampled loss's REINFORCE estimate of ∇KL(q_student ‖ p_teacher) holds only for
+        tokens the student itself sampled, at the temperature the loss uses."""
+        if not self.parsed_objective.on_policy:
+            raise ValueError(
+                f"loss='sampled' with objective {self.objective!r}: the sampled reverse-KL "
+                "estimate needs tokens sampled from the student, and teacher-prefix cells train "
+                "on the teacher's tokens (a biased gradient); use loss='exact' or 'sparse'")
+        if self.rollout_temperature != self.temperature:
+            raise ValueError(
+                f"loss='sampled' with rollout_temperature={self.rollout_temperature} and "
+                f"temperature={self.temperature}: the estimate is only unbiased when the student "
+                "samples at the loss's temperature; set them equal or use loss='exact'")
 
     @property
     def parsed_objective(self) -> dc.Objective:
@@ -166,41 +190,29 @@ class TrainResult:
     gate_decisions: list[dict] = field(default_factory=list)
 
 
-class NonFiniteError(FloatingPointError):
-    """A step produced a NaN/inf loss or gradient; the last good checkpoint is kept."""
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    pointer = Path(output_dir) / LATEST
-    if not pointer.exists():
-        return None
-    path = Path(output_dir) / pointer.read_text().strip()
-    return path if (path / STATE_FILE).exists() else None
-
-
-def _save_checkpoint(accelerator: Accelerator, student, tokenizer, optimizer, scheduler,
-                     state: dict, output_dir: Path, step: int) -> Path:
-    """Write checkpoint-<step> beside the others, then move the 'latest' pointer to it."""
-    final = output_dir / f"checkpoint-{step:06d}"
-    tmp = output_dir / f".checkpoint-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(student).save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    torch.save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}},
-               tmp / STATE_FILE)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer_tmp = output_dir / f".{LATEST}.tmp"
-    pointer_tmp.write_text(final.name)
-    os.replace(pointer_tmp, output_dir / LATEST)
-    return final
-
-
 # ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class _Run:
+    """Everything the steps of one run share, built once by _set_up."""
+
+    config: TrainConfig
+    objective: dc.Objective
+    accelerator: Accelerator
+    tokenizer: object
+    student: torch.nn.Module
+    teacher: torch.nn.Module | None
+    vocab: int
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    meter: ComputeMeter
+    prompts: list[str]
+    rollouts: list[Sample]
+    scores: SparseTeacherScores | None
+    entropy_prompts: list[str]
+    curriculum: dc.EntropyGatedLengthCurriculum | None
+    cursor: DataCursor
 
 
 def _learning_rate_lambda(config: TrainConfig) -> Callable[[int], float]:
@@ -209,7 +221,7 @@ def _learning_rate_lambda(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
-def _check_data(config: TrainConfig, problems: list[Problem], tokenizer, student) -> None:
+def _check_data(config: TrainConfig, problems: list[Problem], student) -> None:
     if config.batch_size > len(problems):
         raise ValueError(f"batch_size={config.batch_size} is larger than the "
                          f"{len(problems)} problems in {config.train_problems}")
@@ -255,136 +267,130 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
 
     on_step(step, metrics) is called after every optimiser step (e.g. to stream to MLflow).
     """
+    loop = TrainingLoop(config.output_dir, config.fingerprint(), config.steps,
+                        config.checkpoint_every, log)
+    run = _set_up(config, loop)
+    loop.restore(run.accelerator, run.cursor)
+    metrics: dict[str, float] = {}
+    history: list[dict[str, float]] = []
+    for step in range(loop.start_step, config.steps):
+        started = time.perf_counter()
+        samples, indices, max_length = _prefixes(run, step)
+        generated = time.perf_counter()
+        metrics, score_seconds = _train_step(run, samples, indices)
+        check_finite(step + 1, metrics["train/loss"], metrics["train/grad_norm"],
+                     loop.checkpoint, run.optimizer, "Lower learning_rate or check the "
+                     "teacher's logits")
+        _apply_update(run)
+        metrics.update({
+            "train/learning_rate": run.scheduler.get_last_lr()[0],
+            "train/max_response_length": float(max_length),
+            "time/generate": generated - started,
+            "time/score": score_seconds,
+            "time/train": time.perf_counter() - generated - score_seconds,
+            **run.meter.metrics("train"),
+        })
+        metrics.update(_gate(run, step, max_length, log))
+        metrics["step"] = float(step + 1)
+        history.append(dict(metrics))
+        if on_step is not None:
+            on_step(step + 1, metrics)
+        loop.end_step(step + 1, run.accelerator, run.student, run.tokenizer, run.cursor,
+                      _extra_state(run))
+        log(f"  step {step + 1}/{config.steps}  loss {metrics['train/loss']:.4f}  "
+            f"fkl {metrics['train/forward_kl']:.4f}  rkl {metrics['train/reverse_kl']:.4f}  "
+            f"len {metrics['train/response_length']:.1f}")
+    loop.finish(metrics)
+    return TrainResult(loop.checkpoint, metrics, history,
+                       list(run.curriculum.history) if run.curriculum else [])
+
+
+def _set_up(config: TrainConfig, loop: TrainingLoop) -> _Run:
+    """Models, data, teacher products, optimiser and curriculum of a run (resumed or fresh)."""
     objective = config.parsed_objective
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     vocab = check_pair(config.teacher, config.student)
-
-    resume_from = latest_checkpoint(output_dir)
-    resume_state = None
-    if resume_from is not None:
-        resume_state = torch.load(resume_from / STATE_FILE, weights_only=False)
-        if resume_state["config_hash"] != config.fingerprint():
-            raise ValueError(
-                f"{output_dir} holds a checkpoint of a different config (hash "
-                f"{resume_state['config_hash']} vs {config.fingerprint()}); use a new "
-                "output_dir or the original config to resume"
-            )
-
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
                               cpu=not torch.cuda.is_available())
     tokenizer = load_tokenizer(config.student)
-    student = load_model(resume_from or config.student, device=accelerator.device)
+    student = load_model(loop.weights or config.student, device=accelerator.device)
+    check_finite_weights(student, loop.weights or config.student)
     teacher = None if config.cache_k else load_model(config.teacher, device=accelerator.device)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
+        check_finite_weights(teacher, config.teacher)
     problems = read_problems(config.train_problems)
-    _check_data(config, problems, tokenizer, student)
+    _check_data(config, problems, student)
     meter = ComputeMeter(non_embedding_parameters(student),
                          _teacher_parameters(config.teacher, teacher))
-
     rollouts: list[Sample] = []
-    scores: SparseTeacherScores | None = None
+    scores = None
     if not objective.on_policy:
         _, rollouts = teacher_prefixes(config)
         if config.cache_k:
             scores = teacher_scores(config, rollouts)
-    prompts = render_prompts(tokenizer, problems, config.prompt_template)
-    entropy_prompts: list[str] = []
-    if config.held_out_problems:
-        held_out = read_problems(config.held_out_problems)[: config.entropy_prompts]
-        entropy_prompts = render_prompts(tokenizer, held_out, config.prompt_template)
-
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_lambda(config))
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     curriculum = (dc.EntropyGatedLengthCurriculum(config.curriculum, config.min_entropy)
                   if config.curriculum else None)
+    if curriculum is not None and loop.saved("curriculum") is not None:
+        curriculum = dc.EntropyGatedLengthCurriculum.from_state_dict(loop.saved("curriculum"))
+    meter.tokens.update(loop.saved("compute_tokens", {}))
+    return _Run(config, objective, accelerator, tokenizer, student, teacher, vocab, optimizer,
+                scheduler, meter, render_prompts(tokenizer, problems, config.prompt_template),
+                rollouts, scores, _entropy_prompts(config, tokenizer), curriculum,
+                DataCursor(len(problems), config.seed))
 
-    order = list(range(len(problems)))
-    random.Random(config.seed).shuffle(order)
-    start_step, position, history = 0, 0, []
-    if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        random.setstate(resume_state["rng"]["python"])
-        torch.set_rng_state(resume_state["rng"]["torch"])
-        start_step, position = resume_state["step"], resume_state["position"]
-        order, meter.tokens = resume_state["order"], resume_state["compute_tokens"]
-        if curriculum is not None:
-            curriculum = dc.EntropyGatedLengthCurriculum.from_state_dict(
-                resume_state["curriculum"])
-        log(f"resuming from {resume_from} at step {start_step}")
 
-    checkpoint = resume_from
-    metrics: dict[str, float] = {}
-    for step in range(start_step, config.steps):
-        if position + config.batch_size > len(order):
-            position = 0
-            random.Random(f"{config.seed}/{step}").shuffle(order)
-        indices = order[position : position + config.batch_size]
-        position += config.batch_size
-        max_length = curriculum.max_response_length if curriculum else config.max_new_tokens
+def _entropy_prompts(config: TrainConfig, tokenizer) -> list[str]:
+    """The held-out prompts the curriculum gate measures the student's entropy on."""
+    if not config.held_out_problems:
+        return []
+    held_out = read_problems(config.held_out_problems)[: config.entropy_prompts]
+    return render_prompts(tokenizer, held_out, config.prompt_template)
 
-        started = time.perf_counter()
-        if objective.on_policy:
-            samples = generate_hf(
-                accelerator.unwrap_model(student), tokenizer, [prompts[i] for i in indices],
-                SamplingConfig(temperature=config.rollout_temperature, max_new_tokens=max_length,
-                               seed=config.seed * 1_000_003 + step,
-                               batch_size=config.batch_size), meter)
-        else:
-            samples = [_cut(rollouts[i], max_length) for i in indices]
-        generated = time.perf_counter()
-        metrics, score_seconds = _train_step(config, objective, accelerator, student, teacher,
-                                             scores, samples, indices, tokenizer, vocab, meter)
-        if not math.isfinite(metrics["train/loss"]) or not math.isfinite(
-                metrics["train/grad_norm"]):
-            optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteError(
-                f"step {step + 1}: loss {metrics['train/loss']}, grad norm "
-                f"{metrics['train/grad_norm']} — not finite; the step was not applied and the "
-                f"last good checkpoint ({checkpoint}) is kept. Lower learning_rate or check "
-                "the teacher's logits"
-            )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        finished = time.perf_counter()
-        metrics.update({
-            "train/learning_rate": scheduler.get_last_lr()[0],
-            "train/max_response_length": float(max_length),
-            "time/generate": generated - started,
-            "time/score": score_seconds,
-            "time/train": finished - generated - score_seconds,
-            **meter.metrics("train"),
-        })
-        if curriculum is not None and (step + 1) % config.stage_steps == 0:
-            entropy = entropy_probe(accelerator.unwrap_model(student), tokenizer,
-                                    entropy_prompts, max_length, config.seed + step,
-                                    config.rollout_temperature, vocab)
-            decision = curriculum.update(entropy)
-            metrics.update({f"curriculum/{k}": float(v) for k, v in decision.items()})
-            log(f"  curriculum gate at step {step + 1}: entropy {entropy:.3f} vs H_min "
-                f"{config.min_entropy:.3f} → max length {decision['length_after']}")
-        metrics["step"] = float(step + 1)
-        history.append(dict(metrics))
-        if on_step is not None:
-            on_step(step + 1, metrics)
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            state = {"step": step + 1, "position": position, "order": order,
-                     "config_hash": config.fingerprint(), "compute_tokens": dict(meter.tokens),
-                     "curriculum": curriculum.state_dict() if curriculum else None,
-                     "config": asdict(config)}
-            checkpoint = _save_checkpoint(accelerator, student, tokenizer, optimizer, scheduler,
-                                          state, output_dir, step + 1)
-        log(f"  step {step + 1}/{config.steps}  loss {metrics['train/loss']:.4f}  "
-            f"fkl {metrics['train/forward_kl']:.4f}  rkl {metrics['train/reverse_kl']:.4f}  "
-            f"len {metrics['train/response_length']:.1f}")
-    (output_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
-    return TrainResult(checkpoint, metrics, history,
-                       list(curriculum.history) if curriculum else [])
+
+def _prefixes(run: _Run, step: int) -> tuple[list[Sample], list[int], int]:
+    """The step's (responses, problem indices, max length): fresh student samples on student
+    prefixes, the teacher's cached rollouts (cut to the current length) on teacher prefixes."""
+    config = run.config
+    indices = run.cursor.take(config.batch_size, step)
+    max_length = run.curriculum.max_response_length if run.curriculum else config.max_new_tokens
+    if not run.objective.on_policy:
+        return [_cut(run.rollouts[i], max_length) for i in indices], indices, max_length
+    samples = generate_hf(
+        run.accelerator.unwrap_model(run.student), run.tokenizer, [run.prompts[i] for i in indices],
+        SamplingConfig(temperature=config.rollout_temperature, max_new_tokens=max_length,
+                       seed=config.seed * 1_000_003 + step, batch_size=config.batch_size),
+        run.meter)
+    return samples, indices, max_length
+
+
+def _apply_update(run: _Run) -> None:
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def _gate(run: _Run, step: int, max_length: int, log: Callable[[str], None]) -> dict[str, float]:
+    """At a stage boundary, the curriculum gate's decision on the student's held-out entropy."""
+    config = run.config
+    if run.curriculum is None or (step + 1) % config.stage_steps:
+        return {}
+    entropy = entropy_probe(run.accelerator.unwrap_model(run.student), run.tokenizer,
+                            run.entropy_prompts, max_length, config.seed + step,
+                            config.rollout_temperature, run.vocab)
+    decision = run.curriculum.update(entropy)
+    log(f"  curriculum gate at step {step + 1}: entropy {entropy:.3f} vs H_min "
+        f"{config.min_entropy:.3f} → max length {decision['length_after']}")
+    return {f"curriculum/{k}": float(v) for k, v in decision.items()}
+
+
+def _extra_state(run: _Run) -> dict:
+    """What a checkpoint keeps beyond the cursor: curriculum position, compute counters."""
+    return {"curriculum": run.curriculum.state_dict() if run.curriculum else None,
+            "compute_tokens": dict(run.meter.tokens)}
 
 
 def _teacher_parameters(teacher_id: str, teacher) -> int:
@@ -399,9 +405,10 @@ def _micro_batches(samples: list[Sample], indices: list[int], size: int | None):
         yield samples[start : start + size], indices[start : start + size]
 
 
-def _train_step(config, objective, accelerator, student, teacher, scores, samples, indices,
-                tokenizer, vocab, meter) -> tuple[dict[str, float], float]:
+def _train_step(run: _Run, samples: list[Sample], indices: list[int]
+                ) -> tuple[dict[str, float], float]:
     """Forward/backward over the step's micro-batches; returns metrics and scoring seconds."""
+    accelerator = run.accelerator
     local_tokens = sum(s.length for s in samples)
     global_tokens = float(accelerator.reduce(
         torch.tensor(float(local_tokens), device=accelerator.device), "sum"))
@@ -409,26 +416,25 @@ def _train_step(config, objective, accelerator, student, teacher, scores, sample
     scale = float(accelerator.num_processes)
     sums = {"loss": 0.0, "forward_kl": 0.0, "reverse_kl": 0.0, "entropy": 0.0, "overlap": 0.0}
     score_seconds = 0.0
-    parts = list(_micro_batches(samples, indices, config.micro_batch_size))
+    parts = list(_micro_batches(samples, indices, run.config.micro_batch_size))
     for number, (part, part_indices) in enumerate(parts):
-        batch = response_batch(part, tokenizer.pad_token_id)
+        batch = response_batch(part, run.tokenizer.pad_token_id)
         mask = batch.response_mask_BT.to(accelerator.device)
         sync = number == len(parts) - 1
-        context = accelerator.no_sync(student) if not sync else contextlib.nullcontext()
+        context = accelerator.no_sync(run.student) if not sync else contextlib.nullcontext()
         with context, accelerator.autocast():
-            student_logits = response_logits(student, batch, vocab)
+            student_logits = response_logits(run.student, batch, run.vocab)
             began = time.perf_counter()
-            loss, terms, overlap = _loss(config, objective, teacher, scores, batch,
-                                         part_indices, student_logits, mask, global_tokens,
-                                         vocab, meter)
+            loss, terms, overlap = _loss(run, batch, part_indices, student_logits, mask,
+                                         global_tokens)
             score_seconds += time.perf_counter() - began
             accelerator.backward(loss * scale)
-        meter.student_train(batch.num_tokens)
+        run.meter.student_train(batch.num_tokens)
         sums["loss"] += float(loss.detach())
         for name in ("forward_kl", "reverse_kl", "entropy"):
             sums[name] += float((terms[name] * mask).sum()) / max(global_tokens, 1.0)
         sums["overlap"] += float((overlap * mask).sum()) / max(global_tokens, 1.0)
-    grad_norm = accelerator.clip_grad_norm_(student.parameters(), 1.0)
+    grad_norm = accelerator.clip_grad_norm_(run.student.parameters(), 1.0)
     lengths = [s.length for s in samples]
     return {
         "train/loss": sums["loss"],
@@ -444,13 +450,13 @@ def _train_step(config, objective, accelerator, student, teacher, scores, sample
     }, score_seconds
 
 
-def _loss(config, objective, teacher, scores, batch: ResponseBatch, indices, student_logits,
-          mask, global_tokens, vocab, meter):
+def _loss(run: _Run, batch: ResponseBatch, indices: list[int], student_logits: torch.Tensor,
+          mask: torch.Tensor, global_tokens: float):
     """(loss for backward, detached per-token terms, student mass on the teacher's top-k)."""
-    lam = objective.reverse_weight
+    config, lam = run.config, run.objective.reverse_weight
     entropy = dc.token_entropy(student_logits.detach(), config.temperature)
     if config.loss == "sparse":
-        topk_logprobs, topk_ids = scores.batch(indices, batch)
+        topk_logprobs, topk_ids = run.scores.batch(indices, batch)
         topk_logprobs = topk_logprobs.to(student_logits.device)
         topk_ids = topk_ids.to(student_logits.device)
         forward, reverse = dc.sparse_kl_terms(student_logits, topk_logprobs, topk_ids,
@@ -460,10 +466,10 @@ def _loss(config, objective, teacher, scores, batch: ResponseBatch, indices, stu
         return loss, {"forward_kl": forward.detach(), "reverse_kl": reverse.detach(),
                       "entropy": entropy}, overlap
     with torch.no_grad():
-        teacher_logits = response_logits(teacher, batch, vocab)
-    meter.teacher_forward(batch.num_tokens)
+        teacher_logits = response_logits(run.teacher, batch, run.vocab)
+    run.meter.teacher_forward(batch.num_tokens)
     overlap = _topk_mass(student_logits.detach(),
-                         teacher_logits.topk(min(OVERLAP_K, vocab), dim=-1).indices)
+                         teacher_logits.topk(min(OVERLAP_K, run.vocab), dim=-1).indices)
     if config.loss == "exact":
         out = dc.kl_loss(student_logits, teacher_logits, mask, lam,
                          temperature=config.temperature, num_valid_tokens=global_tokens)

@@ -1,20 +1,23 @@
 """Plain steps of the RL flow over a real SQLite MLflow: which students a study hands to GRPO,
 and the RL flow's inputs (no teacher or student resolved, no bootstrap when files are given)."""
 
+import shutil
+
 import pytest
 
+from tasks.checkpoints import write_checksums
 from tasks.data import write_problems
 from tasks.experiment import RLFlowConfig, resolve_rl_inputs, rl_sources
 from tasks.tracking import Tracker
-from tasks.train import LATEST, STATE_FILE
 
 
 def fake_checkpoint(output_dir):
-    """The layout latest_checkpoint() reads: a 'latest' pointer to a folder with a state file."""
+    """The layout latest_checkpoint() reads: a checkpoint folder whose files match its
+    checksums (the weights themselves are not read here)."""
     checkpoint = output_dir / "checkpoint-000002"
     checkpoint.mkdir(parents=True)
-    (checkpoint / STATE_FILE).write_bytes(b"state")
-    (output_dir / LATEST).write_text(checkpoint.name)
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    write_checksums(checkpoint)
     return checkpoint
 
 
@@ -54,7 +57,7 @@ def test_rl_sources_are_the_finished_cells_of_the_newest_grid(grid):
 
 def test_a_finished_cell_without_its_checkpoint_is_named(grid):
     uri, _, runs, root = grid
-    (root / "opd" / "train" / LATEST).unlink()
+    shutil.rmtree(root / "opd" / "train" / "checkpoint-000002")
     with pytest.raises(FileNotFoundError, match=f"cell 'opd' \\(run {runs['opd']}\\) has no "
                        "checkpoint"):
         rl_sources(RLFlowConfig(study_experiment="study"), uri, lambda _: None)

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import tasks.rl
+from tasks.checkpoints import latest_checkpoint
 from tasks.data import read_problems, write_problems
 from tasks.grader import Grader
 from tasks.models import (
@@ -89,7 +90,7 @@ def test_interrupted_run_resumes_to_the_same_weights(base, tmp_path, monkeypatch
 
     with pytest.raises(KeyboardInterrupt):
         train_grpo(interrupted, log=quiet, on_step=stop_after_first_checkpoint)
-    assert (tmp_path / "interrupted" / "latest").read_text() == "checkpoint-000002"
+    assert latest_checkpoint(tmp_path / "interrupted").name == "checkpoint-000002"
     resumed = train_grpo(interrupted, log=quiet)
     straight = train_grpo(replace(base, output_dir=str(tmp_path / "straight")), log=quiet)
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tasks.checkpoints import latest_checkpoint
 from tasks.data import write_problems
-from tasks.train import NonFiniteError, TrainConfig, latest_checkpoint, train
+from tasks.train import NonFiniteError, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,244 @@
+"""Training checkpoints: written whole or not at all, checksummed, loaded without pickle code.
+
+One layout serves distillation and GRPO (``tasks.loop`` drives both)::
+
+    <output_dir>/
+      checkpoint-000012/
+        config.json, model.safetensors, tokenizer files   the student (``from_pretrained``)
+        optimizer.bin, scheduler.bin, random_states_<p>.pkl   accelerate's ``save_state``
+        loop_state.json       step, data cursor, curriculum, compute counters, config hash
+        checksums.json        SHA-256 of every file above (written last)
+      latest                  {"checkpoint": "checkpoint-000012", "sha256": <of checksums.json>}
+
+A checkpoint is built in a hidden temporary sibling and renamed into place only when every file
+and its checksum are written, so a kill at any moment leaves either the previous checkpoint or
+the new one. Loading verifies every checksum first; a checkpoint that fails (a flipped bit, a
+truncated file, a planted file) is set aside as ``<name>.corrupt`` with a warning naming the
+file, and the newest checkpoint that passes is used instead. The ``latest`` pointer is a
+verified hint: a pointer that is unreadable or names a checkpoint that fails is reported and the
+folder scanned, never trusted into a restart from step 0 over older checkpoints.
+
+accelerate's own ``save_state``/``load_state`` write and read the optimizer, scheduler and
+per-process RNG states, so multi-process runs checkpoint correctly; its loads use
+``torch.load(weights_only=True)`` with an allow-list of array types, so no pickled code runs.
+The loop's own state (data cursor, curriculum) is JSON rather than accelerate's registered
+custom state, whose loader unpickles arbitrary objects. The model is saved once, as the
+``from_pretrained`` folder the rest of the platform reads; accelerate's copy is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
+
+CHECKSUMS = "checksums.json"
+LOOP_STATE = "loop_state.json"
+LATEST = "latest"
+PREFIX = "checkpoint-"
+
+
+class CheckpointError(ValueError):
+    """No checkpoint in a run folder can be trusted, or one belongs to another config."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:06d}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(directory: Path) -> str:
+    """Checksum every file under directory into checksums.json; returns that file's SHA-256."""
+    sums = {str(p.relative_to(directory)): sha256_file(p)
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
+    path = directory / CHECKSUMS
+    path.write_text(json.dumps(sums, indent=1, sort_keys=True))
+    return sha256_file(path)
+
+
+def verify_checksums(directory: Path) -> str | None:
+    """None if every file of directory matches checksums.json, else what is wrong (one line
+    naming the file)."""
+    listing = directory / CHECKSUMS
+    if not listing.is_file():
+        return f"{listing} is missing"
+    try:
+        sums = json.loads(listing.read_text())
+        if not isinstance(sums, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as error:
+        return f"{listing} is unreadable ({error})"
+    for name, expected in sums.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if sha256_file(path) != expected:
+            return f"{path} does not match its checksum (changed or corrupt)"
+    extra = [p for p in directory.rglob("*")
+             if p.is_file() and p.name != CHECKSUMS and str(p.relative_to(directory)) not in sums]
+    if extra:
+        return f"{extra[0]} is not listed in {listing} (a file was added)"
+    return None
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def save_checkpoint(accelerator: Accelerator, model, tokenizer, output_dir: Path, step: int,
+                    loop_state: dict) -> Path:
+    """Write checkpoint-<step> (every process takes part), then move the latest pointer."""
+    output_dir = Path(output_dir)
+    final = output_dir / checkpoint_name(step)
+    tmp = output_dir / f".{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    with _skip_accelerate_model_copy(accelerator):
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / LOOP_STATE).write_text(json.dumps({"step": step, **loop_state}))
+        listing_sha = write_checksums(tmp)
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_pointer(output_dir, final.name, listing_sha)
+    accelerator.wait_for_everyone()
+    return final
+
+
+class _skip_accelerate_model_copy:
+    """save_state would also write the model's weights; they are saved once by save_pretrained.
+    A save-state pre-hook that empties the weights list is accelerate's documented way."""
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+
+    def __enter__(self):
+        self.handle = self.accelerator.register_save_state_pre_hook(
+            lambda models, weights, output_dir: weights.clear())
+
+    def __exit__(self, *exc_info):
+        self.handle.remove()
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _write_pointer(output_dir: Path, name: str, listing_sha: str) -> None:
+    tmp = output_dir / f".{LATEST}.tmp"
+    tmp.write_text(json.dumps({"checkpoint": name, "sha256": listing_sha}))
+    os.replace(tmp, output_dir / LATEST)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete-looking checkpoint folders (renamed into place), newest first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir()
+             if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
+
+
+def latest_checkpoint(output_dir: str | Path, warn: Callable[[str], None] = print,
+                      set_aside: bool = False) -> Path | None:
+    """The newest checkpoint whose every file matches its checksum, or None if the folder
+    holds no checkpoint at all. Corrupt ones are named through warn (and, with set_aside, moved
+    to ``<name>.corrupt`` so a resumed run does not write over the evidence). Raises
+    CheckpointError if checkpoints exist but none can be trusted."""
+    output_dir = Path(output_dir)
+    _check_pointer(output_dir, warn)
+    candidates = checkpoints(output_dir)
+    for candidate in candidates:
+        problem = verify_checksums(candidate)
+        if problem is None:
+            return candidate
+        note = ""
+        if set_aside:
+            aside = candidate.with_name(candidate.name + ".corrupt")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(candidate, aside)
+            note = f"moved to {aside.name}; "
+        warn(f"warning: checkpoint {candidate} is not usable: {problem}; {note}falling back to "
+             "the previous checkpoint")
+    if candidates:
+        raise CheckpointError(
+            f"{output_dir}: none of its {len(candidates)} checkpoints passes its checksums; "
+            "move the folder away to start this run from step 0")
+    return None
+
+
+def _check_pointer(output_dir: Path, warn: Callable[[str], None]) -> None:
+    """Say so when the latest pointer is unreadable or disagrees with the folder."""
+    pointer = output_dir / LATEST
+    if not pointer.exists():
+        return
+    try:
+        record = json.loads(pointer.read_text())
+        name, listing_sha = record["checkpoint"], record["sha256"]
+        listing = output_dir / name / CHECKSUMS
+        if not listing.is_file() or sha256_file(listing) != listing_sha:
+            raise ValueError(f"it names {name}, whose {CHECKSUMS} is missing or differs")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        warn(f"warning: {pointer} is not a valid pointer ({error}); using the newest "
+             "checkpoint that passes its checksums instead")
+
+
+def read_loop_state(checkpoint: Path, fingerprint: str) -> dict:
+    """The loop state of a verified checkpoint; CheckpointError if it is of another config."""
+    state = json.loads((checkpoint / LOOP_STATE).read_text())
+    if state.get("config_hash") != fingerprint:
+        raise CheckpointError(
+            f"{checkpoint.parent} holds a checkpoint of a different config (hash "
+            f"{state.get('config_hash')} vs {fingerprint}); use a new output_dir or the "
+            "original config to resume")
+    return state
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
+    """Optimizer, scheduler and RNG states from a verified checkpoint into prepared objects
+    (the model's weights were loaded by from_pretrained before prepare).
+
+    Every pickled state file is first read the way accelerate reads it (weights_only, tensors and
+    arrays only), so a file that would run code is refused naming it — accelerate itself skips an
+    unreadable RNG file with only an INFO line, which would make a resume silently inexact."""
+    rng_file = checkpoint / f"random_states_{accelerator.process_index}.pkl"
+    if not rng_file.is_file():
+        raise CheckpointError(f"{checkpoint} has no {rng_file.name}: it was written by fewer "
+                              "processes than this run has; resume with the same number")
+    for path in sorted([*checkpoint.glob("*.bin"), *checkpoint.glob("*.pkl")]):
+        try:
+            accelerate_load(path, map_location="cpu")
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(f"{path} is not plain tensor data; refused to unpickle it "
+                                  f"({str(error).splitlines()[0]})") from error
+    handle = accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
+    try:
+        accelerator.load_state(str(checkpoint))
+    finally:
+        handle.remove()

@@ -1,0 +1,133 @@
+"""The skeleton every training loop here shares: resume, data cursor, checkpoints, finite guard.
+
+Distillation (``tasks.train``) and GRPO (``tasks.rl``) differ in what one step computes; what
+happens around the step is the same and lives here once:
+
+- ``TrainingLoop(output_dir, fingerprint, ...)`` finds the newest trustworthy checkpoint of the
+  same config (``tasks.checkpoints``); ``weights`` says where the model's starting weights come
+  from, ``restore`` brings back optimizer, scheduler, RNG and the data cursor after
+  ``accelerator.prepare``, ``end_step`` writes a checkpoint every ``checkpoint_every`` steps
+  and at the last, ``finish`` writes the final metrics.
+- ``DataCursor``: a seeded pass over the problems, reshuffled per epoch from (seed, step), so a
+  resumed run draws exactly the batches an uninterrupted one would.
+- ``check_finite``: a NaN/inf loss or gradient stops the run before the step is applied.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from tasks.checkpoints import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_loop_state,
+    save_checkpoint,
+)
+
+
+class NonFiniteError(FloatingPointError):
+    """A step produced a NaN/inf loss or gradient; the last good checkpoint is kept."""
+
+
+@dataclass
+class DataCursor:
+    """Which problems the next batch takes: a seeded order, walked and reshuffled per epoch."""
+
+    size: int
+    seed: int
+    order: list[int] = field(default_factory=list)
+    position: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.order:
+            self.order = list(range(self.size))
+            random.Random(self.seed).shuffle(self.order)
+
+    def take(self, count: int, step: int) -> list[int]:
+        """The next count indices; a new epoch starts (reshuffled from seed and step) when too
+        few remain."""
+        if self.position + count > len(self.order):
+            self.position = 0
+            random.Random(f"{self.seed}/{step}").shuffle(self.order)
+        indices = self.order[self.position : self.position + count]
+        self.position += count
+        return indices
+
+    def state_dict(self) -> dict:
+        return {"order": list(self.order), "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order, self.position = list(state["order"]), int(state["position"])
+
+
+class TrainingLoop:
+    """Resume and checkpoint one run in output_dir (see the module docstring)."""
+
+    def __init__(self, output_dir: str | Path, fingerprint: str, steps: int,
+                 checkpoint_every: int, log: Callable[[str], None] = print):
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.fingerprint, self.steps, self.checkpoint_every = fingerprint, steps, checkpoint_every
+        self.log = log
+        self.checkpoint = latest_checkpoint(self.output_dir, warn=log, set_aside=True)
+        self.state = (read_loop_state(self.checkpoint, fingerprint)
+                      if self.checkpoint is not None else {})
+        self.start_step = int(self.state.get("step", 0))
+
+    @property
+    def weights(self) -> Path | None:
+        """The checkpoint to load the model's weights from (None: start from the base model)."""
+        return self.checkpoint
+
+    def saved(self, key: str, default=None):
+        """A value end_step saved in the checkpoint being resumed (default when fresh)."""
+        return self.state.get("extra", {}).get(key, default)
+
+    def restore(self, accelerator: Accelerator, cursor: DataCursor) -> None:
+        """After accelerator.prepare: optimizer, scheduler, RNG and the cursor of the checkpoint."""
+        if self.checkpoint is None:
+            return
+        load_checkpoint(accelerator, self.checkpoint)
+        cursor.load_state_dict(self.state["cursor"])
+        self.log(f"resuming from {self.checkpoint} at step {self.start_step}")
+
+    def end_step(self, step: int, accelerator: Accelerator, model, tokenizer,
+                 cursor: DataCursor, extra: dict) -> None:
+        """Checkpoint after step (1-based) when it is due: every checkpoint_every and the last."""
+        if step % self.checkpoint_every and step != self.steps:
+            return
+        state = {"config_hash": self.fingerprint, "cursor": cursor.state_dict(), "extra": extra}
+        self.checkpoint = save_checkpoint(accelerator, model, tokenizer, self.output_dir, step,
+                                          state)
+
+    def finish(self, metrics: dict[str, float]) -> None:
+        (self.output_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def check_finite(step: int, loss: float, grad_norm: float, checkpoint: Path | None,
+                 optimizer: torch.optim.Optimizer, hint: str) -> None:
+    """Raise NonFiniteError (after dropping the step's gradients) if loss or grad norm is NaN/inf.
+    hint says what to try, in the caller's terms."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    optimizer.zero_grad(set_to_none=True)
+    raise NonFiniteError(f"step {step}: loss {loss}, grad norm {grad_norm} — not finite; the "
+                         f"step was not applied and the last good checkpoint ({checkpoint}) is "
+                         f"kept. {hint}")
+
+
+def check_finite_weights(model: torch.nn.Module, source: str | Path) -> None:
+    """Refuse weights that already hold NaN/inf (a corrupt file), naming the parameter, before
+    a step blames the learning rate for them."""
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter).all():
+            raise ValueError(f"the weights loaded from {source} hold NaN/inf in {name}: the "
+                             "model file is corrupt; rebuild or re-download it")
