@@ -6,11 +6,16 @@ inputs, its config and the source code that builds it (``code_version``). Prefec
 cache key ignores the code a task calls, so keys made here always include it.
 
 A product is built in a temporary sibling directory and renamed into place only when complete,
-so a crash never leaves a half-built artifact that a later run would trust.
+so a crash never leaves a half-built artifact that a later run would trust; its files carry
+SHA-256 checksums verified on use (a corrupt product is rebuilt, saying which file failed), and
+a file lock makes two runs that need the same product share one build instead of repeating it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import fnmatch
 import hashlib
 import importlib
 import inspect
@@ -25,6 +30,7 @@ from typing import Any
 
 ROOT_ENV = "DISTILL_LAB_ARTIFACTS"
 COMPLETE_MARKER = ".complete"
+CHECKSUMS = "checksums.json"
 
 
 def artifact_root(root: str | Path | None = None) -> Path:
@@ -76,6 +82,74 @@ def code_version(module_names: Iterable[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+# ----------------------------------------------------------------------------- checksums
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(directory: Path, self_verified: tuple[str, ...] = ()) -> str:
+    """Record the SHA-256 of every file under directory in checksums.json (files matching a
+    self_verified glob are left to their own manifest); returns that file's SHA-256."""
+    files = {str(p.relative_to(directory)): sha256_file(p)
+             for p in sorted(directory.rglob("*"))
+             if p.is_file() and p.name not in _UNLISTED and not _matches(p, self_verified)}
+    path = directory / CHECKSUMS
+    path.write_text(json.dumps({"files": files, "self_verified": list(self_verified)},
+                               indent=1, sort_keys=True))
+    return sha256_file(path)
+
+
+def verify_checksums(directory: Path) -> str | None:
+    """None if every file of directory matches its checksums.json, else what is wrong — one
+    line naming the file."""
+    listing = directory / CHECKSUMS
+    if not listing.is_file():
+        return f"{listing} is missing"
+    try:
+        record = json.loads(listing.read_text())
+        files, self_verified = dict(record["files"]), tuple(record["self_verified"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        return f"{listing} is unreadable ({type(error).__name__}: {error})"
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if sha256_file(path) != expected:
+            return f"{path} does not match its checksum (changed or corrupt)"
+    for path in directory.rglob("*"):
+        if (path.is_file() and path.name not in _UNLISTED and not _matches(path, self_verified)
+                and str(path.relative_to(directory)) not in files):
+            return f"{path} is not listed in {listing} (a file was added)"
+    return None
+
+
+def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+@contextlib.contextmanager
+def build_lock(path: Path):
+    """An exclusive lock on path (created if missing), held for the block: two processes
+    building or setting up the same thing take turns instead of racing or repeating work. The
+    kernel drops the lock when its holder dies, so a killed run never blocks the next."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def cached_build(
     kind: str,
     key: str,
@@ -83,31 +157,68 @@ def cached_build(
     *,
     root: str | Path | None = None,
     describe: dict[str, Any] | None = None,
+    self_verified: tuple[str, ...] = (),
+    log: Callable[[str], None] = print,
 ) -> tuple[Path, bool]:
     """Return (directory, reused): the artifact ``kind/key``, building it first if absent.
 
-    build(tmp_dir) writes the product into tmp_dir; it is renamed into place only on success.
-    ``describe`` (config, inputs) is saved as key.json beside the product for humans.
+    build(tmp_dir) writes the product into tmp_dir; it is checksummed and renamed into place
+    only on success. ``describe`` (config, inputs) is saved as key.json beside the product for
+    humans. On reuse every file is checked against its checksum; a corrupt product is named
+    through log, removed and rebuilt. Files matching a ``self_verified`` glob are checked by the
+    product's own manifest instead (the score cache rescores one bad shard, not all). One build
+    of a key runs at a time across processes; the others wait and reuse it.
     """
     final = artifact_root(root) / kind / key
-    if (final / COMPLETE_MARKER).exists():
-        return final, True
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
-    try:
-        build(tmp)
-        (tmp / "key.json").write_text(json.dumps(_canonical(describe or {}), indent=2))
-        (tmp / COMPLETE_MARKER).write_text(key)
-        if final.exists() and not (final / COMPLETE_MARKER).exists():
-            shutil.rmtree(final)  # an incomplete leftover from a crashed build
-        os.replace(tmp, final)
-    except OSError:
-        if (final / COMPLETE_MARKER).exists():  # a concurrent run finished the same build
+    with build_lock(final.parent / f".{key}.lock"):
+        _remove_half_built(final)
+        if (final / COMPLETE_MARKER).exists():
+            problem = _verified(final)
+            if problem is None:
+                return final, True
+            log(f"warning: cached {kind} {final} is corrupt ({problem}); rebuilding it")
+            shutil.rmtree(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+        try:
+            build(tmp)
+            (tmp / "key.json").write_text(json.dumps(_canonical(describe or {}), indent=2))
+            write_checksums(tmp, self_verified)
+            (tmp / COMPLETE_MARKER).write_text(key)
+            if final.exists():
+                shutil.rmtree(final)  # an incomplete leftover from a crashed build
+            os.replace(tmp, final)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            return final, True
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _VERIFIED.add(_stamp(final))
     return final, False
+
+
+# Products this process has verified, by their files' sizes and modification times: hashing a
+# large model's files again on every use would cost seconds; any rewrite changes the stamp.
+_VERIFIED: set[tuple] = set()
+_UNLISTED = {CHECKSUMS, COMPLETE_MARKER}
+
+
+def _stamp(directory: Path) -> tuple:
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    return (str(directory), *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+def _verified(final: Path) -> str | None:
+    """None if the product passes its checksums (products of older versions without a listing
+    are listed now, trusted on first use)."""
+    if not (final / CHECKSUMS).exists():
+        write_checksums(final)
+    if _stamp(final) in _VERIFIED:
+        return None
+    problem = verify_checksums(final)
+    if problem is None:
+        _VERIFIED.add(_stamp(final))
+    return problem
+
+
+def _remove_half_built(final: Path) -> None:
+    """Temporary folders of this key left by a killed build (the lock says none is running)."""
+    for leftover in final.parent.glob(f".{final.name}-*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -28,7 +28,6 @@ custom state, whose loader unpickles arbitrary objects. The model is saved once,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -39,7 +38,8 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 
-CHECKSUMS = "checksums.json"
+from tasks.artifacts import CHECKSUMS, sha256_file, verify_checksums, write_checksums
+
 LOOP_STATE = "loop_state.json"
 LATEST = "latest"
 PREFIX = "checkpoint-"
@@ -51,48 +51,6 @@ class CheckpointError(ValueError):
 
 def checkpoint_name(step: int) -> str:
     return f"{PREFIX}{step:06d}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_checksums(directory: Path) -> str:
-    """Checksum every file under directory into checksums.json; returns that file's SHA-256."""
-    sums = {str(p.relative_to(directory)): sha256_file(p)
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
-    path = directory / CHECKSUMS
-    path.write_text(json.dumps(sums, indent=1, sort_keys=True))
-    return sha256_file(path)
-
-
-def verify_checksums(directory: Path) -> str | None:
-    """None if every file of directory matches checksums.json, else what is wrong (one line
-    naming the file)."""
-    listing = directory / CHECKSUMS
-    if not listing.is_file():
-        return f"{listing} is missing"
-    try:
-        sums = json.loads(listing.read_text())
-        if not isinstance(sums, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as error:
-        return f"{listing} is unreadable ({error})"
-    for name, expected in sums.items():
-        path = directory / name
-        if not path.is_file():
-            return f"{path} is missing"
-        if sha256_file(path) != expected:
-            return f"{path} does not match its checksum (changed or corrupt)"
-    extra = [p for p in directory.rglob("*")
-             if p.is_file() and p.name != CHECKSUMS and str(p.relative_to(directory)) not in sums]
-    if extra:
-        return f"{extra[0]} is not listed in {listing} (a file was added)"
-    return None
 
 
 # ----------------------------------------------------------------------------- writing

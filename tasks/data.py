@@ -347,6 +347,9 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
             except json.JSONDecodeError as error:
                 yield number, _RowError(None, f"is not valid JSON ({error.msg}, column "
                                               f"{error.colno}); each line must be one object")
+            except RecursionError:
+                yield number, _RowError(None, "nests JSON too deeply to read; each line must be "
+                                              "one flat problem object")
 
 
 def _json_array_records(path: Path) -> Iterator[tuple[int, Any]]:
@@ -355,6 +358,12 @@ def _json_array_records(path: Path) -> Iterator[tuple[int, Any]]:
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}); "
                          "fix the file or convert it to JSONL") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); "
+                         "save it as UTF-8 JSON") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nests JSON too deeply to read; expected a list of flat "
+                         "problem records") from None
     if not isinstance(records, list):
         raise ValueError(f"{path}: holds one JSON {type(records).__name__}; expected a list of "
                          "records or JSONL (one object per line)")

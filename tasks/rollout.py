@@ -266,8 +266,9 @@ def read_samples(path: str | Path) -> list[Sample]:
                 record["prompt_ids"] = tuple(record["prompt_ids"])
                 record["response_ids"] = tuple(record["response_ids"])
                 samples.append(Sample(**record))
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(f"{path}:{line_number}: not a rollout sample ({error})") from error
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as error:
+                raise ValueError(f"{path}:{line_number}: not a rollout sample "
+                                 f"({type(error).__name__}: {error})") from error
     return samples
 
 

@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
-from tasks.artifacts import cached_build, code_version, content_hash
+from tasks.artifacts import cached_build, code_version, content_hash, write_checksums
 from tasks.compute import ComputeMeter
 from tasks.rollout import Sample
 
@@ -293,7 +293,8 @@ def build_score_cache(
 
     directory, _ = cached_build("scores", key, build, root=root,
                                 describe={"teacher": teacher_id, "config": config,
-                                          "samples": len(samples)})
+                                          "samples": len(samples)},
+                                self_verified=("shard-*.safetensors",))
     return _open_verified(directory, samples, pad_token_id, vocab_size, config, get_teacher,
                           meter)
 
@@ -304,7 +305,12 @@ def _open_verified(directory: Path, samples: Sequence[Sample], pad_token_id: int
                    meter: ComputeMeter | None) -> SparseTeacherScores:
     """Load every shard, rescoring (and rewriting) any whose checksum does not match."""
     manifest_path = directory / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
+    try:  # its checksum was verified by cached_build; this names the file if it still fails
+        manifest = json.loads(manifest_path.read_text())
+        manifest["shards"], manifest["k"], manifest["vocab_size"]  # noqa: B018
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{manifest_path}: not a score-cache manifest ({error}); delete "
+                         f"{directory} to rebuild the cache") from error
     shards, where, rescored = [], [], 0
     for number, entry in enumerate(manifest["shards"]):
         path = directory / entry["file"]
@@ -321,5 +327,6 @@ def _open_verified(directory: Path, samples: Sequence[Sample], pad_token_id: int
         tmp = manifest_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=2))
         os.replace(tmp, manifest_path)
+        write_checksums(directory, ("shard-*.safetensors",))
     return SparseTeacherScores(directory, manifest["k"], manifest["vocab_size"], rescored,
                                shards, where)

@@ -1,10 +1,16 @@
 """Content-addressed artifacts: built once, reused, never half-built."""
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tasks.artifacts import cached_build, code_version, content_hash, file_hash
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,57 @@ def test_failed_build_leaves_nothing(tmp_path):
 
     with pytest.raises(RuntimeError, match="crashed mid-build"):
         cached_build("things", "k2", build, root=tmp_path)
-    assert list((tmp_path / "things").iterdir()) == []
+    assert [p.name for p in (tmp_path / "things").iterdir()] == [".k2.lock"]
+
+
+def test_a_corrupt_product_is_named_and_rebuilt(tmp_path):
+    calls = []
+
+    def build(out):
+        calls.append(1)
+        (out / "samples.jsonl").write_text('{"response": "42"}\n')
+
+    path, _ = cached_build("things", "k4", build, root=tmp_path)
+    (path / "samples.jsonl").write_text('{"response": "41"}\n')  # an edited rollout
+    lines: list[str] = []
+    again, reused = cached_build("things", "k4", build, root=tmp_path, log=lines.append)
+    assert not reused and len(calls) == 2
+    assert "samples.jsonl does not match its checksum" in lines[0]
+    assert (again / "samples.jsonl").read_text() == '{"response": "42"}\n'
+    assert cached_build("things", "k4", build, root=tmp_path)[1]
+
+
+def test_half_built_leftovers_of_a_killed_build_are_removed(tmp_path):
+    leftover = tmp_path / "things" / ".k5-abc123"
+    leftover.mkdir(parents=True)
+    (leftover / "partial.txt").write_text("half")
+    cached_build("things", "k5", lambda out: None, root=tmp_path)
+    assert not leftover.exists()
+
+
+BUILDER = """
+import sys, time
+from pathlib import Path
+from tasks.artifacts import cached_build
+
+def build(out):
+    with open(sys.argv[2], "a") as log:
+        log.write("built\\n")
+    time.sleep(1.0)
+    (out / "product.txt").write_text("made")
+
+print(cached_build("things", "k6", build, root=sys.argv[1])[1])
+"""
+
+
+def test_two_processes_share_one_build(tmp_path):
+    builds = tmp_path / "builds.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    processes = [subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path), str(builds)],
+                                  env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    reused = sorted(p.communicate(timeout=120)[0].strip() for p in processes)
+    assert reused == ["False", "True"]
+    assert builds.read_text().count("built") == 1
 
 
 def test_root_from_environment(tmp_path, monkeypatch):

@@ -137,6 +137,23 @@ def test_corrupt_shard_is_detected_and_rescored(tmp_path, tiny_pair, rollouts, c
     assert clean.forwards == 0  # the rewritten shard verifies
 
 
+def test_corrupt_manifest_is_named_and_the_cache_rebuilt(tmp_path, tiny_pair, rollouts,
+                                                         capsys):
+    tokenizer, samples = rollouts
+    config = ScoreCacheConfig(k=8, shard_samples=4)
+    original = build_score_cache(lambda: load_model(tiny_pair[0]), "tiny-teacher", samples,
+                                 tokenizer.pad_token_id, len(tokenizer), config, root=tmp_path)
+    expected = original.sample(5)
+    (original.directory / "manifest.json").write_text('{"shards": [')
+    loader = CountingLoader(tiny_pair[0])
+    rebuilt = build_score_cache(loader, "tiny-teacher", samples, tokenizer.pad_token_id,
+                                len(tokenizer), config, root=tmp_path)
+    assert "manifest.json does not match its checksum" in capsys.readouterr().out
+    assert loader.forwards == 3  # every shard rescored: the manifest said where they were
+    for name, tensor in expected.items():
+        torch.testing.assert_close(rebuilt.sample(5)[name], tensor)
+
+
 def test_cache_from_other_rollouts_is_refused(tmp_path, tiny_pair, rollouts):
     tokenizer, samples = rollouts
     scores = build_score_cache(lambda: load_model(tiny_pair[0]), "tiny-teacher", samples,
