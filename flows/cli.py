@@ -9,16 +9,19 @@
     distill up / down / status         local Prefect + MLflow servers (SQLite) on 127.0.0.1
     distill report [--experiment NAME] [--run ID] [--html OUT [--attach]]
                                        a grid's results table, or its HTML tradeoff report
+    distill replay                     send to MLflow what runs could not (server was down)
 
 Honours MLFLOW_TRACKING_URI and PREFECT_API_URL; --artifacts DIR (or DISTILL_LAB_ARTIFACTS)
 says where caches, checkpoints, the SQLite store and the default MLflow database live. Without
-PREFECT_API_URL the flows run locally on a temporary Prefect server.
+PREFECT_API_URL the flows run locally on a temporary Prefect server. The same command again
+after a kill resumes the run; an error is one line (--debug shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -30,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", help=f"artifact/cache directory (${ROOT_ENV}, default "
                                             "./artifacts)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("grid", "run the grid flow (every cell) from a YAML config"),
                        ("run", "run the distill flow (one cell) from a YAML config"),
@@ -54,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--mlflow-port", type=int, default=5000)
     commands.add_parser("down", help="stop the servers `distill up` started")
     commands.add_parser("status", help="show the servers `distill up` started")
+    commands.add_parser("replay", help="send what runs could not send to MLflow (spill files)")
     report = commands.add_parser("report", help="a grid's results table, or its HTML report")
     report.add_argument("--experiment", default="demo")
     report.add_argument("--run", help="parent run id (default: the experiment's newest grid)")
@@ -70,23 +76,79 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[ROOT_ENV] = str(Path(args.artifacts).resolve())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.stdout.reconfigure(line_buffering=True)
+    _interrupt_on_sigterm()
     try:
+        if args.command in ("grid", "run", "prepare"):  # one line before any server starts
+            args.experiment = _experiment(args.config)
+        if args.command in FLOW_COMMANDS and not _prefect_api_url():
+            return _with_temporary_server(COMMANDS[args.command], args)
         return COMMANDS[args.command](args) or 0
-    except (ValueError, FileNotFoundError, ConnectionError, RuntimeError) as error:
-        print(f"distill {args.command}: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"distill {args.command}: interrupted; the run was marked KILLED and the same "
+              "command resumes it", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        print(f"distill {args.command}: {_one_line(error)}", file=sys.stderr)
         return 2
 
 
-def _experiment(path: Path):
-    from tasks.experiment import ExperimentConfig, load_config
+def _prefect_api_url() -> str | None:
+    """The Prefect API the flows report to: $PREFECT_API_URL or a profile's setting."""
+    from prefect.settings import PREFECT_API_URL
 
-    return load_config(path, ExperimentConfig)
+    return PREFECT_API_URL.value()
+
+
+def _with_temporary_server(command, args) -> int:
+    """Run a flow command against a temporary Prefect server that dies with this process."""
+    from tasks.services import temporary_prefect_server
+
+    with temporary_prefect_server():
+        return command(args) or 0
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (kill, a scheduler stopping the job) ends the command as Ctrl-C does: the open
+    run is marked KILLED and temporary servers are stopped, instead of dying mid-write."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one line: the user's mistake as written, a full disk as such, anything
+    unexpected with its type and a pointer to --debug."""
+    from tasks.runs import describe_os_error
+
+    cause = error
+    while cause is not None:  # a full disk may surface as a database error several layers up
+        if "No space left" in describe_os_error(cause):
+            return describe_os_error(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = (str(error).strip().splitlines() or [""])[0]
+    if isinstance(error, (ValueError, FileNotFoundError, ConnectionError, RuntimeError)):
+        return text
+    return f"{type(error).__name__}: {text} (--debug shows the traceback)"
+
+
+def _experiment(path: Path):
+    """The YAML config, checked with everything that can be checked before any work (tracking
+    reachable, free space, models available) so a mistake is one line, not a failed flow."""
+    from tasks.experiment import ExperimentConfig, load_config
+    from tasks.runs import preflight
+
+    config = load_config(path, ExperimentConfig)
+    preflight(config)
+    return config
 
 
 def _grid(args) -> None:
     from flows.grid import grid_flow
 
-    config = _experiment(args.config)
+    config = args.experiment
     result = grid_flow(config)
     print(f"\n{result['table']}\n")
     _where_to_look(result["tracking_uri"], config.name)
@@ -95,7 +157,7 @@ def _grid(args) -> None:
 def _run(args) -> None:
     from flows.distill import distill_flow
 
-    config = _experiment(args.config)
+    config = args.experiment
     result = distill_flow(config)
     print({k: v for k, v in result.items() if k != "train"})
 
@@ -103,7 +165,7 @@ def _run(args) -> None:
 def _prepare(args) -> None:
     from flows.prepare import prepare_flow
 
-    print(prepare_flow(_experiment(args.config)))
+    print(prepare_flow(args.experiment))
 
 
 def _eval(args) -> None:
@@ -195,9 +257,21 @@ def _where_to_look(tracking_uri: str, experiment: str) -> None:
                          "`distill up` keeps one with a UI, then export PREFECT_API_URL"))
 
 
+def _replay(args) -> None:
+    from tasks.runs import locations
+    from tasks.tracking import Tracker
+
+    where = locations()
+    with Tracker(where.tracking_uri, artifacts_dir=where.root) as tracker:
+        sent = tracker.replay_all()
+    print(f"sent {sum(sent.values())} records of {len(sent)} runs to {where.tracking_uri}"
+          if sent else f"nothing to send: {tracker.spill_dir} holds no spill files")
+
+
+FLOW_COMMANDS = {"grid", "run", "prepare", "eval", "rl", "bootstrap"}
 COMMANDS = {"grid": _grid, "run": _run, "prepare": _prepare, "eval": _eval, "rl": _rl,
             "bootstrap": _bootstrap, "serve": _serve, "up": _up, "down": _down,
-            "status": _status, "report": _report}
+            "status": _status, "report": _report, "replay": _replay}
 
 
 if __name__ == "__main__":

@@ -1,55 +1,35 @@
-"""What every flow shares: where artifacts, the rollout store and MLflow live, and one cell's
-wiring (prefix products → train → evaluate → register), used by the distill and grid flows."""
+"""What every flow shares: where things live, one cell's wiring (train → evaluate → register)
+and one reference evaluation, each as a tracked run that a rerun reuses or resumes."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from tasks.artifacts import artifact_root
 from tasks.experiment import (
     Cell,
     ExperimentConfig,
     Inputs,
+    cell_directory,
+    cell_spec,
     eval_config,
+    reference_spec,
     teacher_product_configs,
     train_config,
 )
 from tasks.prefect_tasks import (
-    RunRef,
     evaluate_task,
-    finish_run_task,
     report_task,
-    start_run_task,
+    run_results_task,
     teacher_rollouts_task,
     teacher_scores_task,
+    tracked_run,
     train_task,
 )
-from tasks.store import DEFAULT_URL_ENV, default_url
-
-
-def locations() -> dict[str, str]:
-    """Artifact root ($DISTILL_LAB_ARTIFACTS or ./artifacts), store URL and tracking URI."""
-    from tasks.tracking import default_tracking_uri
-
-    root = artifact_root()
-    root.mkdir(parents=True, exist_ok=True)
-    return {"root": str(root),
-            "store_url": os.environ.get(DEFAULT_URL_ENV) or default_url(root),
-            "tracking_uri": default_tracking_uri(root)}
-
-
-def cell_tags(cell: Cell) -> dict[str, str]:
-    import distill_core as dc
-
-    objective = dc.Objective.parse(cell.objective)
-    return {"cell": cell.label, "objective": cell.objective,
-            "prefix_source": objective.prefix_source, "lambda": f"{objective.reverse_weight:g}",
-            "curriculum": str(cell.curriculum).lower()}
+from tasks.runs import Locations
 
 
 def teacher_products(config: ExperimentConfig, inputs: Inputs, cells: list[Cell],
-                     root: str) -> list[dict]:
+                     root: Path) -> list[dict]:
     """Teacher rollouts (and score caches) every teacher-prefix cell shares; cached."""
     products = []
     for train in teacher_product_configs(config, inputs, cells, root):
@@ -59,56 +39,46 @@ def teacher_products(config: ExperimentConfig, inputs: Inputs, cells: list[Cell]
     return products
 
 
-def run_cell(config: ExperimentConfig, inputs: Inputs, cell: Cell, where: dict[str, str],
-             run_dir: Path, parent: RunRef | None = None) -> dict:
-    """One training run as an MLflow run: train, evaluate, register the student."""
-    train = train_config(config, inputs, cell, run_dir / cell.slug / "train", where["root"])
-    run = start_run_task(where["tracking_uri"], config.name, cell.label, cell_tags(cell),
-                         {"experiment": config.model_dump(), "train": train}, parent)
-    try:
-        trained = train_task(train, run)
+def run_cell(config: ExperimentConfig, inputs: Inputs, cell: Cell, where: Locations,
+             study_dir: Path, parent_run_id: str | None = None) -> dict:
+    """One cell as a tracked run: train (or resume), evaluate, register the student; a cell
+    that already finished with the same identity is read back instead."""
+    run_dir = cell_directory(study_dir, cell.label)
+    train = train_config(config, inputs, cell, run_dir / "train", where.root)
+    with tracked_run(cell_spec(config, inputs, cell, train, run_dir, parent_run_id),
+                     where.tracking_uri) as run:
+        if run.finished:
+            return {"cell": cell.label, **run_results_task(run.ref)}
+        trained = train_task(train, run.ref)
         evaluated = evaluate_task(eval_config(config, inputs, trained["checkpoint"]),
-                                  str(run_dir / cell.slug / "eval"), where["store_url"], run,
-                                  config.steps, where["root"])
-        register = ((f"distill-{config.name}-{cell.slug}", trained["checkpoint"])
-                    if config.register_model else None)
-        finish_run_task(run, "FINISHED", register, evaluated["metrics"])
-    except BaseException:
-        finish_run_task(run, "FAILED")
-        raise
-    return {"cell": cell.label, "run_id": run.run_id, "metrics": evaluated["metrics"],
+                                  str(run_dir / "eval"), where.store_url, run.ref,
+                                  config.steps, str(where.root))
+        if config.register_model:
+            run.end.register = (f"distill-{config.name}-{cell.slug}", trained["checkpoint"])
+            run.end.register_metrics = evaluated["metrics"]
+    return {"cell": cell.label, "run_id": run.ref.run_id, "metrics": evaluated["metrics"],
             "train": trained["metrics"], "checkpoint": trained["checkpoint"]}
 
 
 def evaluate_reference(config: ExperimentConfig, inputs: Inputs, label: str, model: str,
-                       where: dict[str, str], run_dir: Path, parent: RunRef | None) -> dict:
+                       where: Locations, study_dir: Path, parent_run_id: str | None) -> dict:
     """Evaluate an untrained reference (the teacher, the starting student) as its own run."""
-    run = start_run_task(where["tracking_uri"], config.name, label,
-                         {"cell": label, "reference": "true"},
-                         {"experiment": config.model_dump(), "model": model}, parent)
-    try:
-        evaluated = evaluate_task(eval_config(config, inputs, model), str(run_dir / label),
-                                  where["store_url"], run, 0, where["root"])
-        finish_run_task(run, "FINISHED")
-    except BaseException:
-        finish_run_task(run, "FAILED")
-        raise
-    return {"cell": label, "run_id": run.run_id, "metrics": evaluated["metrics"], "train": {}}
+    run_dir = cell_directory(study_dir, label)
+    with tracked_run(reference_spec(config, inputs, label, model, run_dir, parent_run_id),
+                     where.tracking_uri) as run:
+        if run.finished:
+            return {"cell": label, **run_results_task(run.ref), "train": {}}
+        evaluated = evaluate_task(eval_config(config, inputs, model), str(run_dir),
+                                  where.store_url, run.ref, 0, str(where.root))
+    return {"cell": label, "run_id": run.ref.run_id, "metrics": evaluated["metrics"],
+            "train": {}}
 
 
-def run_directory(root: str, name: str) -> Path:
-    """A fresh directory for one flow run's checkpoints and evaluation tables."""
-    from datetime import UTC, datetime
-
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
-    return Path(root) / "runs" / f"{name}-{stamp}"
-
-
-def study_report(where: dict[str, str], parent_run_id: str, run_dir: str | Path) -> str | None:
+def study_report(where: Locations, parent_run_id: str, run_dir: str | Path) -> str | None:
     """Build and attach the study's HTML report; a failure is reported, not raised: the study's
     runs are already in MLflow, and `distill report --html` rebuilds the page."""
     try:
-        return report_task(where["tracking_uri"], parent_run_id, where["store_url"],
+        return report_task(where.tracking_uri, parent_run_id, where.store_url,
                            str(Path(run_dir) / "report.html"))
     except Exception as error:  # the report must never cost the study its results
         print(f"warning: the report of run {parent_run_id} was not built ({error}); rebuild it "

@@ -1,22 +1,24 @@
-"""The distill flow: one experiment — prepare → teacher products → train one cell → evaluate."""
+"""The distill flow: one experiment — prepare → teacher products → train one cell → evaluate.
+A rerun of the same config resumes it (or reuses it, once finished)."""
 
 from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import locations, run_cell, run_directory, teacher_products
-from tasks.experiment import Cell, ExperimentConfig
-from tasks.prefect_tasks import prepare_task
+from flows.common import run_cell, teacher_products
+from tasks.experiment import Cell, ExperimentConfig, study_directory
+from tasks.prefect_tasks import preflight_task, prepare_task
 
 
 @flow(name="distill", log_prints=True)
 def distill_flow(config: ExperimentConfig = ExperimentConfig()) -> dict:
     """Distil the teacher into the student with config.objective (and its curriculum, if set);
     logs one MLflow run with step metrics, evaluation and the registered student."""
-    where = locations()
-    inputs = prepare_task(config, where["root"])
+    where = preflight_task(config)
+    inputs = prepare_task(config, str(where.root))
     cell = Cell(config.objective, curriculum=bool(config.curriculum))
-    teacher_products(config, inputs, [cell], where["root"])
-    result = run_cell(config, inputs, cell, where, run_directory(where["root"], config.name))
-    print(f"distill {cell.label}: MLflow run {result['run_id']} at {where['tracking_uri']}")
+    teacher_products(config, inputs, [cell], where.root)
+    run_dir, _ = study_directory(config, inputs, where.root, kind="distill")
+    result = run_cell(config, inputs, cell, where, run_dir)
+    print(f"distill {cell.label}: MLflow run {result['run_id']} at {where.tracking_uri}")
     return result

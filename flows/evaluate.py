@@ -5,26 +5,19 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import locations, run_directory
-from tasks.experiment import EvaluateFlowConfig, flow_eval_config
-from tasks.prefect_tasks import evaluate_task, finish_run_task, models_task, start_run_task
+from tasks.experiment import EvaluateFlowConfig, evaluation_spec, flow_eval_config
+from tasks.prefect_tasks import evaluate_task, models_task, preflight_task, tracked_run
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(config: EvaluateFlowConfig = EvaluateFlowConfig()) -> dict:
     """Evaluate each model with one procedure and log Avg@k, Pass@k, length and entropy."""
-    where = locations()
-    run_dir = run_directory(where["root"], config.name)
+    where = preflight_task()
     results = {}
-    for label, model, tags in models_task(config, where["tracking_uri"], where["root"]):
-        run = start_run_task(where["tracking_uri"], config.name, f"eval {label}", tags,
-                             {"evaluate": config.model_dump(), "model": model})
-        try:
-            out = evaluate_task(flow_eval_config(config, model), str(run_dir / run.run_id),
-                                where["store_url"], run, 0, where["root"])
-            finish_run_task(run, "FINISHED")
-        except BaseException:
-            finish_run_task(run, "FAILED")
-            raise
-        results[label] = {"run_id": run.run_id, "metrics": out["metrics"]}
+    for label, model, tags in models_task(config, where.tracking_uri, str(where.root)):
+        spec = evaluation_spec(config, label, model, tags, where.root)
+        with tracked_run(spec, where.tracking_uri) as run:
+            out = evaluate_task(flow_eval_config(config, model), str(spec.run_dir),
+                                where.store_url, run.ref, 0, str(where.root))
+        results[label] = {"run_id": run.ref.run_id, "metrics": out["metrics"]}
     return results

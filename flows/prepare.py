@@ -6,19 +6,19 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from flows.common import locations
 from tasks.experiment import BootstrapFlowConfig, ExperimentConfig
 from tasks.prefect_tasks import bootstrap_task, prepare_task
+from tasks.runs import locations
 
 
 @flow(name="bootstrap", log_prints=True)
 def bootstrap_flow(config: BootstrapFlowConfig = BootstrapFlowConfig()) -> dict:
     """Build (or reuse) the embedded default's tokenizer, teacher and student, or the
     real-weights profile; returns their paths."""
-    return bootstrap_task(config.profile, locations()["root"])
+    return bootstrap_task(config.profile, str(locations().root))
 
 
 @flow(name="prepare", log_prints=True)
 def prepare_flow(config: ExperimentConfig = ExperimentConfig()) -> dict:
     """Resolve an experiment's teacher, student, train subset, held-out and benchmark files."""
-    return asdict(prepare_task(config, locations()["root"]))
+    return asdict(prepare_task(config, str(locations().root)))

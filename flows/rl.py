@@ -5,66 +5,68 @@ its "RL after distillation" section."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 
-from flows.common import locations, run_directory, study_report
+from flows.common import study_report
 from tasks.experiment import (
     RLFlowConfig,
     before_after_table,
     eval_config,
     grpo_config,
+    rl_source_spec,
     rl_sources,
+    rl_spec,
 )
 from tasks.prefect_tasks import (
-    RunRef,
     evaluate_task,
-    finish_run_task,
     log_text_task,
+    preflight_task,
     rl_inputs_task,
     rl_task,
-    start_run_task,
+    run_results_task,
+    tracked_run,
 )
+from tasks.runs import RunRef
 
 
 @flow(name="rl_after_distill", log_prints=True)
 def rl_after_distill_flow(config: RLFlowConfig = RLFlowConfig()) -> dict:
     """GRPO from each source student; returns the before → after table and the run ids."""
-    where = locations()
-    inputs = rl_inputs_task(config, where["root"])
-    run_dir = run_directory(where["root"], config.name)
-    parent = start_run_task(where["tracking_uri"], config.name, f"{config.name} study",
-                            {"study": "rl_after_distill"}, {"rl": config.model_dump()})
+    where = preflight_task()
+    inputs = rl_inputs_task(config, str(where.root))
+    spec = rl_spec(config, inputs, where.root)
     rows = []
-    try:
-        study, sources = rl_sources(config, where["tracking_uri"])
+    with tracked_run(spec, where.tracking_uri) as parent:
+        study, sources = rl_sources(config, where.tracking_uri)
         for source in sources:
-            out = run_dir / source["label"].replace(" ", "-").replace(":", "-")
-            run = start_run_task(where["tracking_uri"], config.name, f"grpo {source['label']}",
-                                 {"cell": source["label"], "source_run": source["source_run"],
-                                  "stage": "rl"}, {"rl": config.model_dump(), **source},
-                                 parent)
-            before = evaluate_task(eval_config(config, inputs, source["checkpoint"]),
-                                   str(out / "eval-before"), where["store_url"], run, 0,
-                                   where["root"])
-            grpo = grpo_config(config, inputs, source, str(out / "grpo"))
-            trained = rl_task(grpo, run)
-            after = evaluate_task(eval_config(config, inputs, trained["checkpoint"]),
-                                  str(out / "eval-after"), where["store_url"], run,
-                                  config.steps, where["root"])
-            finish_run_task(run, "FINISHED")
-            rows.append({"label": source["label"], "run_id": run.run_id,
-                         "before": before["metrics"], "after": after["metrics"],
-                         "checkpoint": trained["checkpoint"]})
+            rows.append(_grpo_from(config, inputs, source, where, spec.run_dir,
+                                   parent.ref.run_id))
         table = before_after_table(rows, config.eval_ks)
-        finish_run_task(parent, "FINISHED", text={"rl_results.md": table + "\n"})
-        if study is not None:  # the distillation study gets the table and a rebuilt report
-            log_text_task(RunRef(where["tracking_uri"], study), table + "\n", "rl_results.md")
-            study_report(where, study, run_dir)
-    except BaseException:
-        finish_run_task(parent, "FAILED")
-        raise
+        if not parent.finished:
+            parent.end.text["rl_results.md"] = table + "\n"
+            if study is not None:  # the distillation study gets the table and a rebuilt report
+                log_text_task(RunRef(where.tracking_uri, study), table + "\n", "rl_results.md")
+                study_report(where, study, spec.run_dir)
     print(table)
-    return {"parent_run_id": parent.run_id, "rows": rows, "table": table,
-            "run_dir": str(Path(run_dir))}
+    return {"parent_run_id": parent.ref.run_id, "rows": rows, "table": table,
+            "run_dir": str(spec.run_dir)}
+
+
+def _grpo_from(config: RLFlowConfig, inputs, source: dict, where, study_dir,
+               parent_run_id: str) -> dict:
+    """One source student: evaluate, GRPO, evaluate again — one tracked child run."""
+    spec = rl_source_spec(config, inputs, source, study_dir, parent_run_id)
+    with tracked_run(spec, where.tracking_uri) as run:
+        if run.finished:
+            metrics = run_results_task(run.ref, before_after=True)
+            return {"label": source["label"], "run_id": run.ref.run_id, **metrics}
+        before = evaluate_task(eval_config(config, inputs, source["checkpoint"]),
+                               str(spec.run_dir / "eval-before"), where.store_url, run.ref, 0,
+                               str(where.root))
+        trained = rl_task(grpo_config(config, inputs, source, str(spec.run_dir / "grpo")),
+                          run.ref)
+        after = evaluate_task(eval_config(config, inputs, trained["checkpoint"]),
+                              str(spec.run_dir / "eval-after"), where.store_url, run.ref,
+                              config.steps, str(where.root))
+    return {"label": source["label"], "run_id": run.ref.run_id, "before": before["metrics"],
+            "after": after["metrics"], "checkpoint": trained["checkpoint"]}

@@ -21,6 +21,7 @@ import importlib
 import inspect
 import json
 import os
+import pkgutil
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -148,6 +149,13 @@ def build_lock(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def package_modules(package: str) -> list[str]:
+    """Every module of a package (for code_version: a package's __init__ alone says little)."""
+    module = importlib.import_module(package)
+    return [package, *sorted(f"{package}.{info.name}"
+                             for info in pkgutil.iter_modules(module.__path__))]
 
 
 def cached_build(

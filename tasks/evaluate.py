@@ -452,7 +452,7 @@ def store_samples(result: EvalResult, benchmarks: Sequence[Benchmark], store_url
             store.add_samples(run_id, f"eval/{benchmark.name}", step, [
                 SampleRecord(f"{r.benchmark}/{r.problem_id}", r.sample_index, r.response,
                              r.length, r.truncated, r.correct, r.entropy)
-                for r in result.samples if r.benchmark == benchmark.name])
+                for r in result.samples if r.benchmark == benchmark.name], replace=True)
 
 
 def main(argv: list[str] | None = None) -> None:

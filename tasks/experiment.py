@@ -24,9 +24,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import distill_core as dc
-from tasks.artifacts import artifact_root, cached_build, content_hash, file_hash
+from tasks.artifacts import (
+    artifact_root,
+    cached_build,
+    code_version,
+    content_hash,
+    file_hash,
+    package_modules,
+)
 from tasks.data import read_problems, write_problems
 from tasks.evaluate import DEFAULT_BENCHMARK, EvalConfig
+from tasks.runs import RunSpec, inside, slug
 from tasks.train import TrainConfig
 
 DEFAULT = "default"  # the embedded default's teacher / student / problems
@@ -57,7 +65,9 @@ class ExperimentConfig(_Config):
                                                  "prefix source, e.g. [0.5].")
     compare_curriculum: bool = Field(False, description="Grid: also train every cell with the "
                                                         "length curriculum.")
-    steps: int = Field(40, ge=1, description="Optimiser steps per cell.")
+    steps: int = Field(40, ge=1, le=10_000_000, description="Optimiser steps per cell.")
+    checkpoint_every: int = Field(10, ge=1, description="Steps between checkpoints; a rerun "
+                                  "after a kill resumes from the newest.")
     batch_size: int = Field(16, ge=1, description="Prompts per step.")
     learning_rate: float = Field(1e-3, gt=0)
     max_new_tokens: int = Field(64, ge=1, description="Response cap (no curriculum).")
@@ -285,9 +295,71 @@ def train_config(config: ExperimentConfig, inputs: Inputs, cell: Cell,
         loss="sparse" if sparse else ("exact" if config.loss == "sparse" else config.loss),
         cache_k=config.cache_k if sparse else 0,
         rollout_temperature=config.rollout_temperature, prompt_template=config.prompt_template,
-        seed=config.seed, checkpoint_every=config.steps,
+        seed=config.seed, checkpoint_every=min(config.checkpoint_every, config.steps),
         artifacts_root=str(artifact_root(root)),
     )
+
+
+# The code whose change can change a run's result: part of every run's identity, so a rerun after
+# a code change trains anew instead of resuming a checkpoint the old code wrote.
+RUN_CODE = ("tasks.train", "tasks.loop", "tasks.checkpoints", "tasks.rollout", "tasks.scoring",
+            "tasks.models", "tasks.evaluate", "tasks.grader", "tasks.compute", "tasks.data",
+            "tasks.rl")
+
+
+def code_identity() -> str:
+    return code_version([*package_modules("distill_core"), *RUN_CODE])
+
+
+def study_directory(config: ExperimentConfig, inputs: Inputs, root: str | Path,
+                    kind: str = "grid") -> tuple[Path, str]:
+    """(folder, identity key) of a study or single experiment: the same config, inputs and code
+    give the same folder, so a rerun after a kill finds its checkpoints there."""
+    key = content_hash(kind, config.model_dump(), inputs, code_identity())
+    return inside(root, "runs", config.name, f"{kind}-{key[:12]}"), key
+
+
+def cell_tags(cell: Cell, seed: int) -> dict[str, str]:
+    """The MLflow tags a cell's run carries (what the report and MLflow's UI group by)."""
+    objective = dc.Objective.parse(cell.objective)
+    return {"cell": cell.label, "objective": cell.objective, "seed": str(seed),
+            "prefix_source": objective.prefix_source, "lambda": f"{objective.reverse_weight:g}",
+            "curriculum": str(cell.curriculum).lower()}
+
+
+def cell_spec(config: ExperimentConfig, inputs: Inputs, cell: Cell, train: TrainConfig,
+              run_dir: Path, parent_run_id: str | None) -> RunSpec:
+    """The tracked run of one cell: its identity is its training and evaluation settings."""
+    evaluation = eval_config(config, inputs, "<the trained student>")
+    key = content_hash(config.name, cell.label, train.fingerprint(), evaluation,
+                       code_identity())
+    return RunSpec(config.name, cell.label, cell_tags(cell, config.seed),
+                   {"experiment": config.model_dump(), "train": train}, run_dir, key,
+                   parent_run_id)
+
+
+def reference_spec(config: ExperimentConfig, inputs: Inputs, label: str, model: str,
+                   run_dir: Path, parent_run_id: str | None) -> RunSpec:
+    """The tracked run of an untrained reference model (the teacher, the starting student)."""
+    key = content_hash(config.name, label, model, eval_config(config, inputs, model),
+                       code_identity())
+    return RunSpec(config.name, label, {"cell": label, "reference": "true",
+                                        "seed": str(config.seed)},
+                   {"experiment": config.model_dump(), "model": model}, run_dir, key,
+                   parent_run_id)
+
+
+def grid_spec(config: ExperimentConfig, inputs: Inputs, study: list[Cell],
+              root: str | Path) -> RunSpec:
+    """The tracked parent run of a grid study (its children are cell_spec / reference_spec)."""
+    run_dir, key = study_directory(config, inputs, root)
+    return RunSpec(config.name, f"{config.name} grid",
+                   {"study": "grid", "cells": ",".join(c.label for c in study)},
+                   {"experiment": config.model_dump()}, run_dir, key)
+
+
+def cell_directory(study_dir: Path, label: str) -> Path:
+    return inside(study_dir, slug(label))
 
 
 def eval_config(config: ExperimentConfig | RLFlowConfig, inputs: Inputs | RLInputs,
@@ -468,6 +540,36 @@ def rl_sources(config: RLFlowConfig, tracking_uri: str,
     if not sources:
         raise ValueError(f"grid run {parent} has no finished trained cell to start RL from")
     return parent, sources
+
+
+def rl_spec(config: RLFlowConfig, inputs: RLInputs, root: str | Path) -> RunSpec:
+    """The tracked parent run of an RL-after-distillation study."""
+    key = content_hash("rl", config.model_dump(), inputs, code_identity())
+    return RunSpec(config.name, f"{config.name} study", {"study": "rl_after_distill"},
+                   {"rl": config.model_dump()}, inside(root, "runs", config.name,
+                                                       f"rl-{key[:12]}"), key)
+
+
+def rl_source_spec(config: RLFlowConfig, inputs: RLInputs, source: dict, study_dir: Path,
+                   parent_run_id: str) -> RunSpec:
+    """The tracked run of GRPO from one source student, evaluated before and after."""
+    key = content_hash(config.model_dump(), inputs, source, code_identity())
+    return RunSpec(config.name, f"grpo {source['label']}",
+                   {"cell": source["label"], "source_run": source["source_run"], "stage": "rl",
+                    "seed": str(config.seed)},
+                   {"rl": config.model_dump(), **source}, inside(study_dir, slug(source["label"])),
+                   key, parent_run_id)
+
+
+def evaluation_spec(config: EvaluateFlowConfig, label: str, model: str, tags: dict,
+                    root: str | Path) -> RunSpec:
+    """A nightly or on-demand evaluation: always a new run (no identity to resume)."""
+    from datetime import UTC, datetime
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    return RunSpec(config.name, f"eval {label}", tags,
+                   {"evaluate": config.model_dump(), "model": model},
+                   inside(root, "runs", config.name, f"eval-{stamp}", slug(label)))
 
 
 def grpo_config(config: RLFlowConfig, inputs: RLInputs, source: dict, output_dir: str):

@@ -248,10 +248,20 @@ def check_compatible(
     return vocab_size
 
 
+def check_available(name_or_path: str | Path, what: str = "model"):
+    """The model's config, read without its weights: a clear error (naming what) when a local
+    folder has no config.json or a hub id is neither cached nor downloadable offline."""
+    path = Path(str(name_or_path)).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{what} {path} has no config.json: pass a folder written by "
+                                "save_pretrained (or a hub id)")
+    return _from_pretrained(AutoConfig, name_or_path, None, what)
+
+
 def check_pair(teacher: str | Path, student: str | Path) -> int:
     """check_compatible for two model directories or hub ids, from their tokenizers and configs
     only (no weights are loaded): call it before any generation. Returns the vocabulary size."""
-    teacher_config = AutoConfig.from_pretrained(**_resolve(teacher, None, "teacher model"))
-    student_config = AutoConfig.from_pretrained(**_resolve(student, None, "student model"))
+    teacher_config = check_available(teacher, "teacher model")
+    student_config = check_available(student, "student model")
     return check_compatible(load_tokenizer(teacher), load_tokenizer(student),
                             teacher_config.vocab_size, student_config.vocab_size)

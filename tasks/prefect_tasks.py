@@ -10,28 +10,33 @@ config resumes from its own checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import ExternalSignal
 
 from tasks.compute import ComputeMeter
 from tasks.evaluate import EvalConfig, evaluate
 from tasks.experiment import ExperimentConfig, Inputs, bootstrap, resolve_inputs
+from tasks.runs import (
+    Locations,
+    RunEnd,
+    RunRef,
+    RunSpec,
+    close_run,
+    open_run,
+    preflight,
+    run_lock,
+)
 from tasks.train import TrainConfig, teacher_prefixes, teacher_scores, train
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5}
-
-
-@dataclass(frozen=True)
-class RunRef:
-    """Where a task reports: an MLflow tracking URI and an explicit run id."""
-
-    tracking_uri: str
-    run_id: str
 
 
 def _log(message: str) -> None:
@@ -112,53 +117,96 @@ def evaluate_task(config: EvalConfig, output_dir: str, store_url: str | None = N
     result = evaluate(config, output_dir=output_dir, store_url=store_url,
                       run_id=run.run_id if run else None, step=step, artifacts_root=root,
                       log=_log)
-    if run is not None:
-        tracker = _tracker(run)
-        try:
+    if run is not None:  # a server down now: all of it waits in the spill file for replay
+        from tasks.tracking import Tracker
+
+        with Tracker(run.tracking_uri, check=False) as tracker:
             tracker.log_metrics(run.run_id, result.metrics, step)
-            tracker.set_tags(run.run_id, {"eval_identity": result.identity_hash})
+            tracker.set_tags(run.run_id, {"eval_identity": result.identity_hash},
+                             deferrable=True)
             tracker.log_dict(run.run_id, {"identity": result.identity,
-                                          "metrics": result.metrics}, "eval/metrics.json")
+                                          "metrics": result.metrics}, "eval/metrics.json",
+                             deferrable=True)
             tracker.log_table(run.run_id, [asdict(r) for r in result.samples[:200]],
-                              "eval/samples.json")
-        finally:
-            tracker.close()
+                              "eval/samples.json", deferrable=True)
     return {"metrics": result.metrics, "identity_hash": result.identity_hash,
             "output_dir": output_dir}
 
 
-@task(name="start-run", cache_policy=NO_CACHE, **IO_RETRIES)
-def start_run_task(tracking_uri: str, experiment: str, run_name: str, tags: dict,
-                   params: dict, parent: RunRef | None = None) -> RunRef:
-    """Open an MLflow run with its tags and (flattened) params; returns its reference."""
-    from tasks.tracking import Tracker, git_sha
-
-    tracker = Tracker(tracking_uri)
-    run_id = tracker.start_run(experiment, run_name, {"git_sha": git_sha(), **tags},
-                               parent_run_id=parent.run_id if parent else None)
-    tracker.log_params(run_id, params)
-    tracker.log_dict(run_id, params, "config.json")
-    tracker.close()
-    return RunRef(tracking_uri, run_id)
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight_task(config=None) -> Locations:
+    """Before any work: where things go, the tracking server answers, the artifacts folder has
+    room; what an earlier run could not send to MLflow is sent now."""
+    return preflight(config, _log)
 
 
-@task(name="finish-run", cache_policy=NO_CACHE, **IO_RETRIES)
-def finish_run_task(run: RunRef, status: str = "FINISHED", register: tuple[str, str] | None = None,
-                    metrics: dict | None = None, text: dict[str, str] | None = None) -> dict:
-    """Register the trained student (name, model_dir), attach text artifacts, close the run."""
-    tracker = _tracker(run)
-    out = {}
-    try:
-        if register is not None:
-            name, model_dir = register
-            out["model_version"] = tracker.register_model(run.run_id, model_dir, name,
-                                                          metrics or {})
-        for artifact_file, content in (text or {}).items():
-            tracker.log_text(run.run_id, content, artifact_file)
-        tracker.end_run(run.run_id, status)
-    finally:
-        tracker.close()
-    return out
+@task(name="run-results", cache_policy=NO_CACHE, **IO_RETRIES)
+def run_results_task(run: RunRef, children: bool = False, before_after: bool = False) -> dict:
+    """A finished run's results read back from MLflow: its metrics (the row of a results
+    table), with children the rows of its child runs, with before_after its evaluation at its
+    first and last step (an RL run)."""
+    from tasks.tracking import Tracker
+
+    with Tracker(run.tracking_uri) as tracker:
+        if before_after:
+            histories = {key: tracker.metric_history(run.run_id, key)
+                         for key in tracker.run_metrics(run.run_id) if key.startswith("eval/")}
+            return {"before": {k: h[0][1] for k, h in histories.items()},
+                    "after": {k: h[-1][1] for k, h in histories.items()}}
+        if not children:
+            metrics = tracker.run_metrics(run.run_id)
+            return {"run_id": run.run_id, "metrics": metrics, "train": metrics}
+        rows = []
+        for child in tracker.child_runs(run.run_id):
+            metrics = tracker.run_metrics(child.run_id)
+            rows.append({"cell": child.run_name, "run_id": child.run_id, "metrics": metrics,
+                         "train": metrics})
+    return {"rows": rows}
+
+
+@task(name="open-run", cache_policy=NO_CACHE, **IO_RETRIES)
+def open_run_task(spec: RunSpec, tracking_uri: str) -> RunRef:
+    """Reuse, resume or create the MLflow run of spec (tasks.runs.open_run)."""
+    return open_run(spec, tracking_uri, _log)
+
+
+@task(name="close-run", cache_policy=NO_CACHE)
+def close_run_task(run: RunRef, status: str, end: RunEnd | None = None) -> dict:
+    """End a run FINISHED (registering its student), FAILED or KILLED (tasks.runs.close_run)."""
+    return close_run(run, status, end, _log)
+
+
+class TrackedRun:
+    """An open run inside ``tracked_run``: ``ref`` for tasks, and what its close sends."""
+
+    def __init__(self, ref: RunRef):
+        self.ref, self.end = ref, RunEnd()
+
+    @property
+    def finished(self) -> bool:
+        """It had finished before with the same identity: reuse its results."""
+        return self.ref.finished
+
+
+@contextlib.contextmanager
+def tracked_run(spec: RunSpec, tracking_uri: str) -> Iterator[TrackedRun]:
+    """Open spec's run (holding its folder's lock) and end it however the block ends:
+    FINISHED, FAILED on an exception, KILLED on an interrupt (Ctrl-C, SIGTERM through the CLI).
+    A run that had already finished is left as it was."""
+    with run_lock(spec.run_dir):
+        run = TrackedRun(open_run_task(spec, tracking_uri))
+        if run.finished:
+            yield run
+            return
+        try:
+            yield run
+        except (KeyboardInterrupt, ExternalSignal):  # Ctrl-C; SIGTERM inside a Prefect run
+            close_run_task(run.ref, "KILLED")
+            raise
+        except BaseException:
+            close_run_task(run.ref, "FAILED")
+            raise
+        close_run_task(run.ref, "FINISHED", run.end)
 
 
 def write_json(path: str | Path, value: dict) -> Path:

@@ -286,3 +286,91 @@ def _tail(path: Path) -> str:
     except OSError as error:
         return f"(cannot read the log: {error})"
     return "\n".join(f"    {line}" for line in lines[-_LOG_TAIL_LINES:])
+
+
+# ----------------------------------------------------------------------------- a temporary server
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGTERM when the parent dies, however it dies
+    (kill -9 included), so a temporary server never outlives the command that started it."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+@contextlib.contextmanager
+def temporary_prefect_server(timeout_s: float | None = None):
+    """A Prefect API server (no UI) on a free loopback port for this process's flows, the way
+    Prefect's own ephemeral server runs, except that it dies with its parent. Sets
+    PREFECT_API_URL for the block; one process at a time sets up the database (migrations)."""
+    from prefect.settings import get_current_settings
+
+    from tasks.artifacts import build_lock
+
+    timeout_s = timeout_s or float(os.environ.get(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", STARTUP_TIMEOUT_S))
+    port = _free_port()
+    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
+           "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+           "PREFECT__SERVER_FINAL": "1"}
+    env.pop("PREFECT_API_URL", None)
+    argv = [sys.executable, "-m", "uvicorn", "--factory",
+            "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "error", "--lifespan", "on"]
+    home = Path(get_current_settings().home)
+    with build_lock(home / ".server-setup.lock"):
+        process = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        try:
+            _wait_for(f"http://127.0.0.1:{port}/api/health", process, timeout_s)
+        except BaseException:
+            _stop(process)
+            raise
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    try:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+            yield os.environ["PREFECT_API_URL"]
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        _stop(process)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the temporary Prefect server exited with code "
+                               f"{process.returncode} before answering on {url}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            time.sleep(_POLL_S)
+    raise RuntimeError(f"the temporary Prefect server did not answer on {url} within "
+                       f"{timeout_s:.0f} s; raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS "
+                       "or start one with `distill up`")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

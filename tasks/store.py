@@ -34,6 +34,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     select,
 )
@@ -167,13 +168,18 @@ class RolloutStore:
         return len(rows)
 
     def add_samples(self, run_id: str, stage: str, step: int,
-                    records: Iterable[SampleRecord]) -> int:
-        """One batch of samples, written whole or not at all; returns the count."""
+                    records: Iterable[SampleRecord], replace: bool = False) -> int:
+        """One batch of samples, written whole or not at all; returns the count. With replace,
+        the run's earlier rows of the same stage and step go in the same transaction (an
+        evaluation repeated by a resumed run is stored once)."""
         rows = [SampleRow(run_id=run_id, stage=stage, step=step, prompt_id=r.prompt_id,
                           sample_index=r.sample_index, response=r.response,
                           token_count=r.token_count, truncated=r.truncated, correct=r.correct,
                           mean_entropy=r.mean_entropy) for r in records]
         with Session(self.engine) as session, session.begin():
+            if replace:
+                session.execute(delete(SampleRow).where(
+                    SampleRow.run_id == run_id, SampleRow.stage == stage, SampleRow.step == step))
             session.add_all(rows)
         return len(rows)
 

@@ -180,6 +180,8 @@ class Tracker:
             this long, doubling per consecutive failure up to the maximum.
         max_buffered: more unsent metrics than this are written to the spill file instead of
             being held in memory.
+        check: fail at once if the server does not answer (off when closing a run, whose end
+            must reach the spill file even then).
 
     Raises:
         ConnectionError: the tracking server does not answer or the database cannot be opened.
@@ -187,7 +189,7 @@ class Tracker:
 
     def __init__(self, tracking_uri: str | None = None, artifacts_dir: str | Path | None = None,
                  *, initial_backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-                 max_buffered: int = 100_000):
+                 max_buffered: int = 100_000, check: bool = True):
         for name, value in HTTP_CLIENT_DEFAULTS.items():
             os.environ.setdefault(name, value)
         self.artifacts_dir = artifact_root(artifacts_dir)
@@ -200,7 +202,8 @@ class Tracker:
         self._failures = 0
         self._next_attempt = 0.0
         self._lock = threading.RLock()
-        _check_reachable(self.tracking_uri)
+        if check:
+            _check_reachable(self.tracking_uri)
         self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri,
                                           registry_uri=self.tracking_uri)
 
@@ -242,18 +245,54 @@ class Tracker:
             return None
         return (_sqlite_path(self.tracking_uri).parent / "mlflow-artifacts").as_uri()
 
-    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+    def end_run(self, run_id: str, status: str = "FINISHED", deferrable: bool = False) -> None:
         """Send the run's buffered metrics (one attempt; what fails stays buffered for
-        ``close``) and mark the run FINISHED, FAILED or KILLED."""
+        ``close``) and mark the run FINISHED, FAILED or KILLED. With deferrable, a mark that
+        cannot be sent now goes to the spill file with the metrics (see ``defer``)."""
         if status not in ("FINISHED", "FAILED", "KILLED"):
             raise ValueError(f"end_run status must be FINISHED, FAILED or KILLED, got {status!r}")
         self.flush()
-        self.client.set_terminated(run_id, status=status)
+        end_time = int(time.time() * 1000)
+        self._send_or_spill(deferrable, run_id, "status",
+                            {"status": status, "end_time": end_time})
 
-    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+    def reopen_run(self, run_id: str) -> None:
+        """Mark an unfinished (killed, failed) run RUNNING again: a resumed run continues it."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def find_run(self, experiment: str, tags: Mapping[str, str]) -> RunSummary | None:
+        """The newest run of experiment carrying every tag in tags (None if there is none)."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return None
+        condition = " and ".join(f"tags.`{k}` = '{_quote(str(v))}'" for k, v in tags.items())
+        runs = self.client.search_runs([found.experiment_id], filter_string=condition,
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        return _summary(runs[0]) if runs else None
+
+    def running_runs(self, experiment: str) -> list[tuple[RunSummary, dict[str, str]]]:
+        """Every run of experiment that is marked RUNNING, with its tags."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        return [(_summary(r), dict(r.data.tags)) for r in
+                self._search([found.experiment_id], "attributes.status = 'RUNNING'")]
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any], deferrable: bool = False) -> None:
         """Set run tags (values become strings); a tag may be overwritten."""
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, str(value))
+        self._send_or_spill(deferrable, run_id, "tags",
+                            {"tags": {k: str(v) for k, v in tags.items()}})
+
+    # -- deferral: what a run's end sends goes to the spill file when the server is down ------
+
+    def _send_or_spill(self, deferrable: bool, run_id: str, kind: str, payload: dict) -> None:
+        try:
+            _SENDERS[kind](self, run_id, payload)
+        except Exception as error:
+            if not deferrable:
+                raise
+            self._spill_record(run_id, {"kind": kind, **payload},
+                               f"{kind} of run {run_id} not sent ({_first_line(error)})")
 
     # -- params -------------------------------------------------------------------------------
 
@@ -371,30 +410,53 @@ class Tracker:
         for run_id, metrics in by_run.items():
             path = self.spill_path(run_id)
             with path.open("a") as f:
-                f.writelines(json.dumps(asdict(m)) + "\n" for m in metrics)
+                f.writelines(json.dumps({"kind": "metric", **asdict(m)}) + "\n"
+                             for m in metrics)
             log.warning("%s: wrote %d unsent metrics of run %s to %s; send them later with "
                         "Tracker(%r).replay_spill(%r)", reason, len(metrics), run_id, path,
                         self.tracking_uri, str(path))
         self._pending = []
 
     def spill_path(self, run_id: str) -> Path:
-        """Where unsent metrics of a run are written when the tracker gives up."""
+        """Where what could not be sent for a run (metrics, then its end: evaluation tags and
+        artifacts, registration, final status) is written when the tracker gives up."""
         return self.spill_dir / f"{run_id}.jsonl"
 
-    def replay_spill(self, path: str | Path) -> int:
-        """Send a spill file's metrics to MLflow, delete the file and return how many.
+    def _spill_record(self, run_id: str, record: dict, reason: str) -> None:
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        path = self.spill_path(run_id)
+        with path.open("a") as handle:
+            handle.write(json.dumps({"run_id": run_id, **record}) + "\n")
+        log.warning("%s: written to %s; send it with `distill replay` (or the next run does)",
+                    reason, path)
 
-        Metrics keep their original timestamps, so replaying a file twice logs nothing new.
-        Raises (and keeps the file) if the server is still unreachable."""
+    def replay_spill(self, path: str | Path) -> int:
+        """Send a spill file's records to MLflow in order, delete the file and return how many.
+
+        Metrics keep their original timestamps, so replaying a file twice logs nothing new;
+        a final status keeps its end time. Raises (and keeps the file) if the server is still
+        unreachable."""
         path = Path(path)
-        metrics = [_PendingMetric(**json.loads(line)) for line in path.read_text().splitlines()
-                   if line.strip()]
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        metrics = [_PendingMetric(**{k: r[k] for k in ("run_id", "key", "value", "timestamp",
+                                                       "step")})
+                   for r in records if r.get("kind", "metric") == "metric"]
         for run_id in dict.fromkeys(m.run_id for m in metrics):
             of_run = [m.to_mlflow() for m in metrics if m.run_id == run_id]
             for start in range(0, len(of_run), MAX_METRICS_PER_BATCH):
                 self.client.log_batch(run_id, metrics=of_run[start:start + MAX_METRICS_PER_BATCH])
+        for record in records:  # the run's end after its metrics, status last as written
+            if record.get("kind", "metric") != "metric":
+                _SENDERS[record["kind"]](self, record["run_id"], record)
         path.unlink()
-        return len(metrics)
+        return len(records)
+
+    def replay_all(self) -> dict[str, int]:
+        """Replay every spill file of this artifact directory; {run id: records sent}."""
+        if not self.spill_dir.is_dir():
+            return {}
+        return {path.stem: self.replay_spill(path)
+                for path in sorted(self.spill_dir.glob("*.jsonl"))}
 
     # -- artifacts ----------------------------------------------------------------------------
 
@@ -409,20 +471,26 @@ class Tracker:
         else:
             raise FileNotFoundError(f"log_artifact: {local_path} does not exist")
 
-    def log_dict(self, run_id: str, dictionary: Mapping[str, Any], artifact_file: str) -> None:
+    def log_dict(self, run_id: str, dictionary: Mapping[str, Any], artifact_file: str,
+                 deferrable: bool = False) -> None:
         """Write a dict as a JSON (or .yaml) artifact file of the run."""
-        self.client.log_dict(run_id, dict(dictionary), artifact_file)
+        self._send_or_spill(deferrable, run_id, "dict",
+                            {"dictionary": json.loads(json.dumps(dict(dictionary), default=str)),
+                             "artifact_file": artifact_file})
 
-    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+    def log_text(self, run_id: str, text: str, artifact_file: str,
+                 deferrable: bool = False) -> None:
         """Write text (Markdown, HTML, …) as an artifact file of the run."""
-        self.client.log_text(run_id, text, artifact_file)
+        self._send_or_spill(deferrable, run_id, "text",
+                            {"text": text, "artifact_file": artifact_file})
 
     def log_table(self, run_id: str, rows: Sequence[Mapping[str, Any]],
-                  artifact_file: str) -> None:
+                  artifact_file: str, deferrable: bool = False) -> None:
         """Log rows (dicts; missing keys become null) as a ``.json`` table MLflow's UI shows."""
         columns = list(dict.fromkeys(key for row in rows for key in row))
-        self.client.log_table(run_id, {c: [row.get(c) for row in rows] for c in columns},
-                              artifact_file)
+        self._send_or_spill(deferrable, run_id, "table",
+                            {"table": {c: [row.get(c) for row in rows] for c in columns},
+                             "artifact_file": artifact_file})
 
     # -- reading back -------------------------------------------------------------------------
 
@@ -498,15 +566,24 @@ class Tracker:
     # -- model registry -----------------------------------------------------------------------
 
     def register_model(self, run_id: str, model_dir: str | Path, name: str,
-                       metrics: Mapping[str, float] | None = None) -> int:
+                       metrics: Mapping[str, float] | None = None,
+                       deferrable: bool = False) -> int | None:
         """Upload a ``save_pretrained`` folder as the run's ``student/`` artifacts and register
         it as a new version of ``name`` (created if missing), metrics as version tags.
 
-        Returns the new version number."""
+        Returns the new version number (None when deferred to the spill file)."""
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"register_model: {model_dir} has no config.json; pass the "
                                     "folder written by save_pretrained")
+        if deferrable:
+            try:
+                return self.register_model(run_id, model_dir, name, metrics)
+            except Exception as error:
+                self._spill_record(run_id, {"kind": "register", "model_dir": str(model_dir),
+                                            "name": name, "metrics": dict(metrics or {})},
+                                   f"registration of {name} not sent ({_first_line(error)})")
+                return None
         self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
         source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
         try:
@@ -604,3 +681,33 @@ def _check_reachable(uri: str) -> None:
             raise ConnectionError(
                 f"cannot open the MLflow SQLite database of {uri} ({error}): check that "
                 f"{path.parent} is writable, or set MLFLOW_TRACKING_URI to a server") from error
+
+
+def _send_status(tracker: Tracker, run_id: str, record: Mapping[str, Any]) -> None:
+    tracker.client.set_terminated(run_id, status=record["status"], end_time=record["end_time"])
+
+
+def _send_tags(tracker: Tracker, run_id: str, record: Mapping[str, Any]) -> None:
+    for key, value in record["tags"].items():
+        tracker.client.set_tag(run_id, key, value)
+
+
+def _send_dict(tracker: Tracker, run_id: str, record: Mapping[str, Any]) -> None:
+    tracker.client.log_dict(run_id, record["dictionary"], record["artifact_file"])
+
+
+def _send_text(tracker: Tracker, run_id: str, record: Mapping[str, Any]) -> None:
+    tracker.client.log_text(run_id, record["text"], record["artifact_file"])
+
+
+def _send_table(tracker: Tracker, run_id: str, record: Mapping[str, Any]) -> None:
+    tracker.client.log_table(run_id, record["table"], record["artifact_file"])
+
+
+def _send_registration(tracker: Tracker, run_id: str, record: Mapping[str, Any]) -> None:
+    tracker.register_model(run_id, record["model_dir"], record["name"], record["metrics"])
+
+
+# What a run's end may defer to the spill file, by record kind (metrics have their own path).
+_SENDERS = {"status": _send_status, "tags": _send_tags, "dict": _send_dict, "text": _send_text,
+            "table": _send_table, "register": _send_registration}

@@ -18,7 +18,8 @@ from tasks.tracking import Tracker
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_pair, tiny_problems):
-    """A 2-cell grid run twice in one artifact directory (the second must reuse the caches)."""
+    """A 2-cell grid run twice in one artifact directory (the second reuses the finished study),
+    then with one more step (a new study: the caches are shared, the students registered anew)."""
     root = tmp_path_factory.mktemp("grid")
     train = write_problems(tiny_problems["train"][:32], root / "train.jsonl")
     held_out = write_problems(tiny_problems["held_out"], root / "held_out.jsonl")
@@ -34,14 +35,15 @@ def study(tmp_path_factory, tiny_pair, tiny_problems):
         patch.delenv("DISTILL_LAB_STORE_URL", raising=False)
         first = grid_flow(config)
         second = grid_flow(config)
+        longer = grid_flow(config.model_copy(update={"steps": 3}))
         nightly = evaluate_flow(EvaluateFlowConfig(registered_prefix="distill-tiny-",
                                                    benchmarks=[str(bench)], n=2, ks=[1, 2],
                                                    limit=4, max_new_tokens=8))
-    return root / "artifacts", config, first, second, nightly
+    return root / "artifacts", config, first, second, nightly, longer
 
 
 def test_grid_logs_a_parent_with_a_child_run_per_cell(prefect_server, study):
-    root, config, first, _, _ = study
+    root, config, first, *_ = study
     with Tracker(first["tracking_uri"]) as tracker:
         children = {c.run_name: c for c in tracker.child_runs(first["parent_run_id"])}
         assert set(children) == {"teacher", "student (start)", "sft", "opd"}
@@ -65,17 +67,26 @@ def test_grid_logs_a_parent_with_a_child_run_per_cell(prefect_server, study):
     assert "| opd |" in first["table"] and "| teacher |" in first["table"]
 
 
-def test_second_grid_run_reuses_the_teacher_products(prefect_server, study):
-    _, _, first, second, _ = study
+def test_the_same_study_again_reuses_its_finished_runs(prefect_server, study):
+    _, _, first, second, *_ = study
+    assert second["parent_run_id"] == first["parent_run_id"]
+    assert second["teacher_products"] == []  # nothing was recomputed
+    assert second["table"] == first["table"]
+    with Tracker(first["tracking_uri"]) as tracker:
+        assert len(tracker.child_runs(first["parent_run_id"])) == 4
+
+
+def test_another_study_reuses_the_teacher_products(prefect_server, study):
+    _, _, first, _, _, other = study
     assert first["teacher_products"][0]["rollouts"]["generated_tokens"] > 0
-    assert second["teacher_products"][0]["rollouts"]["generated_tokens"] == 0
-    assert (second["teacher_products"][0]["rollouts"]["directory"]
+    assert other["teacher_products"][0]["rollouts"]["generated_tokens"] == 0
+    assert (other["teacher_products"][0]["rollouts"]["directory"]
             == first["teacher_products"][0]["rollouts"]["directory"])
-    assert second["parent_run_id"] != first["parent_run_id"]
+    assert other["parent_run_id"] != first["parent_run_id"]
 
 
 def test_evaluation_samples_reach_the_store(prefect_server, study):
-    root, _, first, _, _ = study
+    root, _, first, *_ = study
     run_id = next(r["run_id"] for r in first["rows"] if r["cell"] == "sft")
     with RolloutStore(f"sqlite:///{root / 'distill_lab.db'}") as store:
         rows = store.samples(run_id, stage="eval/tiny")
@@ -83,7 +94,7 @@ def test_evaluation_samples_reach_the_store(prefect_server, study):
 
 
 def test_nightly_evaluation_takes_the_newest_registered_students(prefect_server, study):
-    _, _, _, _, nightly = study
+    _, _, _, _, nightly, _ = study
     assert set(nightly) == {"distill-tiny-sft v2", "distill-tiny-opd v2"}  # two grid runs
     assert all("eval/tiny/avg_at_2" in r["metrics"] for r in nightly.values())
 
@@ -111,7 +122,7 @@ def test_grid_attaches_its_report_and_the_cli_rebuilds_it(prefect_server, study,
                                                            monkeypatch):
     from flows.cli import main
 
-    root, _, first, _, _ = study
+    root, _, first, *_ = study
     page = first["report"]
     assert page and page.endswith("report.html")
     html = open(page, encoding="utf-8").read()
@@ -132,7 +143,7 @@ def test_rl_after_distill_starts_from_every_cell_of_the_study(prefect_server, st
     from flows.rl import rl_after_distill_flow
     from tasks.experiment import RLFlowConfig
 
-    root, config, first, second, _ = study
+    root, config, first, second, *_ = study
     monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     result = rl_after_distill_flow(RLFlowConfig(

@@ -1,0 +1,254 @@
+"""The run lifecycle under faults, through the real CLI, Prefect server and SQLite MLflow: a
+kill -9 mid-training then the same command again ends on the weights of an uninterrupted run
+with one FINISHED MLflow run; SIGTERM marks the run KILLED; a failing GRPO child run ends FAILED;
+a killed command leaves no temporary server behind; bad input stops before any work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from prefect.settings import PREFECT_API_URL
+from safetensors.torch import load_file
+
+from flows.cli import main
+from tasks.checkpoints import latest_checkpoint
+from tasks.data import write_problems
+from tasks.tracking import Tracker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_pair, tiny_problems):
+    folder = tmp_path_factory.mktemp("inputs")
+    return {
+        "teacher": str(tiny_pair[0]), "student": str(tiny_pair[1]),
+        "train_problems": str(write_problems(tiny_problems["train"][:32],
+                                             folder / "train.jsonl")),
+        "held_out_problems": str(write_problems(tiny_problems["held_out"],
+                                                folder / "held_out.jsonl")),
+        "benchmarks": [str(write_problems(tiny_problems["test"][:4], folder / "tiny.jsonl"))],
+    }
+
+
+def _config(tmp_path: Path, inputs: dict, **fields) -> Path:
+    settings = {"name": "lifecycle", "objective": "opd", "train_size": 16, "steps": 12,
+                "checkpoint_every": 3, "batch_size": 4, "max_new_tokens": 8, "eval_n": 2,
+                "eval_ks": [1, 2], "eval_limit": 4, "eval_max_new_tokens": 8,
+                "register_model": False, **inputs, **fields}
+    path = tmp_path / f"{settings['name']}.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def _env(artifacts: Path, api_url: str | None) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DISTILL_LAB_ARTIFACTS": str(artifacts)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PREFECT_API_URL", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def _start(config: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(config)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _wait_for_checkpoint(artifacts: Path, name: str, process: subprocess.Popen,
+                         timeout_s: float = 240) -> Path:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        found = sorted(artifacts.glob(f"runs/lifecycle/*/*/train/{name}"))
+        if found:
+            return found[0].parent
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        time.sleep(0.05)
+    raise TimeoutError(f"no {name} within {timeout_s} s")
+
+
+def _runs(artifacts: Path):
+    with Tracker(f"sqlite:///{artifacts / 'mlflow.db'}", artifacts_dir=artifacts) as tracker:
+        return tracker.experiment_runs("lifecycle") or []
+
+
+def _weights(checkpoint: Path) -> dict:
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_kill_9_then_the_same_command_resumes_to_the_uninterrupted_weights(
+        prefect_server, tmp_path, inputs, monkeypatch):
+    artifacts = tmp_path / "artifacts"
+    config = _config(tmp_path, inputs)
+    process = _start(config, _env(artifacts, PREFECT_API_URL.value()))
+    train_dir = _wait_for_checkpoint(artifacts, "checkpoint-000006", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert latest_checkpoint(train_dir).name < "checkpoint-000012"
+    assert [r.status for r in _runs(artifacts)] == ["RUNNING"]  # what kill -9 leaves
+
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(artifacts))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["run", str(config)]) == 0  # the same command again
+    runs = _runs(artifacts)
+    assert [r.status for r in runs] == ["FINISHED"]  # one run, resumed, not a second one
+
+    straight = tmp_path / "straight"
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(straight))
+    assert main(["run", str(config)]) == 0
+    resumed_weights = _weights(latest_checkpoint(train_dir))
+    straight_dir = next(straight.glob("runs/lifecycle/*/*/train"))
+    for name, tensor in _weights(latest_checkpoint(straight_dir)).items():
+        torch.testing.assert_close(resumed_weights[name], tensor, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_run_killed_and_the_rerun_finishes_it(prefect_server, tmp_path,
+                                                                 inputs, monkeypatch):
+    artifacts = tmp_path / "artifacts"
+    config = _config(tmp_path, inputs)
+    process = _start(config, _env(artifacts, PREFECT_API_URL.value()))
+    _wait_for_checkpoint(artifacts, "checkpoint-000003", process)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, output[-3000:]
+    assert "marked KILLED" in output.splitlines()[-1]
+    assert [r.status for r in _runs(artifacts)] == ["KILLED"]
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(artifacts))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["run", str(config)]) == 0
+    assert [r.status for r in _runs(artifacts)] == ["FINISHED"]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_a_killed_command_leaves_no_temporary_server_and_the_next_run_closes_its_run(
+        tmp_path, inputs, monkeypatch):
+    artifacts = tmp_path / "artifacts"
+    config = _config(tmp_path, inputs, steps=30, checkpoint_every=1)
+    process = _start(config, _env(artifacts, None))  # no PREFECT_API_URL: a temporary server
+    _wait_for_checkpoint(artifacts, "checkpoint-000001", process, timeout_s=300)
+    servers = [pid for pid in _children(process.pid)
+               if b"uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(servers) == 1
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(servers[0]):
+        time.sleep(0.2)
+    assert not _alive(servers[0]), "the temporary Prefect server outlived its command"
+    assert [r.status for r in _runs(artifacts)] == ["RUNNING"]
+    other = _config(tmp_path, inputs, steps=1, checkpoint_every=1, objective="sft")
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(artifacts))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert main(["run", str(other)]) == 0  # another run of the experiment sweeps the dead one
+    assert sorted(r.status for r in _runs(artifacts)) == ["FINISHED", "KILLED"]
+
+
+@pytest.mark.slow
+def test_a_failing_grpo_child_run_ends_failed(prefect_server, tmp_path, inputs, monkeypatch):
+    from flows.rl import rl_after_distill_flow
+    from tasks.experiment import RLFlowConfig
+
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = RLFlowConfig(name="rl-fails", checkpoints=[inputs["student"]],
+                          train_problems=inputs["train_problems"], train_size=16, steps=2,
+                          prompts_per_step=2, group_size=2, max_new_tokens=500,  # > context
+                          benchmarks=inputs["benchmarks"], eval_n=2, eval_ks=[1, 2],
+                          eval_limit=4, eval_max_new_tokens=8)
+    with pytest.raises(ValueError, match="not below the policy's context"):
+        rl_after_distill_flow(config)
+    uri = f"sqlite:///{tmp_path / 'artifacts' / 'mlflow.db'}"
+    with Tracker(uri, artifacts_dir=tmp_path) as tracker:
+        runs = {r.run_name: r.status for r in tracker.experiment_runs("rl-fails")}
+    assert runs == {"rl-fails study": "FAILED", "grpo student": "FAILED"}
+
+
+def test_unreachable_tracking_fails_in_one_line_before_any_work(tmp_path, inputs, capsys,
+                                                                 monkeypatch):
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    started = time.monotonic()
+    assert main(["run", str(_config(tmp_path, inputs))]) == 2
+    assert time.monotonic() - started < 30
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "http://127.0.0.1:9 is not reachable" in error
+    assert not (tmp_path / "artifacts" / "runs").exists()
+
+
+def test_too_little_free_space_fails_in_one_line(tmp_path, inputs, capsys, monkeypatch):
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DISTILL_LAB_MIN_FREE_MB", str(10**12))
+    assert main(["run", str(_config(tmp_path, inputs))]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "MB free; runs need at least" in error
+
+
+def test_the_end_of_a_run_spills_when_mlflow_is_down_and_replay_sends_it(tmp_path,
+                                                                        monkeypatch):
+    from tasks.runs import RunEnd, RunRef, close_run
+
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the default store of this artifact folder
+    with Tracker(uri, artifacts_dir=tmp_path) as tracker:
+        run_id = tracker.start_run("spill", "cell", {})
+    down = "http://127.0.0.1:9"  # the same run, reached through a server that is down
+    lines: list[str] = []
+    close_run(RunRef(down, run_id), "FINISHED", RunEnd(text={"results.md": "| a |"}),
+              log=lines.append)
+    assert lines == []  # nothing raised, nothing lost: it waits in the spill file
+    spill = tmp_path / "tracking-spill" / f"{run_id}.jsonl"
+    assert [json.loads(line)["kind"] for line in spill.read_text().splitlines()] == [
+        "text", "status"]
+    assert main(["replay"]) == 0
+    with Tracker(uri, artifacts_dir=tmp_path) as tracker:
+        assert tracker.run_summary(run_id).status == "FINISHED"
+        assert "results.md" in [a.path for a in tracker.client.list_artifacts(run_id)]
+    assert not spill.exists()
+
+
+def test_a_full_disk_at_the_end_is_one_line_and_never_raises(tmp_path, monkeypatch):
+    from tasks.runs import RunRef, close_run
+    from tasks.tracking import Tracker as RealTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with RealTracker(uri, artifacts_dir=tmp_path) as tracker:
+        run_id = tracker.start_run("full", "cell", {})
+        tracker.client.delete_run(run_id)
+    # The kernel's own "No space left on device": every spill write goes to /dev/full.
+    monkeypatch.setattr(RealTracker, "spill_path", lambda self, run: Path("/dev/full"))
+    lines: list[str] = []
+    close_run(RunRef(uri, run_id), "FAILED", log=lines.append)
+    assert len(lines) == 1 and "No space left on device" in lines[0], lines
