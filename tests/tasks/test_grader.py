@@ -1,17 +1,21 @@
-"""The math grader: extraction rules, reading rules, math-verify equivalences, timeouts, threads,
-input errors.
+"""The math grader: extraction rules, reading rules, math-verify equivalences, the labelled
+suite (tests/fixtures/grader_cases.jsonl), timeouts, threads, input errors.
 
 Everything runs the real math-verify in real worker processes; one Grader serves the module
 because starting workers costs about a second.
 """
 
+import json
 import threading
+from collections import Counter
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
 from tasks.grader import (
     GRADER_VERSION,
+    RULES_VERSION,
     Extraction,
     Grade,
     Grader,
@@ -20,6 +24,8 @@ from tasks.grader import (
     normalise,
     summarise,
 )
+
+CASES = Path(__file__).resolve().parents[1] / "fixtures" / "grader_cases.jsonl"
 
 # math-verify never finishes comparing this with "1": sympy tries to evaluate the tower.
 NEVER_FINISHES = r"so the answer is \boxed{9^{9^{9^{9}}}}"
@@ -242,6 +248,45 @@ def test_summarise_reports_both_accuracies(grader):
         "timeouts": 0.0,
         "no_answer": 1.0,
     }
+
+
+# ----------------------------------------------------------------------------- labelled suite
+
+
+def _agreement_table(cases, grader_right, direct_right) -> str:
+    """Per category: cases, grader agreement, math-verify-direct agreement."""
+    rows = ["category            cases  grader  math-verify"]
+    for category in sorted({case["category"] for case in cases}) + [None]:
+        picked = [i for i, case in enumerate(cases) if category in (None, case["category"])]
+        grader_rate = sum(grader_right[i] for i in picked) / len(picked)
+        direct_rate = sum(direct_right[i] for i in picked) / len(picked)
+        rows.append(f"{category or 'all':18} {len(picked):6} {grader_rate:7.1%} {direct_rate:9.1%}")
+    return "\n".join(rows)
+
+
+def test_labelled_suite_has_no_false_positives_and_beats_math_verify(grader):
+    """Every case is labelled by hand (the rules in tasks/grader.py's docstring). A case
+    labelled incorrect that the grader calls correct is a false positive: none may remain.
+    math-verify called directly on the whole response is the yardstick for agreement."""
+    cases = [json.loads(line) for line in CASES.read_text().splitlines() if line.strip()]
+    assert len(cases) >= 300 and min(Counter(c["category"] for c in cases).values()) >= 10
+    responses, golds = [c["response"] for c in cases], [c["gold"] for c in cases]
+    grades = grader.grade(responses, golds)
+    direct = grader.math_verify_direct(responses, golds)
+    verdicts = [
+        g.flexible_correct if case["rule"] == "flexible" else g.strict_correct
+        for case, g in zip(cases, grades, strict=True)
+    ]
+    grader_right = [v == c["expected"] for v, c in zip(verdicts, cases, strict=True)]
+    direct_right = [d == c["expected"] for d, c in zip(direct, cases, strict=True)]
+    table = _agreement_table(cases, grader_right, direct_right)
+    print(f"\n{RULES_VERSION} on {CASES.name}\n{table}")
+    false_positives = [
+        (c["category"], c["response"][-80:], c["gold"])
+        for c, v in zip(cases, verdicts, strict=True) if v and not c["expected"]
+    ]
+    assert not false_positives, false_positives
+    assert sum(grader_right) >= sum(direct_right), table
 
 
 # ----------------------------------------------------------------------------- errors
