@@ -133,6 +133,7 @@ def check_training_rule(rule: str) -> str:
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _HASH_LINE = re.compile(r"####([^\n]*)")
 _SPACE = re.compile(r"\s*")
+_BRACE_OR_ESCAPE = re.compile(r"[\\{}]")
 # What may stand between two boxes of one final answer: "\boxed{2} and \boxed{6}",
 # "$x_1 = \boxed{2}$, $x_2 = \boxed{6}$". Any other word ends the answer.
 _CONNECTIVE = re.compile(
@@ -181,19 +182,19 @@ def _clean(answer: str) -> str | None:
 def _closing_brace(text: str, open_index: int) -> int | None:
     """Index of the brace closing the group that opens at text[open_index]; None if none does."""
     depth = 0
-    index = open_index
-    while index < len(text):
-        char = text[index]
-        if char == "\\":  # \{ and \} are literal braces, not grouping
-            index += 2
+    escaped_until = -1
+    for brace in _BRACE_OR_ESCAPE.finditer(text, open_index):
+        index = brace.start()
+        if index < escaped_until:  # \{ and \} are literal braces, not grouping
             continue
-        if char == "{":
+        if brace.group(0) == "\\":
+            escaped_until = index + 2
+        elif brace.group(0) == "{":
             depth += 1
-        elif char == "}":
+        else:
             depth -= 1
             if depth == 0:
                 return index
-        index += 1
     return None
 
 
