@@ -17,9 +17,9 @@ A response is graded in three steps.
      ``1\\,000``, ``10,\\!000``, ``10{,}000`` (a 1–3 digit head, then groups of exactly three).
      ``32, 349`` stays a pair; a space between digits that is not a group (``1 2``) makes the
      answer unreadable, so it is graded incorrect.
-   - A decimal comma is read when the gold is a single value and the comma cannot be a thousands
-     group: ``3,5`` and ``1,35`` mean 3.5 and 1.35; ``1,350`` is always 1350. Against a list gold
-     ``3,5`` stays the pair 3, 5. ``3{,}5`` is always 3.5.
+   - A decimal comma is read when the gold has no comma (so is no list, tuple or interval) and
+     the comma cannot be a thousands group: ``3,5`` and ``1,35`` mean 3.5 and 1.35; ``1,350`` is
+     always 1350. Against ``3, 5`` or ``(3, 5)``, ``3,5`` stays a pair. ``3{,}5`` is always 3.5.
    - Units are dropped when the gold is a number: ``18 dollars``, ``5\\text{ cm}``, ``15 m^2``,
      ``90^\\circ``, ``\\$18``; they are not converted (5 cm matches a gold of 5 m). A word counts
      as a unit in ``\\text{}`` or when it has three letters or more or is a known abbreviation
@@ -306,7 +306,8 @@ _SHORT_UNITS = frozenset(
 )
 _UNIT_WORD = (
     r"\\(?:text|textrm|textnormal|mathrm|mbox|operatorname)\s*\{[^{}\d]*\}"
-    r"|(?<![\\A-Za-z])[A-Za-z]+|\^\s*(?:\{\s*\\circ\s*\}|\\circ)|°|\\circ|\\degree"
+    r"|(?<![\\A-Za-z])[A-Za-z]+|\(\s*[A-Za-z]+(?:\s+[A-Za-z]+)*\s*\)"
+    r"|\^\s*(?:\{\s*\\circ\s*\}|\\circ)|°|\\circ|\\degree"
 )
 _UNIT_MORE = rf"{_UNIT_WORD}|\^\s*(?:\{{\s*[23]\s*\}}|[23])|/|\\cdot"
 _UNIT_GAP = r"(?:\s|\\[,;: !]|~)*"
@@ -374,10 +375,10 @@ def _for_math_verify(answer: str) -> str:
 
 def _canonical_gold(gold: str) -> str:
     """The gold in the form answers are read against (currency, groups, percent, units)."""
-    return _canonical(gold, numeric_gold=True, single_gold=False)
+    return _canonical(gold, numeric_gold=True, decimal_comma=False)
 
 
-def _canonical(answer: str, *, numeric_gold: bool, single_gold: bool) -> str:
+def _canonical(answer: str, *, numeric_gold: bool, decimal_comma: bool) -> str:
     """One answer in the form compared: see "Reading" in the module docstring."""
     text = answer.strip().removesuffix(".").strip()
     if wrapped := _TEXT_WRAPPED.fullmatch(text):  # \text{18 dollars}
@@ -389,7 +390,7 @@ def _canonical(answer: str, *, numeric_gold: bool, single_gold: bool) -> str:
     text = _LIST_WORD.sub(", ", text) if _LIST_WORD.search(text) and _between_items(text) else text
     if _THOUSANDS.fullmatch(text):
         return _lone_number(text)
-    if single_gold and (decimal := _DECIMAL_COMMA.fullmatch(text)):
+    if decimal_comma and (decimal := _DECIMAL_COMMA.fullmatch(text)):
         return f"{decimal.group(1)}.{decimal.group(2)}{decimal.group(3)}"
     return text
 
@@ -472,30 +473,27 @@ def _plan(parts: Sequence[str], gold: str) -> Plan:
     gold = _canonical_gold(gold)
     gold_items = _elements(gold)
     if len(parts) == 1:
-        return _value_plan(parts[0], gold, single_gold=len(gold_items) == 1)
+        return _value_plan(parts[0], gold)
     if len(gold_items) == 1:  # every box must be the one right value
-        return ("all", [_value_plan(part, gold, single_gold=True) for part in parts])
+        return ("all", [_value_plan(part, gold) for part in parts])
     items = [item for part in parts for item in _elements(_lone_number(part))]
     return _same_set_plan(items, gold_items)
 
 
 def _same_set_plan(items: list[str], gold_items: list[str]) -> Plan:
     """Every item matches some gold item and every gold item is matched by some item."""
-    def match(item: str, gold_item: str) -> Plan:
-        return _value_plan(item, gold_item, single_gold=True)
-
     return ("all", [
-        ("all", [("any", [match(i, g) for g in gold_items]) for i in items]),
-        ("all", [("any", [match(i, g) for i in items]) for g in gold_items]),
+        ("all", [("any", [_value_plan(i, g) for g in gold_items]) for i in items]),
+        ("all", [("any", [_value_plan(i, g) for i in items]) for g in gold_items]),
     ])
 
 
-def _value_plan(answer: str, gold: str, *, single_gold: bool) -> Plan:
+def _value_plan(answer: str, gold: str) -> Plan:
     """One answer against one (canonical) gold: the guards, then equation sides, then readings."""
     if len(answer) > MAX_ANSWER_CHARS:
         return ("fixed", False)
     numeric_gold = _is_numeric(gold)
-    answer = _canonical(answer, numeric_gold=numeric_gold, single_gold=single_gold)
+    answer = _canonical(answer, numeric_gold=numeric_gold, decimal_comma="," not in gold)
     if _LOOSE_DIGITS.search(answer):  # "1 2": neither 12 nor a list
         return ("fixed", False)
     if not _words(gold) and _words(answer) & _HEDGE_WORDS:
