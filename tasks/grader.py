@@ -1,15 +1,46 @@
 """The one math grader: evaluation accuracy and the RL reward both come from here.
 
-A response is graded in two steps.
+A response is graded in three steps.
 
-1. Extraction (plain functions in this process). The *strict* answer is the content of the last
-   complete ``\\boxed{...}`` (or ``\\fbox{...}``, or ``\\boxed 5``), else the rest of the line
-   after the last ``####`` (GSM8K style). The *flexible* answer is the strict one if there is
-   one, else the last number in the text (``-3``, ``0.5``, ``1,234``). ``Grade.method`` says which
-   rule produced it: "boxed", "hash", "last_number", or None when there is no answer.
-2. Comparison. An exact match after light normalisation (whitespace, thousands commas, a trailing
-   ``.0``) counts as correct at once; anything else goes to math-verify (``parse`` then
+1. Extraction (plain functions in this process). The *strict* answer is the final answer in
+   boxes: the last complete, non-empty ``\\boxed{...}`` (or ``\\fbox{...}``, or ``\\boxed 5``)
+   together with the boxes just before it that only connective text separates from it (commas,
+   "and", "or", ``$``, ``\\quad``, ``x =``), as in ``\\boxed{2} and \\boxed{6}``. A box after
+   other prose replaces the earlier ones. With no box, the strict answer is the rest of the line
+   after the last ``####`` (GSM8K style). The *flexible* answer is the strict one if there is one,
+   else the last number in the text, where a fraction (``\\frac{1}{2}``, ``1/2``), a root or a
+   power (``2^{10}``, ``9\\pi``) counts whole, and a number in an exponent or subscript
+   (``m^2``, ``x_3``) or glued to a variable (``3x``) is never taken. ``Grade.method`` says
+   which rule produced it: "boxed", "hash", "last_number", or None when there is no answer.
+2. Reading (plain functions here). Answer and gold are put in one form:
+   - Digit groups merge only when they are real: ``1,350``, ``12,345,678``, ``1 000``,
+     ``1\\,000``, ``10,\\!000``, ``10{,}000`` (a 1–3 digit head, then groups of exactly three).
+     ``32, 349`` stays a pair; a space between digits that is not a group (``1 2``) makes the
+     answer unreadable, so it is graded incorrect.
+   - A decimal comma is read when the gold has no comma (so is no list, tuple or interval) and
+     the comma cannot be a thousands group: ``3,5`` and ``1,35`` mean 3.5 and 1.35; ``1,350`` is
+     always 1350. Against ``3, 5`` or ``(3, 5)``, ``3,5`` stays a pair. ``3{,}5`` is always 3.5.
+   - Units are dropped when the gold is a number: ``18 dollars``, ``5\\text{ cm}``, ``15 m^2``,
+     ``90^\\circ``, ``\\$18``; they are not converted (5 cm matches a gold of 5 m). A word counts
+     as a unit in ``\\text{}`` or when it has three letters or more or is a known abbreviation
+     (cm, kg, ft, ...); a lone letter such as ``x`` is a variable, never a unit.
+   - A percent sign is read both ways and either may match: as a unit (``30\\%`` matches 30, as
+     GSM8K's golds state percents) and as a value (``30\\%`` matches 0.3).
+   - Against an interval gold, a one-variable inequality (``x \\le 2``, ``2 < x < 5``) is read as
+     the interval it describes.
+3. Comparison. Against a numeric gold an answer is incorrect when it holds a hedge word
+   (``6 \\text{ or more}``, "at least"), a word that is not a unit (``5 ab``: math-verify would
+   drop it silently), or an equation whose numeric sides disagree (``2 = 6``, ``2+3 = 6``;
+   ``3 \\times 5 = 15`` and ``x = 6`` are fine). Several boxes are one answer:
+   against a list or set gold (``2, 6``, ``(2, 2), (6, 2)``, ``\\{1, 2\\}``) they must equal it
+   as a set; against a single gold every box must match it, so boxing several candidates never
+   earns credit. Answers longer than ``MAX_ANSWER_CHARS`` are incorrect. Otherwise an exact match
+   after normalisation counts at once, and anything else goes to math-verify (``parse`` then
    ``verify``), which knows ``\\frac{1}{2} == 0.5`` and ``x^2+1 == 1+x^2``.
+
+The flexible rule is a diagnostic only (how many answers were right but not boxed): it must never
+feed training or an RL reward, since a policy learns to end with a lucky number.
+``check_training_rule(rule)`` says which rules may (``TRAINING_RULES``).
 
 Why worker processes: math-verify bounds its sympy work with ``signal.alarm``, which raises off
 the main thread (a Prefect task thread, a trainer's reward thread), and some model answers make
@@ -53,7 +84,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 # Bump when extraction, normalisation or comparison rules change.
-RULES_VERSION = "distill-lab-grader/1"
+RULES_VERSION = "distill-lab-grader/2"
 
 
 def _installed_version(distribution: str) -> str:
@@ -75,25 +106,71 @@ GRADER_VERSION = (
 DEFAULT_TIMEOUT_S = 5.0
 MAX_CHUNK = 64
 STARTUP_TIMEOUT_S = 120.0
+# Longer answers are graded incorrect unread: no benchmark answer comes near, and a huge
+# expression only buys sympy time.
+MAX_ANSWER_CHARS = 1000
+
+ANSWER_RULES = ("strict", "flexible")
+# The rules whose verdicts may become a training signal (an RL reward, a data filter).
+TRAINING_RULES = ("strict",)
+
+
+def check_training_rule(rule: str) -> str:
+    """Return `rule` if its verdicts may feed training or an RL reward, else raise ValueError."""
+    if rule in TRAINING_RULES:
+        return rule
+    if rule == "flexible":
+        raise ValueError(
+            "answer_rule='flexible' is a diagnostic only and must not feed training or RL "
+            "rewards: the last-number fallback rewards any response that ends with the right "
+            "number. Use answer_rule='strict'"
+        )
+    raise ValueError(f"answer_rule={rule!r} is not one of {ANSWER_RULES}; use 'strict'")
 
 
 # ----------------------------------------------------------------------------- extraction
 
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _HASH_LINE = re.compile(r"####([^\n]*)")
-# A minus sign counts only when it is not a binary minus ("3-5" ends in 5, not -5).
-_NUMBER = re.compile(r"(?:(?<![\w)}\]])-)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
-_COMMA_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_WHOLE_FLOAT = re.compile(r"(-?\d+)\.0+")
+_SPACE = re.compile(r"\s*")
+_BRACE_OR_ESCAPE = re.compile(r"[\\{}]")
+# What may stand between two boxes of one final answer: "\boxed{2} and \boxed{6}",
+# "$x_1 = \boxed{2}$, $x_2 = \boxed{6}$". Any other word ends the answer.
+_CONNECTIVE = re.compile(
+    r"(?:\s|[$,;&=~]|\\[()\[\],;: !]|\\\\|\\q?quad(?![A-Za-z])"
+    r"|(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])"
+    r"|\\(?:text|textrm|mbox|mathrm)\s*\{\s*(?:and|or|,)?\s*\}"
+    r"|(?<![A-Za-z\\])[A-Za-z](?:_\{?\w+\}?)?(?=\s*=))*",
+    re.IGNORECASE,
+)
+# A number as the flexible rule reads it. A minus sign counts only when it is not a binary minus
+# ("3-5" ends in 5, not -5); digits glued to a letter ("x2", "CO2") are not a number.
+_NUMBER = r"(?:(?<![\w)}\]])-\s*)?(?<![A-Za-z\d.])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
+_BRACED_OR_DIGIT = r"(?:\{[^{}]*\}|\d)"
+_ROOT = rf"\\sqrt\s*(?:\[[^\]]*\])?\s*{_BRACED_OR_DIGIT}"
+_FLEXIBLE_ATOM = re.compile(
+    rf"(?:(?<![\w)}}\]])-\s*)?\\[dt]?frac\s*{_BRACED_OR_DIGIT}\s*{_BRACED_OR_DIGIT}"
+    rf"|(?:{_NUMBER})?\s*(?:{_ROOT}|\\pi(?![A-Za-z]))"
+    # Atomic, so "35x" cannot back off to "3"; "3x" is a coefficient, "5 cm" a number and a unit.
+    rf"|(?>{_NUMBER}(?:\s*/\s*\d+(?:\.\d+)?)?(?:\s*\^\s*{_BRACED_OR_DIGIT})?(?:\s*\\?%)?)"
+    r"(?![A-Za-z](?![A-Za-z]))"
+)
+# A number right after these is an exponent or a subscript, not an answer (m^2, x_{10}).
+_SCRIPT_BEFORE = re.compile(r"[\^_]\s*\{?\s*$")
 
 
 @dataclass(frozen=True)
 class Extraction:
-    """The answers found in one response; see the module docstring for the rules."""
+    """The answers found in one response; see the module docstring for the rules.
+
+    parts: the separate boxes when the final answer has several (then `strict` joins them with
+    ", "); empty for a single box, a #### line or a last number.
+    """
 
     strict: str | None
     flexible: str | None
     method: str | None  # "boxed", "hash", "last_number" or None
+    parts: tuple[str, ...] = ()
 
 
 def _clean(answer: str) -> str | None:
@@ -102,35 +179,36 @@ def _clean(answer: str) -> str | None:
     return cleaned or None
 
 
-def _braced(text: str, open_index: int) -> str | None:
-    """Content of the brace group opening at text[open_index], or None if it never closes."""
+def _closing_brace(text: str, open_index: int) -> int | None:
+    """Index of the brace closing the group that opens at text[open_index]; None if none does."""
     depth = 0
-    index = open_index
-    while index < len(text):
-        char = text[index]
-        if char == "\\":  # \{ and \} are literal braces, not grouping
-            index += 2
+    escaped_until = -1
+    for brace in _BRACE_OR_ESCAPE.finditer(text, open_index):
+        index = brace.start()
+        if index < escaped_until:  # \{ and \} are literal braces, not grouping
             continue
-        if char == "{":
+        if brace.group(0) == "\\":
+            escaped_until = index + 2
+        elif brace.group(0) == "{":
             depth += 1
-        elif char == "}":
+        else:
             depth -= 1
             if depth == 0:
-                return text[open_index + 1 : index]
-        index += 1
+                return index
     return None
 
 
-def _box_argument(text: str, end: int) -> str | None:
-    """The argument of a box command ending at `end`: `{...}`, or one token as in `\\boxed 5`."""
-    rest = text[end:]
-    stripped = rest.lstrip()
-    if stripped.startswith("{"):
-        return _braced(text, end + len(rest) - len(stripped))
-    if len(stripped) == len(rest):  # `\boxedx` is another command, not a box
+def _box_at(text: str, end: int) -> tuple[str, int] | None:
+    """The argument of a box command ending at `end` (`{...}`, or one token as in `\\boxed 5`)
+    and the index just past it; None for a box cut off by truncation."""
+    start = _SPACE.match(text, end).end()
+    if text.startswith("{", start):
+        close = _closing_brace(text, start)
+        return None if close is None else (text[start + 1 : close], close + 1)
+    if start == end:  # `\boxedx` is another command, not a box
         return None
-    token = re.match(r"[^\s$]+", stripped)
-    return token.group(0) if token else None
+    token = re.compile(r"[^\s$]+").match(text, start)
+    return (token.group(0), token.end()) if token else None
 
 
 def last_boxed(text: str) -> str | None:
@@ -139,10 +217,28 @@ def last_boxed(text: str) -> str | None:
     A box cut off by truncation (no closing brace) is skipped, so an earlier complete one counts.
     """
     for match in reversed(list(_BOX_COMMAND.finditer(text))):
-        argument = _box_argument(text, match.end())
-        if argument is not None and (answer := _clean(argument)) is not None:
+        found = _box_at(text, match.end())
+        if found is not None and (answer := _clean(found[0])) is not None:
             return answer
     return None
+
+
+def final_boxes(text: str) -> list[str]:
+    """The boxes of the final answer: the last complete, non-empty box and the boxes before it
+    that only connective text separates from it ("\\boxed{2} and \\boxed{6}"), in order."""
+    run: list[str] = []
+    run_start = len(text)
+    for match in reversed(list(_BOX_COMMAND.finditer(text))):
+        found = _box_at(text, match.end())
+        if found is None or (answer := _clean(found[0])) is None:
+            continue
+        if found[1] > run_start:  # this box contains the run: it is the answer
+            run = []
+        elif run and not _CONNECTIVE.fullmatch(text, found[1], run_start):
+            break
+        run.insert(0, answer)
+        run_start = match.start()
+    return run
 
 
 def _after_last_hash(text: str) -> str | None:
@@ -151,14 +247,19 @@ def _after_last_hash(text: str) -> str | None:
 
 
 def _last_number(text: str) -> str | None:
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else None
+    """The last number, fraction, root or power in text that is not an exponent or subscript."""
+    last = None
+    for atom in _FLEXIBLE_ATOM.finditer(text):
+        if not _SCRIPT_BEFORE.search(text, max(0, atom.start() - 8), atom.start()):
+            last = atom.group(0).strip()
+    return last
 
 
 def extract_answers(response: str) -> Extraction:
     """Strict and flexible answers of one response, and the rule that produced them."""
-    if (boxed := last_boxed(response)) is not None:
-        return Extraction(boxed, boxed, "boxed")
+    if boxes := final_boxes(response):
+        joined = ", ".join(boxes)
+        return Extraction(joined, joined, "boxed", tuple(boxes) if len(boxes) > 1 else ())
     if (hashed := _after_last_hash(response)) is not None:
         return Extraction(hashed, hashed, "hash")
     if (number := _last_number(response)) is not None:
@@ -166,14 +267,102 @@ def extract_answers(response: str) -> Extraction:
     return Extraction(None, None, None)
 
 
+# ----------------------------------------------------------------------------- reading answers
+
+# Digit-group separators that never separate list items: "1 000", "1\,000", "10,\!000",
+# "10{,}000". The same separator must repeat ("1 000,000" is not one number).
+_GROUP_SEPARATOR = r"(?: |\u2009|\u202f|\u00a0|~|\\[,;: ]|,\\!|\{,\})"
+_SPACED_GROUPS = re.compile(
+    rf"(?<![\d.,])([1-9]\d{{0,2}})({_GROUP_SEPARATOR})(\d{{3}}(?:\2\d{{3}})*)(?![\d.,])"
+)
+_LATEX_DECIMAL_COMMA = re.compile(r"(?<=\d)\{,\}(?=\d)")
+_THOUSANDS = re.compile(r"(-?)([1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?)((?:\\%)?)")
+_DECIMAL_COMMA = re.compile(r"(-?\d+),(\d+)((?:\\%)?)")
+_WHOLE_FLOAT = re.compile(r"(-?\d+)\.0+")
+_LOOSE_DIGITS = re.compile(r"\d(?:\s|\\[,;: !]|~)+\d")
+_CURRENCY = re.compile(r"^(-?)\s*(?:\\\$|\$|€|£|¥|\\euro|\\pounds)\s*")
+_PERCENT_WORD = re.compile(
+    r"\s*(?:\\%|%|\\text\s*\{\s*\\?%\s*\}|\\(?:text|mbox|textrm)\s*\{\s*percent\s*\}|percent)$"
+)
+_TEXT_WRAPPED = re.compile(r"\\(?:text|textrm|mbox|textnormal)\s*\{\s*([-\d][^{}]*)\}")
+_COMMAND = re.compile(r"\\[A-Za-z]+")
+_BARE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
+_BARE_LETTERS = re.compile(r"(?<![\\A-Za-z])[A-Za-z]+")
+_WORDY_TEXT = re.compile(r"\\(?:text\w*|mbox|mathrm)\s*\{[^{}\d]*\}")
+_TEXT_CONTENT = re.compile(r"\\(?:text\w*|mbox|mathrm|operatorname)\s*\{([^{}]*)\}")
+# "and" / "or" between two items make a list, as math-verify reads "2 and 6".
+_LIST_WORD = re.compile(
+    r"\s*(?:\\(?:text|mbox|textrm)\s*\{\s*(?:and|or)\s*\}|(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])"
+    r"|\\(?:lor|vee|land|wedge)(?![A-Za-z]))\s*"
+)
+# Words that turn a value into a hedge or a range: "6 or more", "at least 6", "not 6".
+_HEDGE_WORDS = frozenset(
+    "or and nor not no either neither more less than least most maybe perhaps possibly "
+    "probably between except unless all any none".split()
+)
+# Bare words under three letters that are units; any word in \text{} may be one.
+_SHORT_UNITS = frozenset(
+    "m cm mm km g kg mg s ms h hr l ml ft in yd mi lb oz sq pm am".split()
+)
+_UNIT_WORD = (
+    r"\\(?:text|textrm|textnormal|mathrm|mbox|operatorname)\s*\{[^{}\d]*\}"
+    r"|(?<![\\A-Za-z])[A-Za-z]+|\(\s*[A-Za-z]+(?:\s+[A-Za-z]+)*\s*\)"
+    r"|\^\s*(?:\{\s*\\circ\s*\}|\\circ)|°|\\circ|\\degree"
+)
+_UNIT_MORE = rf"{_UNIT_WORD}|\^\s*(?:\{{\s*[23]\s*\}}|[23])|/|\\cdot"
+_UNIT_GAP = r"(?:\s|\\[,;: !]|~)*"
+_UNIT_TAIL = re.compile(rf"{_UNIT_GAP}(?:{_UNIT_WORD})(?:{_UNIT_GAP}(?:{_UNIT_MORE}))*{_UNIT_GAP}$")
+
+
+def _merge_groups(text: str) -> str:
+    """`1 000` → `1000`, `10,\\!000` → `10000`, `3{,}5` → `3.5`; a plain comma group waits for
+    `_lone_number`, since "1,234" in a list may be a pair."""
+    merged = _SPACED_GROUPS.sub(lambda m: m.group(1) + m.group(3).replace(m.group(2), ""), text)
+    return _LATEX_DECIMAL_COMMA.sub(".", merged)
+
+
+def _drop_spaces(text: str) -> str:
+    """Whitespace goes, except between two digits, where it keeps `1 2` from becoming 12."""
+    return re.sub(r"(?<=\d)\s+(?=\d)", " ", re.sub(r"(?<!\d)\s+|\s+(?!\d)", "", text))
+
+
 def normalise(answer: str) -> str:
-    """The form compared for an exact match: no whitespace, `1,234` → `1234`, `51.0` → `51`."""
-    text = "".join(answer.split()).removesuffix(".")
-    if _COMMA_NUMBER.fullmatch(text):
-        text = text.replace(",", "")
+    """The form compared for an exact match: no spaces, `1,234` → `1234`, `51.0` → `51`."""
+    text = _merge_groups(answer.strip().removesuffix(".").strip())
+    if thousands := _THOUSANDS.fullmatch(text):  # before spaces go: "32, 349" is a pair
+        text = "".join(thousands.groups()).replace(",", "")
+    text = _drop_spaces(text)
     if whole := _WHOLE_FLOAT.fullmatch(text):
         text = whole.group(1)
     return text
+
+
+def _words(text: str) -> set[str]:
+    """Lower-case words of two letters or more, bare or inside `\\text{}`; commands excluded."""
+    inside = " ".join(_TEXT_CONTENT.findall(text))
+    outside = _TEXT_CONTENT.sub(" ", text)
+    found = re.findall(r"[A-Za-z]{2,}", inside) + _BARE_WORD.findall(outside)
+    return {word.lower() for word in found}
+
+
+def _is_numeric(text: str) -> bool:
+    """True when text has digits and no variables or words (`\\frac{1}{2}`, `2\\pi`, `-3`)."""
+    return bool(re.search(r"\d", text)) and not re.search(r"[A-Za-z]", _COMMAND.sub("", text))
+
+
+def _strip_unit(text: str) -> str:
+    """`18 dollars` → `18`, `5\\text{ cm}^2` → `5`, `90^\\circ` → `90`; text without a numeric
+    head or with a word that is not a unit (`2x`, `6 or more`) comes back unchanged."""
+    tail = _UNIT_TAIL.search(text)
+    if tail is None or not _is_numeric(head := text[: tail.start()].strip()):
+        return text
+    inside = " ".join(_TEXT_CONTENT.findall(tail.group(0)))
+    bare = _BARE_LETTERS.findall(_TEXT_CONTENT.sub(" ", tail.group(0)))
+    if any(word.lower() in _HEDGE_WORDS for word in re.findall(r"[A-Za-z]+", inside) + bare):
+        return text
+    if any(len(word) < 3 and word.lower() not in _SHORT_UNITS for word in bare):
+        return text
+    return head
 
 
 def _for_math_verify(answer: str) -> str:
@@ -182,6 +371,178 @@ def _for_math_verify(answer: str) -> str:
     A final period goes: math-verify reads `\\boxed{18.}` as the string "18.", not the number 18.
     """
     return "\\boxed{" + answer.strip().removesuffix(".") + "}"
+
+
+def _canonical_gold(gold: str) -> str:
+    """The gold in the form answers are read against (currency, groups, percent, units)."""
+    return _canonical(gold, numeric_gold=True, decimal_comma=False)
+
+
+def _canonical(answer: str, *, numeric_gold: bool, decimal_comma: bool) -> str:
+    """One answer in the form compared: see "Reading" in the module docstring."""
+    text = answer.strip().removesuffix(".").strip()
+    if wrapped := _TEXT_WRAPPED.fullmatch(text):  # \text{18 dollars}
+        text = wrapped.group(1).strip()
+    text = _merge_groups(_CURRENCY.sub(r"\1", text))
+    text = _PERCENT_WORD.sub(r"\\%", text)
+    if numeric_gold:
+        text = _strip_unit(text)
+    text = _LIST_WORD.sub(", ", text) if _LIST_WORD.search(text) and _between_items(text) else text
+    if _THOUSANDS.fullmatch(text):
+        return _lone_number(text)
+    if decimal_comma and (decimal := _DECIMAL_COMMA.fullmatch(text)):
+        return f"{decimal.group(1)}.{decimal.group(2)}{decimal.group(3)}"
+    return text
+
+
+def _lone_number(text: str) -> str:
+    """`1,000` → `1000` when the comma number is all of text; anything else as it is."""
+    thousands = _THOUSANDS.fullmatch(text.strip())
+    return "".join(thousands.groups()).replace(",", "") if thousands else text
+
+
+def _between_items(text: str) -> bool:
+    """True when every "and"/"or" in text has an item on both sides ("2 or 6", not "6 or more")."""
+    pieces = _LIST_WORD.split(text)
+    return all(piece.strip() and not (_words(piece) & _HEDGE_WORDS) for piece in pieces)
+
+
+def _split_top_level(text: str, separator: str) -> list[str]:
+    """Split at `separator` outside any (), [], {}, \\{\\} or \\left...\\right group."""
+    pieces, depth, start, index = [], 0, 0, 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and index + 1 < len(text) and text[index + 1] in "{}":
+            depth += 1 if text[index + 1] == "{" else -1
+            index += 2
+            continue
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == separator and depth == 0:
+            pieces.append(text[start:index].strip())
+            start = index + 1
+        index += 1
+    pieces.append(text[start:].strip())
+    return pieces
+
+
+def _elements(text: str) -> list[str]:
+    """The items of a list or set answer (`2, 6`, `\\{1, 2\\}`); one item for a single value.
+    Tuples and intervals (`(1, 2)`, `[0, 1)`) are single values."""
+    inner = text.strip()
+    is_one_set = inner.startswith("\\{") and inner.endswith("\\}")
+    if is_one_set and _split_top_level(inner, ",") == [inner]:
+        inner = inner[2:-2]
+    return [piece for piece in _split_top_level(inner, ",") if piece]
+
+
+# A one-variable inequality, read as the interval it describes when the gold is an interval.
+_BOUND = r"(-?\s*(?:\d+(?:\.\d+)?|\\[dt]?frac\{[^{}]*\}\{[^{}]*\}|\\infty))"
+_LESS = r"(<|\\le(?:q)?(?![A-Za-z]))"
+_MORE = r"(>|\\ge(?:q)?(?![A-Za-z]))"
+_ONE_SIDED = re.compile(rf"[a-z]\s*{_LESS}\s*{_BOUND}|[a-z]\s*{_MORE}\s*{_BOUND}")
+_TWO_SIDED = re.compile(rf"{_BOUND}\s*{_LESS}\s*[a-z]\s*{_LESS}\s*{_BOUND}")
+
+
+def _as_interval(answer: str) -> str:
+    """`x \\le 2` → `(-\\infty, 2]`, `2 < x < 5` → `(2, 5)`; other text as it is."""
+    if two := _TWO_SIDED.fullmatch(answer.strip()):
+        low, low_op, high_op, high = two.groups()
+        opening, closing = "(" if low_op == "<" else "[", ")" if high_op == "<" else "]"
+        return f"{opening}{low}, {high}{closing}"
+    if one := _ONE_SIDED.fullmatch(answer.strip()):
+        below, bound, above, bound_below = one.groups()
+        if below is not None:
+            return f"(-\\infty, {bound}{')' if below == '<' else ']'}"
+        return f"{'(' if above == '>' else '['}{bound_below}, \\infty)"
+    return answer
+
+
+# ----------------------------------------------------------------------------- comparison plans
+
+# What decides one response, before math-verify runs: a small tree of checks.
+#   ("pair", answer, gold): the two are equal (exact after `normalise`, else math-verify)
+#   ("all", [plans]) / ("any", [plans]); ("fixed", verdict): decided without math-verify.
+Plan = tuple
+
+
+def _plan(parts: Sequence[str], gold: str) -> Plan:
+    """How to decide whether the answer (one or several boxes) matches the gold."""
+    gold = _canonical_gold(gold)
+    gold_items = _elements(gold)
+    if len(parts) == 1:
+        return _value_plan(parts[0], gold)
+    if len(gold_items) == 1:  # every box must be the one right value
+        return ("all", [_value_plan(part, gold) for part in parts])
+    items = [item for part in parts for item in _elements(_lone_number(part))]
+    return _same_set_plan(items, gold_items)
+
+
+def _same_set_plan(items: list[str], gold_items: list[str]) -> Plan:
+    """Every item matches some gold item and every gold item is matched by some item."""
+    return ("all", [
+        ("all", [("any", [_value_plan(i, g) for g in gold_items]) for i in items]),
+        ("all", [("any", [_value_plan(i, g) for i in items]) for g in gold_items]),
+    ])
+
+
+def _value_plan(answer: str, gold: str) -> Plan:
+    """One answer against one (canonical) gold: the guards, then equation sides, then readings."""
+    if len(answer) > MAX_ANSWER_CHARS:
+        return ("fixed", False)
+    numeric_gold = _is_numeric(gold)
+    answer = _canonical(answer, numeric_gold=numeric_gold, decimal_comma="," not in gold)
+    if _LOOSE_DIGITS.search(answer):  # "1 2": neither 12 nor a list
+        return ("fixed", False)
+    if not _words(gold) and _words(answer) & _HEDGE_WORDS:
+        return ("fixed", False)
+    if numeric_gold:
+        # math-verify drops text and unit-like words on its own ("5 ab" → 5, "2 cm × 3 cm"
+        # → 2); a number answer keeps no words once its unit is gone.
+        answer = _WORDY_TEXT.sub(" ", answer).strip()
+        if _BARE_WORD.search(_COMMAND.sub(" ", answer)) or not answer:
+            return ("fixed", False)
+    if gold.startswith(("(", "[", "\\left")):
+        answer = _as_interval(answer)
+    sides = _split_top_level(answer, "=")
+    if numeric_gold and len(sides) > 1 and len(_split_top_level(answer, ",")) == 1:
+        numeric_sides = [side for side in sides if _is_numeric(side)]
+        if numeric_sides:  # "3 \times 5 = 15": every computed side must be the gold
+            return ("all", [_reading_plan(side, gold) for side in numeric_sides])
+    return _reading_plan(answer, gold)
+
+
+def _reading_plan(answer: str, gold: str) -> Plan:
+    """A percent reads both ways: as a value (math-verify: 30% = 0.3) and as a unit (30% = 30)."""
+    pair = ("pair", answer, gold)
+    if not (answer.endswith("\\%") or gold.endswith("\\%")):
+        return pair
+    unit = ("pair", answer.removesuffix("\\%").strip(), gold.removesuffix("\\%").strip())
+    return ("any", [pair, unit])
+
+
+def _pairs(plan: Plan) -> list[tuple[str, str]]:
+    """Every (answer, gold) pair the plan may ask about."""
+    if plan[0] == "pair":
+        return [(plan[1], plan[2])]
+    if plan[0] == "fixed":
+        return []
+    return [pair for child in plan[1] for pair in _pairs(child)]
+
+
+def _decide(plan: Plan, equal: dict[tuple[str, str], tuple[bool, bool]]) -> tuple[bool, bool]:
+    """(correct, timed_out) of a plan, given (correct, timed_out) for each of its pairs.
+    timed_out is reported only when a timeout could have changed the verdict to correct."""
+    if plan[0] == "pair":
+        return equal[(plan[1], plan[2])]
+    if plan[0] == "fixed":
+        return plan[1], False
+    outcomes = [_decide(child, equal) for child in plan[1]]
+    combine = all if plan[0] == "all" else any
+    correct = combine(correct for correct, _ in outcomes)
+    return correct, not correct and any(timed_out for _, timed_out in outcomes)
 
 
 # ----------------------------------------------------------------------------- grades
@@ -276,34 +637,67 @@ class Grader:
         timeout_s: float | None = None,
     ) -> list[Grade]:
         """One Grade per response, in order. timeout_s overrides the Grader's for this call."""
+        timeout_s = self._start_call(responses, gold_answers, timeout_s)
+        extractions = [extract_answers(response) for response in responses]
+        plans = [
+            ("fixed", False) if found.flexible is None
+            else _plan(found.parts or (found.flexible,), gold)
+            for found, gold in zip(extractions, gold_answers, strict=True)
+        ]
+        # Samples of one problem often agree, so each distinct pair is decided once.
+        pairs = list(dict.fromkeys(pair for plan in plans for pair in _pairs(plan)))
+        equal = self._equalities(pairs, timeout_s)
+        return [
+            _grade_from(found, *_decide(plan, equal))
+            for found, plan in zip(extractions, plans, strict=True)
+        ]
+
+    def math_verify_direct(
+        self,
+        responses: Sequence[str],
+        gold_answers: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+    ) -> list[bool]:
+        """math-verify's own verdict on each whole response, without this grader's rules:
+        ``verify(parse("\\boxed{gold}"), parse(response))``. A yardstick for measuring the
+        grader (tests/tasks/test_grader.py, bench/grader.py), not a grade; a timeout is False."""
+        timeout_s = self._start_call(responses, gold_answers, timeout_s)
+        jobs = [
+            (job, response, _for_math_verify(gold))
+            for job, (response, gold) in enumerate(zip(responses, gold_answers, strict=True))
+        ]
+        outcomes = self._run(jobs, timeout_s)
+        return [outcomes[job][0] for job in range(len(jobs))]
+
+    def _start_call(
+        self, responses: Sequence[str], gold_answers: Sequence[str], timeout_s: float | None
+    ) -> float:
+        """Refuse a closed Grader or bad inputs; return the timeout that applies."""
         if not self._finalizer.alive:
             raise RuntimeError("this Grader is closed: create a new Grader to grade more responses")
         _check_inputs(responses, gold_answers)
-        timeout_s = self.timeout_s if timeout_s is None else _check_timeout(timeout_s)
-        extractions = [extract_answers(response) for response in responses]
-        verdicts: dict[int, tuple[bool, bool]] = {}  # index -> (correct, timed_out)
-        # Samples of one problem often agree, so each distinct (answer, gold) pair is verified once.
-        to_verify: dict[tuple[str, str], list[int]] = {}
-        for index, (found, gold) in enumerate(zip(extractions, gold_answers, strict=True)):
-            if found.flexible is None:
-                verdicts[index] = (False, False)
-            elif normalise(found.flexible) == normalise(gold):
-                verdicts[index] = (True, False)
-            else:
-                pair = (_for_math_verify(found.flexible), _for_math_verify(gold))
-                to_verify.setdefault(pair, []).append(index)
-        if to_verify:
-            verdicts.update(self._verify(to_verify, timeout_s))
-        return [_grade_from(found, *verdicts[i]) for i, found in enumerate(extractions)]
+        return self.timeout_s if timeout_s is None else _check_timeout(timeout_s)
 
-    def _verify(
-        self, to_verify: dict[tuple[str, str], list[int]], timeout_s: float
-    ) -> dict[int, tuple[bool, bool]]:
-        pairs = list(to_verify)
-        jobs = [(job, answer, gold) for job, (answer, gold) in enumerate(pairs)]
+    def _equalities(
+        self, pairs: list[tuple[str, str]], timeout_s: float
+    ) -> dict[tuple[str, str], tuple[bool, bool]]:
+        """(correct, timed_out) per (answer, gold): exact after `normalise`, else math-verify."""
+        equal = {pair: (True, False) for pair in pairs if normalise(pair[0]) == normalise(pair[1])}
+        to_verify = [pair for pair in pairs if pair not in equal]
+        jobs = [
+            (job, _for_math_verify(answer), _for_math_verify(gold))
+            for job, (answer, gold) in enumerate(to_verify)
+        ]
+        outcomes = self._run(jobs, timeout_s)
+        equal.update({pair: outcomes[job] for job, pair in enumerate(to_verify)})
+        return equal
+
+    def _run(self, jobs: list[Job], timeout_s: float) -> dict[int, tuple[bool, bool]]:
+        if not jobs:
+            return {}
         with self._lock:
-            outcomes = self._pool.run(jobs, timeout_s)
-        return {index: outcomes[job] for job, pair in enumerate(pairs) for index in to_verify[pair]}
+            return self._pool.run(jobs, timeout_s)
 
 
 def _grade_from(found: Extraction, correct: bool, timed_out: bool) -> Grade:
