@@ -214,8 +214,9 @@ def read_study(tracker: Tracker, *, parent_run_id: str | None = None,
     grid (or, if it has none, every run of it except study parents).
 
     store: also read every run's evaluation samples. history_keys: metrics whose full history
-    is read (for the runs that logged them). Raises ValueError naming what is missing when the
-    selection finds no experiment or an experiment without runs."""
+    is read (for the runs that logged them); ``eval/overall/*`` names every key under a prefix.
+    Raises ValueError naming what is missing when the selection finds no experiment, or an
+    experiment without runs, or a parent run that is not there."""
     parent, summaries, title = _select(tracker, parent_run_id, experiment, run_ids)
     history_keys = tuple(history_keys)
     runs = tuple(read_run(tracker, s, store, history_keys) for s in summaries)
@@ -251,16 +252,21 @@ def _select(tracker: Tracker, parent_run_id: str | None, experiment: str | None,
 
 def read_run(tracker: Tracker, summary: RunSummary, store: RolloutStore | None = None,
              history_keys: Iterable[str] = ()) -> StudyRun:
-    """One run: tags, params, final metrics, the histories asked for that it logged, and its
-    evaluation samples when a store is given."""
+    """One run: tags, params, final metrics, the histories asked for that it logged (exact keys
+    or ``prefix/*`` patterns), and its evaluation samples when a store is given."""
     metrics = tracker.run_metrics(summary.run_id)
     histories = {key: tuple(tracker.metric_history(summary.run_id, key))
-                 for key in history_keys if key in metrics}
+                 for key in metrics if _wanted(key, history_keys)}
     return StudyRun(summary.run_id, summary.run_name, summary.status,
                     _frozen(tracker.run_tags(summary.run_id)),
                     _frozen(tracker.run_params(summary.run_id)), _frozen(metrics),
                     _frozen(histories),
                     read_evaluations(store, summary.run_id) if store is not None else ())
+
+
+def _wanted(key: str, history_keys: Iterable[str]) -> bool:
+    """A key named exactly, or matching a ``prefix/*`` pattern."""
+    return any(key == h or (h.endswith("*") and key.startswith(h[:-1])) for h in history_keys)
 
 
 def read_evaluations(store: RolloutStore, run_id: str) -> tuple[EvalSample, ...]:

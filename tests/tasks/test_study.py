@@ -70,6 +70,8 @@ def test_a_grid_reads_typed_runs(grid):
     assert sft0.params["train.output_dir"] == "/runs/sft"
     assert sft0.metric("eval/overall/avg_at_4") == 0.5 and mix.metric("eval/x/y") is None
     assert sft0.history("train/loss") == ((1, 1.0), (2, 0.5)) and student.history("x") == ()
+    patterned = read_study(tracker, run_ids=[ids["sft"]], history_keys=["eval/*"]).runs[0]
+    assert set(patterned.histories) == {"eval/overall/avg_at_4"}  # a prefix, not train/loss
     assert study.k == 4 and study.store_url == store.url
     assert list(study.cells()) == ["student (start)", "sft", "teacher:0.5"]
     with pytest.raises(dataclasses.FrozenInstanceError):
