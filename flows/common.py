@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from dashboards.report import build_report
 from tasks.experiment import (
     Cell,
     ExperimentConfig,
@@ -17,8 +21,8 @@ from tasks.experiment import (
     train_config,
 )
 from tasks.prefect_tasks import (
+    IO_RETRIES,
     evaluate_task,
-    report_task,
     run_results_task,
     teacher_rollouts_task,
     teacher_scores_task,
@@ -26,6 +30,16 @@ from tasks.prefect_tasks import (
     train_task,
 )
 from tasks.runs import Locations
+
+
+@task(name="report", cache_policy=NO_CACHE, **IO_RETRIES)
+def report_task(tracking_uri: str, parent_run_id: str, store_url: str, output: str) -> str:
+    """Build a study's tradeoff report (dashboards.report) and attach it, with every figure, to
+    the study's parent run; returns the page's path."""
+    page = build_report(tracking_uri, parent_run_id=parent_run_id, store_url=store_url,
+                        output=output, attach=True)
+    get_run_logger().info(f"report: {page} (attached with its figures to run {parent_run_id})")
+    return str(page)
 
 
 def teacher_products(config: ExperimentConfig, inputs: Inputs, cells: list[Cell],

@@ -423,19 +423,18 @@ def flow_eval_config(config: EvaluateFlowConfig, model: str) -> EvalConfig:
 
 def grid_report(tracking_uri: str, experiment: str, parent_run_id: str | None = None) -> str:
     """The results table of a grid study, read back from MLflow (the newest, unless given)."""
+    from tasks.study import newest_grid, read_study
     from tasks.tracking import Tracker
 
     with Tracker(tracking_uri) as tracker:
-        parent = parent_run_id or tracker.latest_run(experiment, "study", "grid")
+        parent = parent_run_id or newest_grid(tracker, experiment)
         if parent is None:
             raise ValueError(f"no grid run in experiment {experiment!r} at {tracking_uri}; "
                              "run `distill grid CONFIG` first")
-        ks = [int(k) for k in json_list(tracker.run_params(parent).get("experiment.eval_ks"))]
-        rows = []
-        for child in tracker.child_runs(parent):
-            metrics = tracker.run_metrics(child.run_id)
-            rows.append({"cell": child.run_name, "metrics": metrics, "train": metrics})
-    return f"grid run {parent}\n" + results_table(rows, ks or [1])
+        study = read_study(tracker, parent_run_id=parent)
+    rows = [{"cell": run.name, "metrics": dict(run.metrics), "train": dict(run.metrics)}
+            for run in study.runs]
+    return f"grid run {parent}\n" + results_table(rows, study.eval_ks or [1])
 
 
 def json_list(text: str | None) -> list:
@@ -511,32 +510,32 @@ def rl_sources(config: RLFlowConfig, tracking_uri: str,
         return None, [{"label": Path(c).name, "checkpoint": c, "source_run": "",
                        "reference": config.checkpoints[0]} for c in config.checkpoints]
     from tasks.checkpoints import latest_checkpoint
+    from tasks.study import newest_grid, read_study
     from tasks.tracking import Tracker
 
     with Tracker(tracking_uri) as tracker:
-        parent = config.parent_run_id or tracker.latest_run(config.study_experiment, "study",
-                                                            "grid")
+        parent = config.parent_run_id or newest_grid(tracker, config.study_experiment)
         if parent is None:
             raise ValueError(f"no grid study in experiment {config.study_experiment!r} at "
                              f"{tracking_uri}; run `distill grid` first or pass checkpoints")
-        sources = []
-        for child in tracker.child_runs(parent):
-            if tracker.run_tags(child.run_id).get("reference") == "true":
-                continue
-            if child.status != "FINISHED":
-                log(f"skipping cell {child.run_name!r} (run {child.run_id}): its run is "
-                    f"{child.status}, not FINISHED")
-                continue
-            params = tracker.run_params(child.run_id)
-            output_dir = params.get("train.output_dir")
-            checkpoint = latest_checkpoint(output_dir) if output_dir else None
-            if checkpoint is None:
-                raise FileNotFoundError(f"cell {child.run_name!r} (run {child.run_id}) has no "
-                                        f"checkpoint under {output_dir}; was it trained on "
-                                        "this machine and artifact directory?")
-            sources.append({"label": child.run_name, "checkpoint": str(checkpoint),
-                            "source_run": child.run_id,  # its tokenizer: the study's student's
-                            "reference": params.get("train.student")})
+        study = read_study(tracker, parent_run_id=parent)
+    sources = []
+    for run in study.runs:
+        if run.reference:
+            continue
+        if run.status != "FINISHED":
+            log(f"skipping cell {run.name!r} (run {run.run_id}): its run is {run.status}, "
+                "not FINISHED")
+            continue
+        output_dir = run.params.get("train.output_dir")
+        checkpoint = latest_checkpoint(output_dir) if output_dir else None
+        if checkpoint is None:
+            raise FileNotFoundError(f"cell {run.name!r} (run {run.run_id}) has no checkpoint "
+                                    f"under {output_dir}; was it trained on this machine and "
+                                    "artifact directory?")
+        sources.append({"label": run.name, "checkpoint": str(checkpoint),
+                        "source_run": run.run_id,  # its tokenizer: the study's student's
+                        "reference": run.params.get("train.student")})
     if not sources:
         raise ValueError(f"grid run {parent} has no finished trained cell to start RL from")
     return parent, sources

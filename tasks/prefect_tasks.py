@@ -272,16 +272,3 @@ def log_text_task(run: RunRef, text: str, artifact_file: str) -> None:
         tracker.log_text(run.run_id, text, artifact_file)
     finally:
         tracker.close()
-
-
-@task(name="report", cache_policy=NO_CACHE, **IO_RETRIES)
-def report_task(tracking_uri: str, parent_run_id: str, store_url: str, output: str) -> str:
-    """Build a study's tradeoff report (dashboards.report) and attach it to the study's parent
-    run as ``report.html``; returns the page's path."""
-    from dashboards.report import attach_report, build_report
-
-    page = build_report(tracking_uri, parent_run_id=parent_run_id, store_url=store_url,
-                        output=output)
-    attach_report(tracking_uri, parent_run_id, page)
-    _log(f"report: {page} (attached as report.html of run {parent_run_id})")
-    return str(page)

@@ -484,6 +484,11 @@ class Tracker:
         self._send_or_spill(deferrable, run_id, "text",
                             {"text": text, "artifact_file": artifact_file})
 
+    def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
+        """Save a matplotlib figure as an artifact file of the run, in the format its extension
+        names (``report/avg_vs_entropy.png``), so it shows in the MLflow UI."""
+        self.client.log_figure(run_id, figure, artifact_file)
+
     def log_table(self, run_id: str, rows: Sequence[Mapping[str, Any]],
                   artifact_file: str, deferrable: bool = False) -> None:
         """Log rows (dicts; missing keys become null) as a ``.json`` table MLflow's UI shows."""

@@ -6,30 +6,41 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dashboards.report import attach_report, build_report, main
+from tasks.stats import problem_values
 from tasks.store import RolloutStore, SampleRecord
+from tasks.study import EvalSample
 from tasks.tracking import Tracker
 
 EXPERIMENT = "report-test"
 STEPS = 10
 SCRIPT = "<script>alert(1)</script>"
-# (cell tag, objective, prefix source, λ, curriculum, FLOPs per step, status, evaluated)
+BENCHMARKS = ("gsm8k", "math500")
+PROBLEMS, SAMPLES = 20, 4  # per benchmark, in the store
+# (cell tag, objective, prefix source, λ, curriculum, FLOPs per step, status, evaluated, in store)
 CELLS = [
-    ("sft", "sft", "teacher", "0", False, 1.0e9, "FINISHED", True),
-    ("dagger", "dagger", "student", "0", False, 2.0e9, "FAILED", False),
-    ("teacher:0.5", "teacher:0.5", "teacher", "0.5", False, 1.2e9, "FINISHED", True),
-    ("opd +curriculum", "opd", "student", "1", True, 1.5e9, "FINISHED", True),
+    ("sft", "sft", "teacher", "0", False, 1.0e9, "FINISHED", True, True),
+    ("dagger", "dagger", "student", "0", False, 2.0e9, "FAILED", False, False),
+    ("teacher:0.5", "teacher:0.5", "teacher", "0.5", False, 1.2e9, "FINISHED", True, True),
+    ("opd +curriculum", "opd", "student", "1", True, 1.5e9, "FINISHED", True, False),
 ]
-# Plots: entropy and length scatters show the 2 references + 3 evaluated cells; FLOPs scatter
-# the 3 evaluated cells; matched FLOPs every trained cell (dagger's train history is complete).
-EXPECTED_CIRCLES = 5 + 5 + 3 + 4
-EXPECTED_SVGS = 4 + 3 + 1  # 4 tradeoff scatters, 3 training curves, 1 per-benchmark bar chart
-EXPECTED_TABLES = 3  # results, matched FLOPs, per benchmark
+# References: the teacher (no store rows) and the starting student (store rows: the baseline).
+# Marks (SVG groups with a class and a <title>), all cells single-seed:
+#   points: differences 2 panels × 2 cells with rows; entropy and length scatters 2 references +
+#   3 evaluated cells each; FLOPs scatter 3 evaluated trained cells; matched FLOPs 4 trained;
+#   intervals: (x and y) × 3 cells with rows on 2 scatters, y × 2 on FLOPs, 4 in the forest plot,
+#   2 benchmarks × 3 cells with rows on the bars.
+EXPECTED_POINTS = 2 * 2 + 5 + 5 + 3 + 4
+EXPECTED_INTERVALS = 2 * 3 * 2 + 2 + 4 + 2 * 3
+EXPECTED_SVGS = 1 + 4 + 3 + 1  # differences, 4 tradeoff plots, 3 training curves, 1 bar chart
+EXPECTED_TABLES = 4  # results, paired differences, matched FLOPs, per benchmark
 
 
-def eval_metrics(accuracy: float, length: float, entropy: float) -> dict[str, float]:
+def synthetic_metrics(accuracy: float, length: float, entropy: float) -> dict[str, float]:
+    """Evaluation metrics of a run that has no rows in the store."""
     metrics = {}
     for benchmark, shift in (("overall", 0.0), ("gsm8k", 0.05), ("math500", -0.05)):
         metrics |= {f"eval/{benchmark}/avg_at_1": accuracy + shift,
@@ -41,11 +52,40 @@ def eval_metrics(accuracy: float, length: float, entropy: float) -> dict[str, fl
     return metrics
 
 
-def log_cell(tracker: Tracker, parent: str, cell: tuple, index: int) -> str:
-    label, objective, prefix, lam, curriculum, flops_per_step, status, evaluated = cell
-    run_id = tracker.start_run(EXPERIMENT, label, parent_run_id=parent, tags={
-        "cell": label, "objective": objective, "prefix_source": prefix, "lambda": lam,
-        "curriculum": str(curriculum).lower()})
+def stored_evaluation(url: str, run_id: str, accuracy: float, length: float, step: int,
+                      seed: int = 0) -> dict[str, float]:
+    """Graded samples of a run in the store (problems drawn around accuracy), and the metrics
+    tasks.evaluate would log for exactly these samples."""
+    rng = np.random.default_rng(seed * 1000 + int(accuracy * 100))
+    samples = {b: [EvalSample(b, f"{b}/{i}", j, bool(rng.random() < accuracy),
+                              int(length + rng.integers(-5, 6)), bool(rng.random() < 0.05),
+                              float(rng.uniform(0.1, 0.4)), step)
+                   for i in range(PROBLEMS) for j in range(SAMPLES)] for b in BENCHMARKS}
+    with RolloutStore(url) as store:
+        store.ensure_run(run_id, run_id, "evaluate")
+        for benchmark, rows in samples.items():
+            store.add_prompts(run_id, [(f"{benchmark}/{i}", f"What is {i} + 1? <b>bold</b>",
+                                        str(i + 1)) for i in range(PROBLEMS)])
+            store.add_samples(run_id, f"eval/{benchmark}", step, [
+                SampleRecord(s.problem_id, s.sample_index,
+                             f"{SCRIPT} \\boxed{{{s.sample_index}}}" if i == 0 else "\\boxed{1}",
+                             s.length, s.truncated, s.correct, s.entropy)
+                for i, s in enumerate(rows)])
+    metrics = {}
+    for benchmark, rows in (*samples.items(), ("overall", sum(samples.values(), []))):
+        for name, k in (("avg_at_k", 1), ("avg_at_k", 4), ("pass_at_k", 4),
+                        ("response_length_mean", 1), ("truncation_rate", 1), ("entropy", 1)):
+            values = problem_values({0: rows}, name, k)
+            metrics[f"eval/{benchmark}/{values.metric}"] = values.estimate
+    return metrics
+
+
+def log_cell(tracker: Tracker, parent: str | None, cell: tuple, index: int, store_url: str,
+             experiment: str = EXPERIMENT, seed: int | None = None) -> str:
+    label, objective, prefix, lam, curriculum, flops_per_step, status, evaluated, stored = cell
+    tags = {"cell": label, "objective": objective, "prefix_source": prefix, "lambda": lam,
+            "curriculum": str(curriculum).lower()} | ({"seed": seed} if seed is not None else {})
+    run_id = tracker.start_run(experiment, label, parent_run_id=parent, tags=tags)
     for step in range(1, STEPS + 1):
         cap = 32.0 if curriculum and step <= 5 else 64.0
         metrics = {"train/loss": 1.0 / step + 0.1 * index, "train/entropy": 0.5 - 0.02 * step,
@@ -55,45 +95,48 @@ def log_cell(tracker: Tracker, parent: str, cell: tuple, index: int) -> str:
             metrics["curriculum/length_after"] = 64.0
         tracker.log_metrics(run_id, metrics, step=step)
     tracker.log_metrics(run_id, {"time/train_total": 30.0 + index}, step=STEPS)
-    if evaluated:
-        tracker.log_metrics(run_id, eval_metrics(0.3 + 0.1 * index, 40.0 + index, 0.2), STEPS)
+    accuracy = 0.3 + 0.1 * index
+    if stored:
+        tracker.log_metrics(run_id, stored_evaluation(store_url, run_id, accuracy, 40 + index,
+                                                      STEPS, seed or 0), STEPS)
+    elif evaluated:
+        tracker.log_metrics(run_id, synthetic_metrics(accuracy, 40.0 + index, 0.2), STEPS)
     tracker.end_run(run_id, status=status)
     return run_id
 
 
-def log_reference(tracker: Tracker, parent: str, name: str, accuracy: float) -> str:
+def log_reference(tracker: Tracker, parent: str, name: str, accuracy: float,
+                  store_url: str | None) -> str:
     run_id = tracker.start_run(EXPERIMENT, name, parent_run_id=parent,
                                tags={"cell": name, "reference": "true"})
-    tracker.log_metrics(run_id, eval_metrics(accuracy, 35.0, 0.1), step=0)
+    metrics = (stored_evaluation(store_url, run_id, accuracy, 35, 0) if store_url
+               else synthetic_metrics(accuracy, 35.0, 0.1))
+    tracker.log_metrics(run_id, metrics, step=0)
     tracker.end_run(run_id)
     return run_id
 
 
-def store_samples(url: str, run_id: str) -> None:
-    with RolloutStore(url) as store:
-        store.ensure_run(run_id, "sft", "evaluate")
-        store.add_prompts(run_id, [("gsm8k/1", "What is 1 + 2? <b>bold</b>", "3")])
-        store.add_samples(run_id, "eval/gsm8k", STEPS, [
-            SampleRecord("gsm8k/1", 0, "1 + 2 = 3 \\boxed{3}", 9, False, True, 0.2),
-            SampleRecord("gsm8k/1", 1, f"{SCRIPT} \\boxed{{4}}", 12, True, False, 0.4),
-        ])
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> dict:
-    """A grid study: parent, 2 references, 4 cells (one failed without eval metrics)."""
+    """A grid study: parent, 2 references, 4 cells (one failed without eval metrics); the
+    starting student, sft and teacher:0.5 have their samples in the store."""
     root = tmp_path_factory.mktemp("study")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri, store = f"sqlite:///{root / 'mlflow.db'}", f"sqlite:///{root / 'distill_lab.db'}"
     with Tracker(uri, artifacts_dir=root) as tracker:
         parent = tracker.start_run(EXPERIMENT, "test grid", tags={"study": "grid"})
-        ids = {"teacher": log_reference(tracker, parent, "teacher", 0.8),
-               "student (start)": log_reference(tracker, parent, "student (start)", 0.2)}
-        ids |= {cell[0]: log_cell(tracker, parent, cell, i) for i, cell in enumerate(CELLS)}
+        ids = {"teacher": log_reference(tracker, parent, "teacher", 0.8, None),
+               "student (start)": log_reference(tracker, parent, "student (start)", 0.2, store)}
+        ids |= {cell[0]: log_cell(tracker, parent, cell, i, store)
+                for i, cell in enumerate(CELLS)}
         tracker.end_run(parent)
-    store_samples(f"sqlite:///{root / 'distill_lab.db'}", ids["sft"])
+        metrics = {name: tracker.run_metrics(run_id) for name, run_id in ids.items()}
     page = build_report(uri, parent_run_id=parent, output=root / "out" / "report.html")
-    return {"root": root, "uri": uri, "parent": parent, "ids": ids, "page": page,
-            "html": page.read_text()}
+    return {"root": root, "uri": uri, "store": store, "parent": parent, "ids": ids,
+            "page": page, "html": page.read_text(), "metrics": metrics}
+
+
+def marks(page_html: str, kind: str) -> int:
+    return page_html.count(f'class="{kind}"><title>')
 
 
 def run_row(page_html: str, label: str) -> str:
@@ -107,16 +150,37 @@ def test_table_has_a_row_per_run_grouped(study):
     groups = re.findall(r'<tr class="group"><th colspan="\d+">([^<]+)</th>', page)
     assert groups == ["references", "grid cells", "λ mixes", "curriculum runs"]
     sft = run_row(page, "sft")
-    assert "0.300" in sft and "1.00e+10" in sft and "FINISHED" in sft  # Avg@4, FLOPs
+    avg = format(study["metrics"]["sft"]["eval/overall/avg_at_4"], ".3f")
+    assert f"<td>{avg}<br><span class=\"ci\">[" in sft  # Avg@4 with its interval
+    assert "1.00e+10" in sft and "FINISHED" in sft  # FLOPs
+    assert run_row(page, "opd +curriculum").count('class="ci"') == 0  # no rows: no interval
 
 
 def test_plots_count_and_points(study):
     page = study["html"]
     assert page.count("<svg") == EXPECTED_SVGS
-    assert page.count("<circle") == EXPECTED_CIRCLES
+    assert marks(page, "point") == EXPECTED_POINTS
+    assert marks(page, "interval") == EXPECTED_INTERVALS
+    assert marks(page, "line") == 3 * 4  # 3 training curves × 4 trained runs
+    assert marks(page, "marker") == 3 * (1 + 2)  # a length change and two gates, on 3 curves
+    assert marks(page, "bar") == 2 * 5  # 2 benchmarks × 5 evaluated cells
     assert page.count("<table") == EXPECTED_TABLES
-    assert page.count('stroke-dasharray="5 3"') == 3  # one length change, on 3 curves
-    assert page.count("<polygon") == 3 * 2  # two curriculum gates, on 3 curves
+    assert re.search(r'<title>sft \(1 run: \w{8}\): Avg@4 [\d.]+ \[[\d.]+, [\d.]+\], token', page)
+    assert "No interval (no per-problem rows in the store): teacher, opd +curriculum." in page
+
+
+def test_paired_differences_against_the_starting_student(study):
+    page = study["html"]
+    rows = re.findall(r'<tr class="difference">.*?</tr>', page)
+    assert [re.search(r"</span>([^<]+)</td>", row)[1] for row in rows] == [
+        "teacher", "sft", "dagger", "teacher:0.5", "opd +curriculum"]
+    metrics = study["metrics"]
+    delta = (metrics["sft"]["eval/overall/avg_at_4"]
+             - metrics["student (start)"]["eval/overall/avg_at_4"])
+    assert f">{delta:+.3f}<br>" in rows[1]  # the paired difference of the same numbers
+    assert rows[1].count('class="ci"') == 5 and rows[0].count('class="missing"') == 5
+    assert "This table makes 25 comparisons at 95 % each" in page
+    assert "No paired rows in the store (no interval): teacher, dagger, opd +curriculum." in page
 
 
 def test_missing_metrics_are_gaps_with_a_note(study):
@@ -148,8 +212,10 @@ def test_samples_are_escaped(study):
 
 def test_page_is_self_contained(study):
     page = study["html"]
-    assert not re.search(r"""(src|href)\s*=|@import|url\(""", page)
+    assert not re.search(r"""src\s*=|href\s*=\s*["'][^#]|@import|url\([^#]""", page)
     assert "http://" not in page and "https://" not in page
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), "SVG ids repeat across figures"
 
 
 def test_selected_runs_and_newest_grid_of_an_experiment(study, tmp_path):
@@ -162,11 +228,27 @@ def test_selected_runs_and_newest_grid_of_an_experiment(study, tmp_path):
     assert study["parent"] in newest and newest.count('<tr class="run">') == 6
 
 
-def test_attach_report_logs_report_html(study, tmp_path):
+def test_attach_logs_the_page_and_every_figure(study, tmp_path):
     attach_report(study["uri"], study["parent"], study["page"])
     with Tracker(study["uri"], artifacts_dir=study["root"]) as tracker:
         names = [a.path for a in tracker.client.list_artifacts(study["parent"])]
-    assert "report.html" in names
+        assert "report.html" in names and "report" not in names
+        build_report(study["uri"], parent_run_id=study["parent"], output=tmp_path / "r.html",
+                     attach=True)
+        figures = [a.path for a in tracker.client.list_artifacts(study["parent"], "report")]
+    assert len(figures) == EXPECTED_SVGS and "report/avg_vs_entropy.png" in figures
+    with pytest.raises(ValueError, match="--attach needs a grid run"):
+        build_report(study["uri"], run_ids=[study["ids"]["sft"]], output=tmp_path / "x.html",
+                     attach=True)
+
+
+def test_another_baseline_can_be_named(study, tmp_path):
+    page = build_report(study["uri"], parent_run_id=study["parent"], baseline="sft",
+                        output=tmp_path / "b.html").read_text()
+    assert "Each cell minus <b>sft</b>" in page
+    with pytest.raises(ValueError, match="baseline 'nope' is not a cell.*teacher, student"):
+        build_report(study["uri"], parent_run_id=study["parent"], baseline="nope",
+                     output=tmp_path / "n.html")
 
 
 def test_cli_writes_the_page_and_explains_errors(study, tmp_path, capsys):
@@ -192,49 +274,73 @@ def test_an_older_run_without_histories_or_store(tmp_path):
     page = build_report(uri, experiment="old", output=tmp_path / "r.html").read_text()
     assert page.count('<tr class="run">') == 1
     assert "no training history (train/loss)" in page
-    assert "No rollout store at" in page
+    assert "No rollout store at" in page and "no intervals" in page
     assert "No trained run has a train/total_flops history." in page
     assert "No run has eval/&lt;benchmark&gt;/… metrics." in page
     assert not (tmp_path / "distill_lab.db").exists()
 
 
 def log_rl_run(tracker: Tracker, source_run: str, label: str, before: float,
-               after: float | None) -> str:
+               after: float | None, store_url: str | None = None) -> tuple[str, dict]:
     """A GRPO run as rl_after_distill logs it: in its own experiment, tagged with its source,
-    evaluated at step 0 and (unless it failed) at step 3."""
+    evaluated at step 0 and (unless it failed) at step 3; with a store, from stored samples."""
     run_id = tracker.start_run("rl-test", f"grpo {label}", tags={
         "cell": label, "source_run": source_run, "stage": "rl"})
-    tracker.log_metrics(run_id, eval_metrics(before, 40.0, 0.30), step=0)
+    evaluations = {0: before} | ({3: after} if after is not None else {})
+    logged = {}
+    for step, accuracy in evaluations.items():
+        logged[step] = (stored_evaluation(store_url, run_id, accuracy, 40 - 3 * step, step)
+                        if store_url else synthetic_metrics(accuracy, 40 - 10 * step / 3, 0.3))
+        tracker.log_metrics(run_id, logged[step], step=step)
     for step in range(1, 4):
         tracker.log_metrics(run_id, {"rl/reward_mean": before + 0.05 * step}, step=step)
-    if after is not None:
-        tracker.log_metrics(run_id, eval_metrics(after, 30.0, 0.25), step=3)
     tracker.end_run(run_id, status="FINISHED" if after is not None else "FAILED")
-    return run_id
+    return run_id, logged
 
 
-def test_rl_section_shows_before_and_after_per_cell(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with Tracker(uri, artifacts_dir=tmp_path) as tracker:
-        parent = tracker.start_run(EXPERIMENT, "grid", tags={"study": "grid"})
-        ids = {cell[0]: log_cell(tracker, parent, cell, i)
+def test_rl_section_shows_before_and_after_per_cell(study, tmp_path):
+    with Tracker(study["uri"], artifacts_dir=study["root"]) as tracker:
+        parent = tracker.start_run("rl-grid", "grid", tags={"study": "grid"})
+        ids = {cell[0]: log_cell(tracker, parent, cell, i, study["store"], "rl-grid")
                for i, cell in enumerate(CELLS[:1] + CELLS[2:])}
         tracker.end_run(parent)
         log_rl_run(tracker, ids["sft"], "sft", 0.30, None)  # an older, failed attempt
-        newest = log_rl_run(tracker, ids["sft"], "sft", 0.30, 0.45)
-        failed = log_rl_run(tracker, ids["teacher:0.5"], "teacher:0.5", 0.40, None)
-    page = build_report(uri, parent_run_id=parent, output=tmp_path / "r.html").read_text()
+        newest, logged = log_rl_run(tracker, ids["sft"], "sft", 0.30, 0.6, study["store"])
+        failed, _ = log_rl_run(tracker, ids["teacher:0.5"], "teacher:0.5", 0.40, None)
+    page = build_report(study["uri"], parent_run_id=parent,
+                        output=tmp_path / "r.html").read_text()
     section = page[page.index("<h2>RL after distillation</h2>"):]
     section = section[:section.index("<h2>", 5)]
     rows = re.findall(r'<tr class="rl">.*?</tr>', section)
     assert len(rows) == 2  # the newest RL run of sft, and teacher:0.5's; opd has none
-    assert newest in rows[0] and "0.300 → 0.450" in rows[0] and "(+0.150)" in rows[0]
-    assert "40.0 → 30.0" in rows[0] and "<td>3</td>" in rows[0]  # length, GRPO steps
+    before, after = (logged[s]["eval/overall/avg_at_4"] for s in (0, 3))
+    assert newest in rows[0] and f"{before:.3f} → {after:.3f}" in rows[0]
+    assert f"({after - before:+.3f})" in rows[0] and "<td>3</td>" in rows[0]  # GRPO steps
+    assert f'class="above" title="the interval above 0">{after - before:+.3f}<br>' in rows[0]
     assert failed in rows[1] and "0.400 → –" in rows[1] and "FAILED" in rows[1]
-    assert section.count("<circle") == 2  # one arrow (before + after) for the evaluated run
+    assert rows[1].count('class="missing"') == 2  # no GRPO steps, no Δ without an "after"
+    assert marks(section, "point") == 2  # one arrow (before + after) for the evaluated run
+    assert marks(section, "interval") == 2 * 2  # entropy and Avg@4 intervals at both ends
     assert "Not plotted (not evaluated before and after): teacher:0.5." in section
-    assert section.count("<polyline") == 2  # reward curves of both RL runs
+    assert marks(section, "line") == 2  # reward curves of both RL runs
     assert "sft: 2 RL runs started from it" in page
+
+
+def test_seeds_pool_into_one_interval_per_cell(study, tmp_path):
+    with Tracker(study["uri"], artifacts_dir=study["root"]) as tracker:
+        parent = tracker.start_run("seeds", "grid", tags={"study": "grid"})
+        for seed in (0, 1, 2):
+            log_cell(tracker, parent, CELLS[0], 0, study["store"], "seeds", seed)
+        for seed in (0, 1):
+            log_cell(tracker, parent, CELLS[2], 2, study["store"], "seeds", seed)
+        tracker.end_run(parent)
+    page = build_report(study["uri"], experiment="seeds", output=tmp_path / "s.html").read_text()
+    assert [re.search(r"<td>(\d+)</td>", row)[1] for row in
+            re.findall(r'<tr class="run">.*?</tr>', page)] == ["0", "1", "2", "0", "1"]
+    assert marks(page, "seed-point") == 3 * 5  # every run on the three tradeoff scatters
+    assert "training seeds 0, 1, 2" in page
+    (row,) = re.findall(r'<tr class="difference">.*?</tr>', page)  # teacher:0.5 − sft
+    assert "Each cell minus <b>sft</b>" in page and "<td>2</td>" in row
 
 
 def test_a_study_without_rl_runs_says_how_to_add_them(study):
@@ -263,7 +369,8 @@ def test_headless_chromium_renders_the_page(study, tmp_path):
     url = study["page"].resolve().as_uri()
     dom = chromium(tmp_path / "profile", "--dump-dom", url)
     assert dom.count("<svg") == EXPECTED_SVGS
-    assert dom.count("<circle") == EXPECTED_CIRCLES
+    assert marks(dom, "point") == EXPECTED_POINTS  # every mark still carries its hover title
+    assert marks(dom, "interval") == EXPECTED_INTERVALS
     assert dom.count("<table") == EXPECTED_TABLES
     assert "<script" not in dom and "alert(1)" in dom  # shown as text, never an element
     shot = tmp_path / "report.png"
