@@ -31,8 +31,8 @@ def main() -> None:
     print("| model | problems/s | samples/s | avg@1 | pass@4 | mean length | entropy | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     for role, model in (("teacher", default.teacher_dir), ("student", default.student_dir)):
-        config = EvalConfig(model=str(model), n=args.n, ks=(1, args.n), limit=args.limit,
-                            max_new_tokens=96)
+        config = EvalConfig(model=str(model), benchmarks=(f"default={default.split('test')}",),
+                            n=args.n, ks=(1, args.n), limit=args.limit, max_new_tokens=96)
         evaluate(config, artifacts_root=args.root, log=lambda _: None)  # warm-up: caches, pages
         started = time.perf_counter()
         metrics = evaluate(config, artifacts_root=args.root, log=lambda _: None).metrics

@@ -137,7 +137,7 @@ def _one_line(error: BaseException) -> str:
 def _experiment(path: Path):
     """The YAML config, checked with everything that can be checked before any work (tracking
     reachable, free space, models available) so a mistake is one line, not a failed flow."""
-    from tasks.experiment import ExperimentConfig, load_config
+    from tasks.configs import ExperimentConfig, load_config
     from tasks.runs import preflight
 
     config = load_config(path, ExperimentConfig)
@@ -170,7 +170,7 @@ def _prepare(args) -> None:
 
 def _eval(args) -> None:
     from flows.evaluate import evaluate_flow
-    from tasks.experiment import EvaluateFlowConfig, load_config
+    from tasks.configs import EvaluateFlowConfig, load_config
 
     config = load_config(args.config, EvaluateFlowConfig) if args.config else EvaluateFlowConfig()
     updates = {"models": args.model} if args.model else {}
@@ -184,7 +184,7 @@ def _eval(args) -> None:
 
 def _rl(args) -> None:
     from flows.rl import rl_after_distill_flow
-    from tasks.experiment import RLFlowConfig, load_config
+    from tasks.configs import RLFlowConfig, load_config
 
     config = load_config(args.config, RLFlowConfig) if args.config else RLFlowConfig()
     print(f"\n{rl_after_distill_flow(config)['table']}")
@@ -192,7 +192,7 @@ def _rl(args) -> None:
 
 def _bootstrap(args) -> None:
     from flows.prepare import bootstrap_flow
-    from tasks.experiment import BootstrapFlowConfig
+    from tasks.configs import BootstrapFlowConfig
 
     print(bootstrap_flow(BootstrapFlowConfig(profile="real-weights" if args.real_weights
                                              else "default")))
@@ -233,7 +233,7 @@ def _status(args) -> None:
 
 
 def _report(args) -> int:
-    from tasks.experiment import grid_report
+    from tasks.study import grid_report
     from tasks.tracking import default_tracking_uri
 
     if args.html is None:

@@ -9,10 +9,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from dashboards.report import build_report
-from tasks.experiment import (
+from tasks.configs import ExperimentConfig
+from tasks.inputs import Inputs
+from tasks.plan import (
     Cell,
-    ExperimentConfig,
-    Inputs,
     cell_directory,
     cell_spec,
     eval_config,

@@ -6,7 +6,8 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.common import run_cell, teacher_products
-from tasks.experiment import Cell, ExperimentConfig, study_directory
+from tasks.configs import ExperimentConfig
+from tasks.plan import Cell, study_directory
 from tasks.prefect_tasks import preflight_task, prepare_task
 
 

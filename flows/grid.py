@@ -8,8 +8,10 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.common import evaluate_reference, run_cell, study_report, teacher_products
-from tasks.experiment import ExperimentConfig, cells, grid_spec, results_table
+from tasks.configs import ExperimentConfig
+from tasks.plan import cells, grid_spec
 from tasks.prefect_tasks import preflight_task, prepare_task, run_results_task, tracked_run
+from tasks.tables import results_table
 
 
 @flow(name="grid", log_prints=True)

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from tasks.experiment import BootstrapFlowConfig, ExperimentConfig
+from tasks.configs import BootstrapFlowConfig, ExperimentConfig
 from tasks.prefect_tasks import bootstrap_task, prepare_task
 from tasks.runs import locations
 

@@ -8,15 +8,8 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.common import study_report
-from tasks.experiment import (
-    RLFlowConfig,
-    before_after_table,
-    eval_config,
-    grpo_config,
-    rl_source_spec,
-    rl_sources,
-    rl_spec,
-)
+from tasks.configs import RLFlowConfig
+from tasks.plan import eval_config, grpo_config, rl_source_spec, rl_spec
 from tasks.prefect_tasks import (
     evaluate_task,
     log_text_task,
@@ -27,6 +20,8 @@ from tasks.prefect_tasks import (
     tracked_run,
 )
 from tasks.runs import RunRef
+from tasks.study import rl_sources
+from tasks.tables import before_after_table
 
 
 @flow(name="rl_after_distill", log_prints=True)

@@ -22,7 +22,8 @@ store URL, to the rollout store. The result's identity — procedure version, gr
 prompt template text, sampling settings, benchmark file hashes, model — is recorded next to the
 numbers; ``check_comparable`` refuses to put numbers of different procedures side by side.
 
-``entropy_probe`` is the curriculum gate's held-out entropy: the same sampling and entropy code.
+Entropy comes from ``tasks.entropy``, which the curriculum gate's held-out probe shares. The
+benchmark ``default`` must arrive resolved to a file (``tasks.inputs.benchmark_specs``).
 """
 
 from __future__ import annotations
@@ -34,15 +35,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 import distill_core as dc
 from tasks.artifacts import content_hash, file_hash
 from tasks.data import Problem, load_problems
+from tasks.entropy import response_entropies
 from tasks.grader import GRADER_VERSION, Grade, Grader
 from tasks.models import load_model, load_tokenizer
-from tasks.rollout import PROMPT_TEMPLATES, Sample, SamplingConfig, generate_hf, render_prompts
-from tasks.scoring import response_batch, response_logits
+from tasks.rollout import PROMPT_TEMPLATES, Sample, SamplingConfig, render_prompts
 
 # Bump when anything below changes what a number means (sampling, metrics, entropy, layout).
 EVAL_VERSION = "distill-lab-eval/1"
@@ -184,48 +183,6 @@ def summarise_samples(rows: Sequence[SampleResult], ks: Sequence[int]) -> dict[s
     return metrics
 
 
-# ----------------------------------------------------------------------------- entropy
-
-
-@torch.no_grad()
-def response_entropies(model, samples: Sequence[Sample], pad_token_id: int,
-                       batch_size: int = 16, vocab_size: int | None = None) -> list[float | None]:
-    """Mean per-token entropy (nats, softmax at temperature 1, full vocabulary) of each sample's
-    response under model; None for an empty response. One forward pass per batch_size samples."""
-    entropies: list[float | None] = []
-    for start in range(0, len(samples), batch_size):
-        part = samples[start : start + batch_size]
-        batch = response_batch(part, pad_token_id)
-        logits_BTV = response_logits(model, batch, vocab_size)
-        entropy_BT = dc.token_entropy(logits_BTV)
-        mask_BT = batch.response_mask_BT.to(entropy_BT.device)
-        sums = (entropy_BT * mask_BT).sum(-1)
-        counts = mask_BT.sum(-1)
-        entropies.extend(float(s / c) if c else None for s, c in zip(sums, counts, strict=True))
-    return entropies
-
-
-def token_weighted_entropy(samples: Sequence[Sample], entropies: Sequence[float | None]) -> float:
-    tokens = sum(s.length for s, h in zip(samples, entropies, strict=True) if h is not None)
-    if not tokens:
-        raise ValueError("every response is empty: no tokens to measure entropy on")
-    return sum(h * s.length for s, h in zip(samples, entropies, strict=True)
-               if h is not None) / tokens
-
-
-def entropy_probe(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int,
-                  temperature: float = 1.0, vocab_size: int | None = None) -> float:
-    """Held-out entropy for the length curriculum's gate: the model samples one response per
-    prompt (at most max_new_tokens), then the mean token entropy over those responses."""
-    if not prompts:
-        raise ValueError("entropy_probe needs held-out prompts; none were given")
-    samples = generate_hf(model, tokenizer, prompts,
-                          SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens,
-                                         seed=seed, batch_size=len(prompts)))
-    entropies = response_entropies(model, samples, tokenizer.pad_token_id, vocab_size=vocab_size)
-    return token_weighted_entropy(samples, entropies)
-
-
 # ----------------------------------------------------------------------------- benchmarks
 
 
@@ -254,11 +211,9 @@ def resolve_benchmarks(specs: Sequence[str], limit: int | None = None,
 
 
 def _parse_spec(spec: str, artifacts_root: str | Path | None) -> tuple[str, Path]:
-    if spec == DEFAULT_BENCHMARK:
-        from tasks.arithmetic import ArithmeticConfig
-        from tasks.bootstrap import prepare_default_data
-        return DEFAULT_BENCHMARK, prepare_default_data(ArithmeticConfig(), artifacts_root) / (
-            "test.jsonl")
+    if spec == "default":
+        raise ValueError("benchmark 'default' names the profile's test split, which "
+                         "tasks.inputs resolves to a file (default=<path>); pass that spec")
     name, _, path = spec.rpartition("=")
     path = Path(path)
     name = name or path.stem
@@ -453,39 +408,3 @@ def store_samples(result: EvalResult, benchmarks: Sequence[Benchmark], store_url
                 SampleRecord(f"{r.benchmark}/{r.problem_id}", r.sample_index, r.response,
                              r.length, r.truncated, r.correct, r.entropy)
                 for r in result.samples if r.benchmark == benchmark.name], replace=True)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """python -m tasks.evaluate MODEL [--benchmark default] [--n 4] [--k 1 4] ..."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m tasks.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model")
-    parser.add_argument("--benchmark", action="append", dest="benchmarks",
-                        help="'default', a file, or name=path (repeatable; default: default)")
-    parser.add_argument("--n", type=int, default=EvalConfig.n)
-    parser.add_argument("--k", type=int, nargs="+", default=list(EvalConfig.ks), dest="ks")
-    parser.add_argument("--temperature", type=float, default=EvalConfig.temperature)
-    parser.add_argument("--top-p", type=float, default=EvalConfig.top_p)
-    parser.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens)
-    parser.add_argument("--seed", type=int, default=EvalConfig.seed)
-    parser.add_argument("--greedy", action="store_true")
-    parser.add_argument("--backend", choices=BACKENDS, default="hf")
-    parser.add_argument("--template", default="bare", dest="prompt_template")
-    parser.add_argument("--limit", type=int)
-    parser.add_argument("--output", type=Path, help="directory for metrics.json + samples.jsonl")
-    parser.add_argument("--store", help="rollout store URL (sqlite:///… or postgresql+…://)")
-    args = vars(parser.parse_args(argv))
-    output, store = args.pop("output"), args.pop("store")
-    args["benchmarks"] = tuple(args["benchmarks"] or (DEFAULT_BENCHMARK,))
-    try:
-        config = EvalConfig(**args)
-    except ValueError as error:
-        parser.error(str(error))
-    result = evaluate(config, output_dir=output, store_url=store)
-    print(json.dumps(result.metrics, indent=2))
-
-
-if __name__ == "__main__":
-    main()

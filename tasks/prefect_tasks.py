@@ -22,8 +22,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import ExternalSignal
 
 from tasks.compute import ComputeMeter
+from tasks.configs import ExperimentConfig
 from tasks.evaluate import EvalConfig, evaluate
-from tasks.experiment import ExperimentConfig, Inputs, bootstrap, resolve_inputs
+from tasks.inputs import Inputs, bootstrap, resolve_inputs
 from tasks.runs import (
     Locations,
     RunEnd,
@@ -237,10 +238,18 @@ def models_task(config, tracking_uri: str, root: str) -> list[tuple[str, str, di
 
 @task(name="prepare-rl", cache_policy=NO_CACHE)
 def rl_inputs_task(config, root: str):
-    """The RL flow's prompts and benchmarks (tasks.experiment.resolve_rl_inputs)."""
-    from tasks.experiment import resolve_rl_inputs
+    """The RL flow's prompts and benchmarks (tasks.inputs.resolve_rl_inputs)."""
+    from tasks.inputs import resolve_rl_inputs
 
     return resolve_rl_inputs(config, root, _log)
+
+
+@task(name="prepare-benchmarks", cache_policy=NO_CACHE)
+def benchmarks_task(benchmarks: list[str], profile: str, root: str) -> tuple[str, ...]:
+    """Benchmark specs with 'default' resolved to the profile's test split."""
+    from tasks.inputs import benchmark_specs
+
+    return benchmark_specs(benchmarks, profile, root, _log)
 
 
 @task(name="grpo", cache_policy=NO_CACHE, retries=0)

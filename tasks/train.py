@@ -43,7 +43,7 @@ import distill_core as dc
 from tasks.artifacts import content_hash
 from tasks.compute import ComputeMeter
 from tasks.data import Problem, read_problems
-from tasks.evaluate import entropy_probe
+from tasks.entropy import entropy_probe
 from tasks.loop import (
     DataCursor,
     NonFiniteError,

@@ -45,11 +45,11 @@ def test_report_without_runs_says_what_to_do(tmp_path, capsys, monkeypatch):
 def test_shipped_configs_are_valid(name, model, experiment):
     from pathlib import Path
 
-    import tasks.experiment
-    from tasks.experiment import load_config
+    import tasks.configs
+    from tasks.configs import load_config
 
     path = Path(__file__).parents[2] / "configs" / name
-    assert load_config(path, getattr(tasks.experiment, model)).name == experiment
+    assert load_config(path, getattr(tasks.configs, model)).name == experiment
 
 
 def test_report_attach_needs_html(tmp_path, capsys):

@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from flows.evaluate import evaluate_flow
 from flows.grid import grid_flow
+from tasks.configs import EvaluateFlowConfig, ExperimentConfig
 from tasks.data import write_problems
-from tasks.experiment import EvaluateFlowConfig, ExperimentConfig
 from tasks.store import RolloutStore
 from tasks.tracking import Tracker
 
@@ -107,7 +107,7 @@ def test_invalid_parameters_are_rejected_before_the_run(prefect_server):
 
 
 def test_yaml_config_errors_name_the_file_and_field(tmp_path):
-    from tasks.experiment import load_config
+    from tasks.configs import load_config
 
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\nstepz: 3\n")
@@ -141,7 +141,7 @@ def test_grid_attaches_its_report_and_the_cli_rebuilds_it(prefect_server, study,
 def test_rl_after_distill_starts_from_every_cell_of_the_study(prefect_server, study,
                                                               monkeypatch):
     from flows.rl import rl_after_distill_flow
-    from tasks.experiment import RLFlowConfig
+    from tasks.configs import RLFlowConfig
 
     root, config, first, second, *_ = study
     monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(root))

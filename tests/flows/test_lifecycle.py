@@ -177,7 +177,7 @@ def test_a_killed_command_leaves_no_temporary_server_and_the_next_run_closes_its
 @pytest.mark.slow
 def test_a_failing_grpo_child_run_ends_failed(prefect_server, tmp_path, inputs, monkeypatch):
     from flows.rl import rl_after_distill_flow
-    from tasks.experiment import RLFlowConfig
+    from tasks.configs import RLFlowConfig
 
     monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(tmp_path / "artifacts"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

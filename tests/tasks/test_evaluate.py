@@ -10,15 +10,14 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tasks.data import write_problems
+from tasks.entropy import entropy_probe, response_entropies
 from tasks.evaluate import (
     EvalConfig,
     SampleResult,
     check_comparable,
-    entropy_probe,
     evaluate,
     read_result,
     resolve_benchmarks,
-    response_entropies,
     summarise_samples,
 )
 from tasks.models import build_tiny_model, load_tokenizer

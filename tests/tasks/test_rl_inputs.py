@@ -6,8 +6,10 @@ import shutil
 import pytest
 
 from tasks.checkpoints import write_checksums
+from tasks.configs import RLFlowConfig
 from tasks.data import write_problems
-from tasks.experiment import RLFlowConfig, resolve_rl_inputs, rl_sources
+from tasks.inputs import resolve_rl_inputs
+from tasks.study import rl_sources
 from tasks.tracking import Tracker
 
 
