@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import distill_core as dc
 from tasks.evaluate import DEFAULT_BENCHMARK
+from tasks.runs import check_name
 
 DEFAULT = "default"  # the embedded default's teacher / student / problems
 
@@ -30,7 +31,19 @@ REAL_WEIGHTS = "real-weights"  # the SmolLM2-135M profile
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @field_validator("name", "study_experiment", check_fields=False)
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return check_name("experiment", name)
+
+
+def _check_ks(field: str, ks: list[int], n: int) -> None:
+    if not ks:
+        raise ValueError(f"{field} is empty: give the k of Avg@k / Pass@k, e.g. [1, 4]")
+    if min(ks) < 1 or max(ks) > n:
+        raise ValueError(f"{field}={ks}: every k must lie in 1..{n} (the samples per problem)")
 
 
 class ExperimentConfig(_Config):
@@ -57,8 +70,9 @@ class ExperimentConfig(_Config):
     checkpoint_every: int = Field(10, ge=1, description="Steps between checkpoints; a rerun "
                                   "after a kill resumes from the newest.")
     batch_size: int = Field(16, ge=1, description="Prompts per step.")
-    learning_rate: float = Field(1e-3, gt=0)
-    max_new_tokens: int = Field(64, ge=1, description="Response cap (no curriculum).")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate.")
+    max_new_tokens: int = Field(64, ge=1, le=1_000_000,
+                                description="Response cap (no curriculum).")
     curriculum: list[int] = Field([], description="Increasing max lengths, e.g. [16, 32, 64].")
     min_entropy: float = Field(0.0, ge=0, description="The curriculum gate's H_min (nats).")
     stage_steps: int = Field(10, ge=1, description="Steps between curriculum gates.")
@@ -104,8 +118,7 @@ class ExperimentConfig(_Config):
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
-        if self.eval_ks and max(self.eval_ks) > self.eval_n:
-            raise ValueError(f"eval_ks={self.eval_ks} has k > eval_n={self.eval_n}")
+        _check_ks("eval_ks", self.eval_ks, self.eval_n)
         if (self.loss == "sparse") != (self.cache_k > 0):
             raise ValueError("loss: sparse and cache_k > 0 go together (the sparse loss reads "
                              "the top-k cache)")
@@ -142,8 +155,7 @@ class EvaluateFlowConfig(_Config):
 
     @model_validator(mode="after")
     def _ks_within_n(self) -> EvaluateFlowConfig:
-        if not self.ks or max(self.ks) > self.n or min(self.ks) < 1:
-            raise ValueError(f"ks={self.ks} must be 1..n (n={self.n})")
+        _check_ks("ks", self.ks, self.n)
         return self
 
 
@@ -165,7 +177,7 @@ class RLFlowConfig(_Config):
     steps: int = Field(20, ge=1)
     prompts_per_step: int = Field(8, ge=1)
     group_size: int = Field(4, ge=2, description="Samples per prompt (GRPO's group, G >= 2).")
-    learning_rate: float = Field(1e-5, gt=0)
+    learning_rate: float = Field(1e-5, gt=0, le=1)
     max_new_tokens: int = Field(96, ge=1)
     temperature: float = Field(1.0, gt=0)
     kl_coef: float = Field(0.0, ge=0)
@@ -180,20 +192,27 @@ class RLFlowConfig(_Config):
 
     @model_validator(mode="after")
     def _ks_within_n(self) -> RLFlowConfig:
-        if not self.eval_ks or max(self.eval_ks) > self.eval_n:
-            raise ValueError(f"eval_ks={self.eval_ks} must be <= eval_n={self.eval_n}")
+        _check_ks("eval_ks", self.eval_ks, self.eval_n)
         return self
 
 
 def load_config(path: str | Path, model: type[_Config] = ExperimentConfig) -> _Config:
-    """A config model from a YAML file; errors name the file and the field."""
+    """A config model from a YAML file; every error is one line naming the file and the line
+    or field: not UTF-8 text, a duplicate key, invalid YAML, an unknown or invalid field."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     try:
-        fields = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8-sig")  # a BOM from an editor is harmless
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save "
+                         "the config as UTF-8 YAML") from None
+    if "\x00" in text:
+        raise ValueError(f"{path}: holds NUL bytes — a binary file, not a YAML config")
+    try:
+        fields = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error})") from error
+        raise ValueError(f"{path}: not valid YAML ({_yaml_problem(error)})") from None
     if not isinstance(fields, dict):
         raise ValueError(f"{path}: expected a mapping of {model.__name__} fields at the top")
     try:
@@ -201,4 +220,27 @@ def load_config(path: str | Path, model: type[_Config] = ExperimentConfig) -> _C
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}"
                              for e in error.errors())
-        raise ValueError(f"{path}: invalid {model.__name__}: {problems}") from error
+        raise ValueError(f"{path}: invalid {model.__name__}: {problems}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice is an error, not a silent
+    overwrite (the second `steps:` would otherwise win unnoticed)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message on one line, with the line number it points at."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + " ".join(str(problem).split())

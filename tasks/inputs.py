@@ -57,13 +57,33 @@ def resolve_inputs(config: ExperimentConfig, root: str | Path | None = None,
     train_source = config.train_problems or str(profile.split("train"))
     held_out = config.held_out_problems or str(profile.split("held_out"))
     benchmarks = _benchmark_specs(config.benchmarks, profile)
-    return Inputs(
+    inputs = Inputs(
         teacher=config.teacher or str(profile.teacher_dir),
         student=config.student or str(profile.student_dir),
         train_problems=str(subset(train_source, config.train_size, root)),
         held_out_problems=held_out,
         benchmarks=benchmarks,
     )
+    check_lengths_fit(config, inputs)
+    return inputs
+
+
+def check_lengths_fit(config: ExperimentConfig, inputs: Inputs) -> None:
+    """Every response cap (training, curriculum rungs, evaluation) below both models' context,
+    checked from their configs before any rollout, training or evaluation starts."""
+    from tasks.models import check_available
+
+    caps = {"max_new_tokens": config.max_new_tokens,
+            "eval_max_new_tokens": config.eval_max_new_tokens}
+    if config.curriculum:
+        caps["curriculum"] = max(config.curriculum)
+    for role in ("teacher", "student"):
+        model_config = check_available(getattr(inputs, role), role)
+        context = getattr(model_config, "max_position_embeddings", None)
+        for field_name, cap in caps.items():
+            if context is not None and cap >= context:
+                raise ValueError(f"{field_name}={cap} is not below the {role}'s context of "
+                                 f"{context} tokens ({getattr(inputs, role)}); lower it")
 
 
 def resolve_rl_inputs(config: RLFlowConfig, root: str | Path | None = None,
