@@ -11,6 +11,7 @@ from flows.common import evaluate_reference, run_cell, study_report, teacher_pro
 from tasks.configs import ExperimentConfig
 from tasks.plan import cells, grid_spec
 from tasks.prefect_tasks import preflight_task, prepare_task, run_results_task, tracked_run
+from tasks.progress import Progress
 from tasks.tables import results_table
 
 
@@ -32,10 +33,11 @@ def grid_flow(config: ExperimentConfig = ExperimentConfig()) -> dict:
                                      ("student (start)", inputs.student)):
                     rows.append(evaluate_reference(config, inputs, label, model, where,
                                                    spec.run_dir, parent.ref.run_id))
+            progress = Progress(len(study), "grid", print, unit="cells", every_s=0, bar=False)
             for cell in study:
-                print(f"cell {cell.label}: training {config.steps} steps")
                 rows.append(run_cell(config, inputs, cell, where, spec.run_dir,
                                      parent.ref.run_id))
+                progress.update(note=f"{cell.label} done")
         table = results_table(rows, config.eval_ks)
         if not parent.finished:
             report = study_report(where, parent.ref.run_id, spec.run_dir)

@@ -41,6 +41,7 @@ from tasks.data import Problem, load_problems
 from tasks.entropy import response_entropies
 from tasks.grader import GRADER_VERSION, Grade, Grader
 from tasks.models import load_model, load_tokenizer
+from tasks.progress import Progress
 from tasks.rollout import PROMPT_TEMPLATES, Sample, SamplingConfig, render_prompts
 
 # Bump when anything below changes what a number means (sampling, metrics, entropy, layout).
@@ -280,10 +281,11 @@ def evaluate(
     with Grader(timeout_s=config.grader_timeout_s) as grader, _backend(config, model,
                                                                        tokenizer) as backend:
         for benchmark in benchmarks:
-            log(f"evaluating {config.model} on {benchmark.name}: {len(benchmark.problems)} "
-                f"problems × {config.n} samples")
-            bench_rows, greedy[benchmark.name] = _evaluate_benchmark(
-                config, benchmark, model, tokenizer, backend, grader)
+            with Progress(len(benchmark.problems) * config.n,
+                          f"evaluating {Path(config.model).name} on {benchmark.name}", log,
+                          unit="samples") as progress:
+                bench_rows, greedy[benchmark.name] = _evaluate_benchmark(
+                    config, benchmark, model, tokenizer, backend, grader, progress)
             per_benchmark[benchmark.name] = _benchmark_metrics(config, bench_rows,
                                                                greedy[benchmark.name])
             rows.extend(bench_rows)
@@ -312,11 +314,11 @@ def _backend(config: EvalConfig, model, tokenizer):
     return nullcontext(HFBackend(model, tokenizer))
 
 
-def _evaluate_benchmark(config, benchmark, model, tokenizer, backend,
-                        grader) -> tuple[list[SampleResult], list[bool]]:
+def _evaluate_benchmark(config, benchmark, model, tokenizer, backend, grader,
+                        progress: Progress) -> tuple[list[SampleResult], list[bool]]:
     problems = benchmark.problems
     prompts = render_prompts(tokenizer, problems, config.prompt_template)
-    samples = backend.generate(prompts, config.sampling)
+    samples = backend.generate(prompts, config.sampling, progress=progress)
     grades = grader.grade([s.text for s in samples],
                           [problems[s.prompt_index].answer for s in samples])
     entropies = response_entropies(model, samples, tokenizer.pad_token_id,

@@ -26,6 +26,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from tasks.progress import quiet_library_progress
+
+quiet_library_progress()  # transformers' own bars ("Loading weights") only fill logs
+
 # ChatML, as Qwen and SmolLM2 use it: the assistant turn ends with <|im_end|>, the EOS token.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

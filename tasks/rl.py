@@ -38,6 +38,7 @@ from tasks.data import Problem, read_problems
 from tasks.grader import Grader
 from tasks.loop import DataCursor, TrainingLoop, check_finite, check_finite_weights
 from tasks.models import check_pair, load_model, load_tokenizer
+from tasks.progress import Progress
 from tasks.rollout import (
     PROMPT_TEMPLATES,
     Sample,
@@ -181,6 +182,7 @@ def train_grpo(config: GRPOConfig, log: Callable[[str], None] = print,
     loop.restore(accelerator, cursor)
     skipped, history, metrics = int(loop.saved("skipped_steps", 0)), [], {}
     step_context = _Step(config, accelerator, policy, initial, optimizer, tokenizer, vocab)
+    progress = Progress(config.steps, "GRPO", log, start=loop.start_step)
     with Grader() as grader:
         for step in range(loop.start_step, config.steps):
             indices = cursor.take(config.prompts_per_step, step)
@@ -193,10 +195,13 @@ def train_grpo(config: GRPOConfig, log: Callable[[str], None] = print,
                 on_step(step + 1, metrics)
             loop.end_step(step + 1, accelerator, policy, tokenizer, cursor,
                           {"skipped_steps": skipped})
-            log(f"  grpo step {step + 1}/{config.steps}  reward {metrics['rl/reward_mean']:.3f}"
-                f"  all-equal groups {metrics['rl/all_equal_group_fraction']:.2f}"
-                + ("  skipped: no reward signal" if metrics["rl/skipped"] else
-                   f"  loss {metrics['rl/loss']:.4f}  kl {metrics['rl/kl_to_initial']:.4f}"))
+            if metrics["rl/skipped"]:
+                log(f"  grpo step {step + 1}: skipped, no reward signal (every group's rewards "
+                    "equal)")
+            progress.update(note=f"reward {metrics['rl/reward_mean']:.3f}  all-equal groups "
+                                 f"{metrics['rl/all_equal_group_fraction']:.2f}  kl "
+                                 f"{metrics['rl/kl_to_initial']:.4f}")
+    progress.close()
     loop.finish(metrics)
     return RLResult(loop.checkpoint, metrics, history, skipped)
 

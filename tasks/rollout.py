@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -21,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.compute import ComputeMeter
 from tasks.data import Problem
+from tasks.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,8 @@ class RolloutBackend(Protocol):
     """What every generation backend offers: rendered prompt strings in, samples out, ordered by
     (prompt, sample), deterministic for a given config.seed."""
 
-    def generate(self, prompts: list[str], config: SamplingConfig) -> list[Sample]: ...
+    def generate(self, prompts: list[str], config: SamplingConfig,
+                 progress: Progress | None = None) -> list[Sample]: ...
 
 
 @dataclass
@@ -109,8 +112,9 @@ class HFBackend:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
 
-    def generate(self, prompts: list[str], config: SamplingConfig) -> list[Sample]:
-        return generate_hf(self.model, self.tokenizer, prompts, config)
+    def generate(self, prompts: list[str], config: SamplingConfig,
+                 progress: Progress | None = None) -> list[Sample]:
+        return generate_hf(self.model, self.tokenizer, prompts, config, progress=progress)
 
 
 def render_prompts(
@@ -174,11 +178,12 @@ def generate_hf(
     prompts: list[str],
     config: SamplingConfig,
     meter: ComputeMeter | None = None,
+    progress: Progress | None = None,
 ) -> list[Sample]:
     """Sample config.n responses per prompt with model.generate; ordered by (prompt, sample).
 
     Prompts longer than the context allows are cut from the left (Sample.prompt_truncated
-    says by how much) or, with config.strict_context, refused.
+    says by how much) or, with config.strict_context, refused. progress counts samples.
     """
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     prompt_ids, dropped = fit_prompts(encoded, context_length(model), config.max_new_tokens,
@@ -192,6 +197,8 @@ def generate_hf(
             batch = jobs[start : start + config.batch_size]
             samples.extend(_generate_batch(model, tokenizer, prompt_ids, dropped, batch, config,
                                            batch_index))
+            if progress is not None:
+                progress.update(len(batch))
     finally:
         model.train(was_training)
     if meter is not None:
@@ -280,6 +287,7 @@ def teacher_rollouts(
     template: str = "bare",
     root: str | Path | None = None,
     meter: ComputeMeter | None = None,
+    log: Callable[[str], None] = print,
 ) -> tuple[Path, list[Sample]]:
     """The teacher's responses to problems, generated once and reused by every teacher-prefix
     cell and run (content-addressed by teacher, problems, template, sampling and code).
@@ -296,11 +304,15 @@ def teacher_rollouts(
 
     def build(out: Path) -> None:
         tokenizer = load_tokenizer(teacher_dir)
-        samples = generate_hf(load_model(teacher_dir), tokenizer,
-                              render_prompts(tokenizer, problems, template), config, meter)
+        with Progress(len(problems) * config.n, "teacher rollouts", log,
+                      unit="samples") as progress:
+            samples = generate_hf(load_model(teacher_dir), tokenizer,
+                                  render_prompts(tokenizer, problems, template), config, meter,
+                                  progress)
         write_samples(samples, out / "samples.jsonl")
 
     directory, _ = cached_build("rollouts/teacher", key, build, root=root,
                                 describe={"teacher": str(teacher_dir), "template": template,
-                                          "sampling": config, "problems": len(problems)})
+                                          "sampling": config, "problems": len(problems)},
+                                log=log)
     return directory, read_samples(directory / "samples.jsonl")

@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.data import Problem
+from tasks.progress import Progress
 from tasks.rollout import render_prompts
 
 
@@ -24,7 +25,7 @@ from tasks.rollout import render_prompts
 class SFTConfig:
     """steps: optimiser steps. batch_size: sequences per step. learning_rate: peak AdamW rate,
     reached after warmup_steps and decayed by cosine to min_lr_ratio × peak. weight_decay: AdamW.
-    seed: data order and dropout. log_every: steps between progress lines."""
+    seed: data order and dropout. (Progress: tasks.progress, a bar or a line every 30 s.)"""
 
     steps: int = 650
     batch_size: int = 32
@@ -33,7 +34,6 @@ class SFTConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     seed: int = 0
-    log_every: int = 100
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -98,6 +98,7 @@ def train_sft(
     order: list[int] = []
     model.train()
     start, tokens, loss_value = time.perf_counter(), 0, float("nan")
+    progress = Progress(config.steps, "sft", log)
     for step in range(config.steps):
         if len(order) < config.batch_size:
             order = list(range(len(examples)))
@@ -113,10 +114,9 @@ def train_sft(
         optimizer.zero_grad(set_to_none=True)
         tokens += int(batch["attention_mask"].sum())
         loss_value = loss.item()
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            elapsed = time.perf_counter() - start
-            log(f"  sft step {step + 1}/{config.steps}  loss {loss_value:.4f}  "
-                f"{tokens / elapsed:,.0f} tok/s  {elapsed:.0f}s")
+        elapsed = time.perf_counter() - start
+        progress.update(note=f"loss {loss_value:.4f}  {tokens / elapsed:,.0f} tok/s")
+    progress.close()
     model.eval()
     return {"sft/final_loss": loss_value, "sft/tokens": float(tokens),
             "sft/seconds": time.perf_counter() - start}

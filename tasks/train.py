@@ -52,6 +52,7 @@ from tasks.loop import (
     check_finite_weights,
 )
 from tasks.models import check_pair, load_model, load_tokenizer, non_embedding_parameters
+from tasks.progress import Progress
 from tasks.rollout import (
     PROMPT_TEMPLATES,
     Sample,
@@ -273,6 +274,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
     loop.restore(run.accelerator, run.cursor)
     metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
+    progress = Progress(config.steps, f"training {config.objective}", log,
+                        start=loop.start_step)
     for step in range(loop.start_step, config.steps):
         started = time.perf_counter()
         samples, indices, max_length = _prefixes(run, step)
@@ -297,9 +300,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
             on_step(step + 1, metrics)
         loop.end_step(step + 1, run.accelerator, run.student, run.tokenizer, run.cursor,
                       _extra_state(run))
-        log(f"  step {step + 1}/{config.steps}  loss {metrics['train/loss']:.4f}  "
-            f"fkl {metrics['train/forward_kl']:.4f}  rkl {metrics['train/reverse_kl']:.4f}  "
-            f"len {metrics['train/response_length']:.1f}")
+        progress.update(note=f"loss {metrics['train/loss']:.4f}  fkl "
+                             f"{metrics['train/forward_kl']:.4f}  rkl "
+                             f"{metrics['train/reverse_kl']:.4f}  len "
+                             f"{metrics['train/response_length']:.1f}")
+    progress.close()
     loop.finish(metrics)
     return TrainResult(loop.checkpoint, metrics, history,
                        list(run.curriculum.history) if run.curriculum else [])

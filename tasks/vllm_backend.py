@@ -176,8 +176,10 @@ class VLLMBackend:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def generate(self, prompts: list[str], config: SamplingConfig) -> list[Sample]:
-        """Sample config.n responses per prompt; ordered by (prompt, sample)."""
+    def generate(self, prompts: list[str], config: SamplingConfig,
+                 progress=None) -> list[Sample]:
+        """Sample config.n responses per prompt; ordered by (prompt, sample). (One request to the
+        worker: progress, if given, advances once when it returns.)"""
         if not prompts:
             return []
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -214,6 +216,8 @@ class VLLMBackend:
         if len(samples) != len(prompts) * config.n:
             self._fail(f"the vLLM worker returned {len(samples)} samples for {len(prompts)} "
                        f"prompts x n={config.n}")
+        if progress is not None:
+            progress.update(len(samples))
         return samples
 
     def reload(self, model_dir: str | os.PathLike) -> float:

@@ -17,9 +17,9 @@ REDUCED_BOOTSTRAP = DefaultBootstrapConfig(
     task=ArithmeticConfig(min_steps=1, max_steps=1, train_size=3000, held_out_size=100,
                           test_size=100),
     teacher=TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256),
-    teacher_sft=SFTConfig(steps=800, warmup_steps=50, log_every=200),
+    teacher_sft=SFTConfig(steps=800, warmup_steps=50),
     student=TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
-    student_sft=SFTConfig(steps=5, warmup_steps=1, log_every=5),
+    student_sft=SFTConfig(steps=5, warmup_steps=1),
     eval_problems=100,
 )
 

@@ -13,7 +13,7 @@ from tasks.models import build_tiny_model, load_model, load_tokenizer
 @pytest.mark.slow
 def test_teacher_beats_untrained_student(bootstrapped):
     artifacts, lines = bootstrapped.artifacts, bootstrapped.lines
-    assert any("sft step 800/800" in line for line in lines)  # progress was printed
+    assert any("sft: 800 of 800 steps (100%)" in line for line in lines)  # progress was shown
     teacher_metrics = json.loads((artifacts.teacher_dir / "bootstrap_metrics.json").read_text())
     tokenizer = load_tokenizer(artifacts.teacher_dir)
     held_out = read_problems(artifacts.split("held_out"))
@@ -31,7 +31,7 @@ def test_second_bootstrap_reuses_every_artifact(bootstrapped):
     lines: list[str] = []
     again = bootstrap_default(bootstrapped.config, root=root, log=lines.append)
     assert again == artifacts
-    assert not any("sft step" in line for line in lines)
+    assert not any(line.startswith("sft:") for line in lines)
     assert sum("reusing" in line for line in lines) == 2
 
 

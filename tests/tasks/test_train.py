@@ -39,9 +39,12 @@ def _mean(history, key, steps):
     return sum(h[key] for h in steps(history)) / len(steps(history))
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize("objective", ["sft", "dagger", "offline_rl", "opd", "student:0.5"])
-def test_every_cell_lowers_its_loss(base, tmp_path, objective):
-    result = train(replace(base, objective=objective, output_dir=str(tmp_path)),
+def test_every_cell_lowers_its_loss(base, tmp_path, objective, test_seed):
+    """Margin: the mean loss of the last 5 of 30 steps over the first 5 was 0.17–0.20 for every
+    cell on seeds 0–3 (2026-11-30); the bound 0.8 sits 4× above that."""
+    result = train(replace(base, objective=objective, seed=test_seed, output_dir=str(tmp_path)),
                    log=lambda line: None)
     first = _mean(result.history, "train/loss", lambda h: h[:5])
     last = _mean(result.history, "train/loss", lambda h: h[-5:])
