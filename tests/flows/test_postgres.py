@@ -45,10 +45,10 @@ class Cluster:
         return self.dsn_for()
 
     def dsn_for(self, database: str = DATABASE, password: str = PASSWORD,
-                driver: str = "postgresql") -> str:
+                driver: str = "postgresql", user: str = USER) -> str:
         from sqlalchemy.engine import URL
 
-        return URL.create(driver, USER, password, "127.0.0.1", self.port,
+        return URL.create(driver, user, password, "127.0.0.1", self.port,
                           database).render_as_string(hide_password=False)
 
     def query(self, database: str, sql: str) -> list[tuple]:
@@ -167,6 +167,18 @@ def test_a_dsn_that_does_not_connect_is_one_error_before_anything_starts(cluster
     assert error.startswith("distill up: cannot connect to PostgreSQL at host 127.0.0.1")
     assert len(error.splitlines()) == 1 and "s3cret" not in error
     assert status(tmp_path / "artifacts" / "services")["services"] == {}
+
+
+def test_a_user_who_may_not_create_the_databases_is_told_which_to_create(cluster, tmp_path):
+    cluster.query("postgres", "CREATE ROLE reader LOGIN PASSWORD 'r3ader' NOCREATEDB")
+    cluster.query("postgres", "CREATE DATABASE lab")
+    with pytest.raises(ConnectionError) as raised:
+        up(tmp_path, prefect_port=_free_port(), mlflow_port=_free_port(),
+           postgres=cluster.dsn_for(database="lab", user="reader", password="r3ader"))
+    message = str(raised.value)
+    assert "user 'reader' may not create the databases lab_prefect, lab_mlflow, lab_store" \
+        in message and "grant CREATEDB" in message
+    assert "r3ader" not in message and not any(tmp_path.iterdir())
 
 
 def test_a_dsn_that_is_no_postgresql_url_is_refused_without_echoing_it():
