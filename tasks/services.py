@@ -163,7 +163,11 @@ def _already_running(state_dir: Path, running: dict, prefect_port: int, mlflow_p
         log.warning("services of %s already run on other ports %s; `down` first to move them",
                     state_dir, ports)
     requested = str(database) if database else "sqlite"
-    if running["database"] != requested:
+    if database is None and running["database"] != "sqlite":
+        log.warning("services of %s run on %s: give its DSN again (--postgres or $%s) for the "
+                    "rollout store's %s", state_dir, running["database"], POSTGRES_ENV,
+                    DEFAULT_URL_ENV)
+    elif running["database"] != requested:
         log.warning("services of %s already run on %s, not on %s; `down` first to move them",
                     state_dir, running["database"], requested)
         database = None  # its store URL would not match the running servers
