@@ -39,6 +39,7 @@ class Cluster:
     """A running PostgreSQL server on a loopback port, with a user `distill` and a password."""
 
     port: int
+    bin_dir: Path
 
     @property
     def dsn(self) -> str:
@@ -59,12 +60,20 @@ class Cluster:
             cursor = connection.execute(sql)
             return cursor.fetchall() if cursor.description else []
 
+    def dump(self, database: str) -> str:
+        """Everything a database holds, as pg_dump's SQL text."""
+        return subprocess.run([str(self.bin_dir / "pg_dump"), "-h", "127.0.0.1", "-p",
+                               str(self.port), "-U", USER, database], check=True, text=True,
+                              capture_output=True, env={**os.environ, "PGPASSWORD": PASSWORD},
+                              timeout=120).stdout
+
 
 def _postgres_bin() -> Path | None:
-    """The folder of initdb and pg_ctl: on PATH, else Debian's newest /usr/lib/postgresql/*/bin."""
+    """The folder of initdb, pg_ctl and pg_dump: initdb's on PATH (links followed, to reach its
+    siblings), else Debian's newest /usr/lib/postgresql/*/bin."""
     found = shutil.which("initdb")
     if found:
-        return Path(found).parent
+        return Path(found).resolve().parent
     folders = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
                      key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
     return folders[-1].parent if folders else None
@@ -115,7 +124,8 @@ def cluster():
         subprocess.run([*as_server, str(bin_dir / "initdb"), "-D", str(data), "-U", USER,
                         f"--pwfile={folder / 'password'}", "--auth=scram-sha-256", "--no-sync",
                         "--encoding=UTF8", "--no-locale"], **run)
-        # fsync off: a test cluster need not survive a power cut, and 2 loaded cores are slow.
+        # fsync off: a test cluster need not survive a power cut (it is stopped with -m
+        # immediate and deleted), and 2 loaded cores are slow.
         options = (f"-p {port} -k {folder / 'socket'} -c listen_addresses=127.0.0.1 "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
         subprocess.run([*as_server, str(bin_dir / "pg_ctl"), "-D", str(data), "-l",
@@ -125,12 +135,12 @@ def cluster():
         log = (folder / "server.log").read_text() if (folder / "server.log").exists() else ""
         shutil.rmtree(folder, ignore_errors=True)
         raise RuntimeError(f"could not start PostgreSQL: {error.stderr}\n{log}") from error
-    cluster = Cluster(port)
+    cluster = Cluster(port, bin_dir)
     try:
         cluster.query("postgres", f"CREATE DATABASE {DATABASE}")
         yield cluster
     finally:
-        subprocess.run([*as_server, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
+        subprocess.run([*as_server, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
                         "-w", "stop"], capture_output=True, cwd=folder, timeout=60)
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -299,6 +309,8 @@ def test_two_writers_at_once_lose_nothing_with_everything_on_postgresql(
         assert cluster.query("distill_store", "SELECT count(*) FROM samples") == [
             (2 * EVAL_LIMIT * EVAL_N,)]
         assert not list(tmp_path.rglob("*.db")), list(tmp_path.rglob("*.db"))
+        for database in ("distill_prefect", "distill_mlflow", "distill_store"):
+            assert "s3cret" not in cluster.dump(database), f"{database} holds the password"
     finally:
         down(tmp_path / "services")
     print(f"two writers on PostgreSQL: {time.monotonic() - started:.0f} s with `up` and `down`; "
