@@ -7,6 +7,7 @@
     distill bootstrap [--real-weights] / distill prepare CONFIG
     distill serve [--cron "0 2 * * *"] [--timezone UTC]
     distill up / down / status         local Prefect + MLflow servers (SQLite) on 127.0.0.1
+    distill up --postgres DSN          the same on PostgreSQL, with the rollout store
     distill report [--experiment NAME] [--run ID] [--html OUT [--attach]]
                                        a grid's results table, or its HTML tradeoff report
     distill replay                     send to MLflow what runs could not (server was down)
@@ -57,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="start local Prefect and MLflow servers")
     up.add_argument("--prefect-port", type=int, default=4200)
     up.add_argument("--mlflow-port", type=int, default=5000)
+    up.add_argument("--postgres", metavar="DSN",
+                    help="postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE: Prefect, MLflow and "
+                         "the rollout store keep their state there, in databases DATABASE_prefect, "
+                         "_mlflow and _store (created if missing); default $DISTILL_LAB_POSTGRES, "
+                         "else SQLite files")
     commands.add_parser("down", help="stop the servers `distill up` started")
     commands.add_parser("status", help="show the servers `distill up` started")
     commands.add_parser("replay", help="send what runs could not send to MLflow (spill files)")
@@ -213,11 +219,15 @@ def _services_dir() -> Path:
 
 
 def _up(args) -> None:
-    from tasks.services import up
+    import shlex
 
-    info = up(_services_dir(), prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
-    print(f"Prefect UI: {info['prefect_ui']}\nMLflow UI:  {info['mlflow_ui']}\nexport "
-          + " ".join(f"{k}={v}" for k, v in info["env"].items()))
+    from tasks.services import POSTGRES_ENV, up
+
+    info = up(_services_dir(), prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
+              postgres=args.postgres or os.environ.get(POSTGRES_ENV) or None)
+    print(f"Prefect UI: {info['prefect_ui']}\nMLflow UI:  {info['mlflow_ui']}\n"
+          f"State:      {info['database']}\nexport "
+          + " ".join(f"{k}={shlex.quote(v)}" for k, v in info["env"].items()))
 
 
 def _down(args) -> None:

@@ -9,6 +9,14 @@ pids go to ``<state_dir>/services.json`` and their output to ``<state_dir>/logs/
 
     PREFECT_API_URL=http://127.0.0.1:4200/api   MLFLOW_TRACKING_URI=http://127.0.0.1:5000
 
+With ``postgres=DSN`` (``distill up --postgres DSN`` or ``$DISTILL_LAB_POSTGRES``) the two servers
+and the rollout store keep their state on that PostgreSQL server instead, one database each,
+named after the DSN's database: ``<db>_prefect`` (Prefect, driver asyncpg), ``<db>_mlflow``
+(MLflow's backend store, psycopg 3) and ``<db>_store`` (the rollout store, psycopg 3; its URL is
+one more variable to export, ``DISTILL_LAB_STORE_URL``). ``up`` checks that the DSN connects and
+creates the databases that are missing before it starts anything; a DSN that does not connect is
+one error naming host, port, database and user, never the password.
+
 Plain functions: a CLI calls them. A team server is infra/docker-compose.yml instead.
 """
 
@@ -18,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,6 +36,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.pool import NullPool
+
+from tasks.store import DEFAULT_URL_ENV
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +72,9 @@ class Service:
         return f"http://{self.host}:{self.port}"
 
 
-def prefect_service(state_dir: Path, port: int, host: str) -> Service:
+def prefect_service(state_dir: Path, port: int, host: str,
+                    database_url: str | None = None) -> Service:
+    """database_url: a ``postgresql+asyncpg://`` URL; default SQLite ``<state_dir>/prefect.db``."""
     env = dict(os.environ)
     # The client-side settings of a caller's environment must not steer the server: its UI
     # would call a foreign API, and the deprecated alias would compete with the database URL.
@@ -66,7 +84,7 @@ def prefect_service(state_dir: Path, port: int, host: str) -> Service:
                # prefect 3.9 reads PREFECT_SERVER_DATABASE_CONNECTION_URL (the old
                # PREFECT_API_DATABASE_CONNECTION_URL is an accepted alias).
                PREFECT_SERVER_DATABASE_CONNECTION_URL=(
-                   f"sqlite+aiosqlite:///{state_dir / 'prefect.db'}"))
+                   database_url or f"sqlite+aiosqlite:///{state_dir / 'prefect.db'}"))
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     argv = [sys.executable, "-m", "prefect", "server", "start", "--host", host,
             "--port", str(port)]
@@ -74,54 +92,91 @@ def prefect_service(state_dir: Path, port: int, host: str) -> Service:
                    state_dir / "logs" / "prefect.log")
 
 
-def mlflow_service(state_dir: Path, port: int, host: str) -> Service:
+def mlflow_service(state_dir: Path, port: int, host: str,
+                   backend_store_uri: str | None = None) -> Service:
+    """backend_store_uri: a ``postgresql+psycopg://`` URL; default SQLite
+    ``<state_dir>/mlflow.db``."""
     env = dict(os.environ)
     # MLflow 3's job runner (huey consumers) is not needed for tracking and costs start-up time.
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    # Through the environment, not argv: a password stays out of `ps` and of the log's header.
+    env["MLFLOW_BACKEND_STORE_URI"] = backend_store_uri or f"sqlite:///{state_dir / 'mlflow.db'}"
     argv = [sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{state_dir / 'mlflow.db'}",
             "--artifacts-destination", str(state_dir / "mlflow-artifacts"),
             "--host", host, "--port", str(port), "--workers", "1"]
     return Service("mlflow", argv, env, host, port, "/health", state_dir / "logs" / "mlflow.log")
 
 
 def up(state_dir: Path, prefect_port: int = 4200, mlflow_port: int = 5000,
-       host: str = "127.0.0.1", timeout_s: float = STARTUP_TIMEOUT_S) -> dict:
+       host: str = "127.0.0.1", timeout_s: float = STARTUP_TIMEOUT_S,
+       postgres: str | None = None) -> dict:
     """Start the Prefect and MLflow servers in the background and wait until both are healthy.
 
+    postgres: a DSN ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE``; both servers and the
+    rollout store then keep their state there (see the module docstring), else in SQLite files
+    of ``state_dir``.
+
     Returns their URLs (``prefect_ui``, ``prefect_api``, ``mlflow_ui``), the environment to
-    export (``env``), pids and log files. When the servers of ``state_dir`` already run, reports
-    them (``already_running: True``) and starts nothing. Raises ``RuntimeError`` before starting
-    anything when a port is taken, and after stopping both servers when one dies or stays
-    unhealthy for ``timeout_s`` (the message names its log file and quotes its last lines).
+    export (``env``), pids, log files and ``database`` (where the state lives, password
+    hidden). When the servers of ``state_dir`` already run, reports them (``already_running:
+    True``) and starts nothing. Raises before starting anything when a port is taken
+    (``RuntimeError``) or the DSN does not connect (``ConnectionError``), and after stopping both
+    servers when one dies or stays unhealthy for ``timeout_s`` (the message names its log file
+    and quotes its last lines).
     """
     state_dir = Path(state_dir).resolve()
+    database = Postgres.parse(postgres) if postgres else None
     running = status(state_dir)
     if running["running"]:
-        ports = {name: s["port"] for name, s in running["services"].items()}
-        if ports != {"prefect": prefect_port, "mlflow": mlflow_port}:
-            log.warning("services of %s already run on other ports %s; `down` first to move "
-                        "them", state_dir, ports)
-        log.info("services of %s already running; nothing started", state_dir)
-        return {**running["urls"], **_report(running["services"]), "already_running": True}
+        return _already_running(state_dir, running, prefect_port, mlflow_port, database)
     if running["services"]:  # some died: stop what is left, then start afresh
         down(state_dir)
-    services = [prefect_service(state_dir, prefect_port, host),
-                mlflow_service(state_dir, mlflow_port, host)]
+    services = [prefect_service(state_dir, prefect_port, host,
+                                database and database.prefect_url),
+                mlflow_service(state_dir, mlflow_port, host, database and database.mlflow_url)]
     _check_ports_free(services)
+    if database is not None:
+        prepare_postgres(database)
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     (state_dir / "mlflow-artifacts").mkdir(exist_ok=True)
+    described = str(database) if database else "sqlite"
     try:
         started = {}
         for service in services:
             started[service.name] = _spawn(service)
-            _write_state(state_dir, host, services, started)  # so `down` can stop a half start
+            # written after each start, so that `down` can stop a half start
+            _write_state(state_dir, host, services, started, described)
         wait_until_healthy(services, started, timeout_s)
     except BaseException:  # also Ctrl-C: never leave orphan servers behind
         down(state_dir)
         raise
-    return {**_urls(host, prefect_port, mlflow_port),
-            **_report(_read_state(state_dir)["services"]), "already_running": False}
+    return {**_urls(host, prefect_port, mlflow_port, database),
+            **_report(_read_state(state_dir)["services"]), "database": described,
+            "already_running": False}
+
+
+def _already_running(state_dir: Path, running: dict, prefect_port: int, mlflow_port: int,
+                     database: Postgres | None) -> dict:
+    """up's report when the servers of state_dir run: warn where they differ from the request."""
+    ports = {name: s["port"] for name, s in running["services"].items()}
+    if ports != {"prefect": prefect_port, "mlflow": mlflow_port}:
+        log.warning("services of %s already run on other ports %s; `down` first to move them",
+                    state_dir, ports)
+    requested = str(database) if database else "sqlite"
+    if database is None and running["database"] != "sqlite":
+        log.warning("services of %s run on %s: give its DSN again (--postgres or $%s) for the "
+                    "rollout store's %s", state_dir, running["database"], POSTGRES_ENV,
+                    DEFAULT_URL_ENV)
+    elif running["database"] != requested:
+        log.warning("services of %s already run on %s, not on %s; `down` first to move them",
+                    state_dir, running["database"], requested)
+        database = None  # its store URL would not match the running servers
+    log.info("services of %s already running; nothing started", state_dir)
+    urls = running["urls"]
+    if database is not None:
+        urls = {**urls, "env": {**urls["env"], DEFAULT_URL_ENV: database.store_url}}
+    return {**urls, **_report(running["services"]), "database": running["database"],
+            "already_running": True}
 
 
 def down(state_dir: Path, grace_s: float = STOP_GRACE_S) -> list[str]:
@@ -145,17 +200,19 @@ def down(state_dir: Path, grace_s: float = STOP_GRACE_S) -> list[str]:
 
 def status(state_dir: Path) -> dict:
     """``running`` (every server recorded in services.json is alive), ``services`` (name ->
-    pid, url, log, alive) and ``urls``; ``services`` is empty when nothing was started."""
+    pid, url, log, alive), ``urls`` and ``database`` ("sqlite", or the PostgreSQL DSN with its
+    password hidden); ``services`` is empty when nothing was started."""
     state = _read_state(Path(state_dir).resolve())
     if state is None:
-        return {"running": False, "services": {}, "urls": {}}
+        return {"running": False, "services": {}, "urls": {}, "database": None}
     services = {name: {**entry, "alive": _group_alive(entry["pid"])}
                 for name, entry in state["services"].items()}
     complete = set(services) == {"prefect", "mlflow"}  # else `up` was cut short
     running = complete and all(s["alive"] for s in services.values())
     urls = (_urls(state["host"], services["prefect"]["port"], services["mlflow"]["port"])
             if complete else {})
-    return {"running": running, "services": services, "urls": urls}
+    return {"running": running, "services": services, "urls": urls,
+            "database": state.get("database", "sqlite")}
 
 
 def wait_until_healthy(services: list[Service], processes: dict[str, subprocess.Popen],
@@ -183,10 +240,14 @@ def wait_until_healthy(services: list[Service], processes: dict[str, subprocess.
 
 # ----------------------------------------------------------------------------- helpers
 
-def _urls(host: str, prefect_port: int, mlflow_port: int) -> dict:
+def _urls(host: str, prefect_port: int, mlflow_port: int,
+          database: Postgres | None = None) -> dict:
     prefect, mlflow = f"http://{host}:{prefect_port}", f"http://{host}:{mlflow_port}"
+    env = {"PREFECT_API_URL": f"{prefect}/api", "MLFLOW_TRACKING_URI": mlflow}
+    if database is not None:
+        env[DEFAULT_URL_ENV] = database.store_url
     return {"prefect_ui": prefect, "prefect_api": f"{prefect}/api", "mlflow_ui": mlflow,
-            "env": {"PREFECT_API_URL": f"{prefect}/api", "MLFLOW_TRACKING_URI": mlflow}}
+            "env": env}
 
 
 def _report(services: dict) -> dict:
@@ -222,8 +283,9 @@ def _spawn(service: Service) -> subprocess.Popen:
 
 
 def _write_state(state_dir: Path, host: str, services: list[Service],
-                 started: dict[str, subprocess.Popen]) -> None:
-    state = {"host": host, "services": {
+                 started: dict[str, subprocess.Popen], database: str) -> None:
+    """database: where the state lives, as status reports it (never with a password)."""
+    state = {"host": host, "database": database, "services": {
         s.name: {"pid": started[s.name].pid, "port": s.port, "url": s.url,
                  "log": str(s.log_path)}
         for s in services if s.name in started}}
@@ -286,6 +348,130 @@ def _tail(path: Path) -> str:
     except OSError as error:
         return f"(cannot read the log: {error})"
     return "\n".join(f"    {line}" for line in lines[-_LOG_TAIL_LINES:])
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+
+POSTGRES_ENV = "DISTILL_LAB_POSTGRES"
+CONNECT_TIMEOUT_S = 5
+# PostgreSQL truncates identifiers to 63 bytes; "_prefect" is the longest suffix added.
+_MAX_BASE_NAME = 63 - len("_prefect")
+_DSN_FORM = "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A PostgreSQL server for the stack, from a DSN whose database names the set: Prefect,
+    MLflow and the rollout store each get their own database beside it, ``<db>_prefect``,
+    ``<db>_mlflow`` and ``<db>_store`` (Prefect and MLflow each keep an ``alembic_version``
+    table, so they cannot share one). ``str()`` hides the password."""
+
+    dsn: URL
+
+    @classmethod
+    def parse(cls, dsn: str) -> Postgres:
+        """ValueError, without echoing the DSN (it may hold a password), unless it is a
+        PostgreSQL URL that names a database."""
+        try:
+            url = make_url(dsn.strip())
+        except ArgumentError:
+            raise ValueError(f"the PostgreSQL DSN is not a URL: write it as {_DSN_FORM}") from None
+        if url.drivername.split("+")[0] not in ("postgresql", "postgres"):
+            raise ValueError(f"the PostgreSQL DSN starts with {url.drivername}://, not "
+                             f"postgresql://: write it as {_DSN_FORM}")
+        if not url.database:
+            raise ValueError(f"the PostgreSQL DSN names no database: write it as {_DSN_FORM}; "
+                             "the databases of Prefect, MLflow and the store are named after it")
+        if len(url.database.encode()) > _MAX_BASE_NAME:
+            raise ValueError(f"the PostgreSQL database name {url.database!r} is longer than "
+                             f"{_MAX_BASE_NAME} bytes: PostgreSQL would cut the names made from it")
+        return cls(url.set(drivername="postgresql"))
+
+    def __str__(self) -> str:
+        return self.dsn.render_as_string(hide_password=True)
+
+    @property
+    def where(self) -> str:
+        """Host, port, database and user, for messages: never the password."""
+        return (f"host {self.dsn.host or 'localhost'}, port {self.dsn.port or 5432}, database "
+                f"{self.dsn.database!r}, user {self.dsn.username or '(default)'!r}")
+
+    def database(self, service: str) -> str:
+        return f"{self.dsn.database}_{service}"
+
+    def url(self, service: str, driver: str) -> str:
+        """The URL of service's database with a SQLAlchemy driver, password included."""
+        url = self.dsn.set(drivername=f"postgresql+{driver}", database=self.database(service))
+        return url.render_as_string(hide_password=False)
+
+    @property
+    def prefect_url(self) -> str:  # asyncpg: the async driver Prefect's server ships with
+        return self.url("prefect", "asyncpg")
+
+    @property
+    def mlflow_url(self) -> str:  # MLflow's SQLAlchemy store supports psycopg 3 (mlflow >= 3)
+        return self.url("mlflow", "psycopg")
+
+    @property
+    def store_url(self) -> str:
+        return self.url("store", "psycopg")
+
+
+POSTGRES_SERVICES = ("prefect", "mlflow", "store")
+
+
+def prepare_postgres(database: Postgres, timeout_s: float = CONNECT_TIMEOUT_S) -> list[str]:
+    """Connect with the DSN and create the databases of POSTGRES_SERVICES that are missing;
+    returns the names created. ConnectionError in one line naming host, port, database and user
+    (never the password) when it cannot connect or may not create them."""
+    engine = _admin_engine(database, timeout_s)
+    wanted = [database.database(service) for service in POSTGRES_SERVICES]
+    created = []
+    try:
+        with engine.connect() as connection:
+            existing = set(connection.scalars(
+                text("SELECT datname FROM pg_database WHERE datname = ANY(:names)"),
+                {"names": wanted}))
+            for name in wanted:
+                if name not in existing:
+                    quoted = engine.dialect.identifier_preparer.quote(name)
+                    connection.execute(text(f"CREATE DATABASE {quoted}"))
+                    created.append(name)
+    except DBAPIError as error:
+        missing = [name for name in wanted if name not in created]
+        raise ConnectionError(_postgres_problem(database, error, missing)) from error
+    finally:
+        engine.dispose()
+    if created:
+        log.info("created PostgreSQL databases %s at %s", ", ".join(created), database.where)
+    return created
+
+
+def _admin_engine(database: Postgres, timeout_s: float):
+    try:
+        return create_engine(database.dsn.set(drivername="postgresql+psycopg"),
+                             poolclass=NullPool, isolation_level="AUTOCOMMIT",
+                             connect_args={"connect_timeout": max(1, round(timeout_s))})
+    except ImportError as error:
+        raise ImportError("PostgreSQL needs the psycopg driver: pip install "
+                          "'distill-lab[team]' (or 'psycopg[binary]')") from error
+
+
+def _postgres_problem(database: Postgres, error: DBAPIError, missing: list[str]) -> str:
+    """One line: what failed, where, and what to do; the server's reason without the
+    connection preamble that repeats host and port, and without the password."""
+    reason = (str(error.orig).strip().splitlines() or ["unknown error"])[0]
+    reason = re.sub(r'^(connection failed: )?(connection to server (at|on) "[^"]*"'
+                    r'( \([^)]*\))?(, port \d+)? failed: )?', "", reason)
+    reason = re.sub(r"^(FATAL|ERROR):\s+", "", reason)
+    if database.dsn.password:
+        reason = reason.replace(database.dsn.password, "***")
+    if getattr(error.orig, "sqlstate", None) == "42501":  # insufficient_privilege
+        return (f"PostgreSQL at {database.where} may not create the databases "
+                f"{', '.join(missing)} ({reason}): create them (createdb, as a user who may) or "
+                "grant CREATEDB; nothing was started")
+    return (f"cannot connect to PostgreSQL at {database.where}: {reason}; check the DSN and "
+            "that the server accepts connections from this machine. Nothing was started")
 
 
 # ----------------------------------------------------------------------------- a temporary server

@@ -12,7 +12,8 @@ team. Tables:
 Every ``add_*`` call is one transaction: a batch is written whole or not at all, so a killed
 process loses at most the batch in flight and never leaves half of one. The schema is created on
 first use; opening a database written by a different schema version is an error that says so.
-``RolloutStore(url)`` connects at once, so an unreachable URL fails at start, not after hours.
+``RolloutStore(url)`` connects at once, so an unreachable URL fails at start, not after hours;
+its messages (and ``RolloutStore.url``) show a server URL with the password hidden.
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    insert,
     select,
+    text,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 SCHEMA_VERSION = 1
@@ -111,34 +115,28 @@ class RolloutStore:
     """Runs, prompts and samples in one SQL database (see the module docstring)."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
         try:
             self.engine = create_engine(url)
         except (SQLAlchemyError, ImportError, ValueError) as error:
-            raise ValueError(f"rollout store URL {url!r} is not usable: {error}") from error
+            raise ValueError(f"rollout store URL {_shown(url)!r} is not usable: {error}") from error
+        # What messages and reports show: a server URL's password stays out of them.
+        self.url = self.engine.url.render_as_string(hide_password=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             with self.engine.begin() as connection:
-                _Base.metadata.create_all(connection)
+                versions = _create_schema(connection)
         except SQLAlchemyError as error:
             raise ConnectionError(
-                f"cannot open the rollout store at {url!r}: {error.__class__.__name__}: "
+                f"cannot open the rollout store at {self.url!r}: {error.__class__.__name__}: "
                 f"{str(error).splitlines()[0]}. Check the URL, that the server is up and that "
                 "the directory exists and is writable."
             ) from error
-        self._check_version()
-
-    def _check_version(self) -> None:
-        with Session(self.engine) as session, session.begin():
-            versions = session.scalars(select(_SchemaVersion.version)).all()
-            if not versions:
-                session.add(_SchemaVersion(version=SCHEMA_VERSION))
-            elif versions != [SCHEMA_VERSION]:
-                raise RuntimeError(
-                    f"rollout store {self.url!r} has schema version {versions}, this code "
-                    f"writes version {SCHEMA_VERSION}; use a new database file or migrate it"
-                )
+        if versions not in ([], [SCHEMA_VERSION]):
+            raise RuntimeError(
+                f"rollout store {self.url!r} has schema version {versions}, this code "
+                f"writes version {SCHEMA_VERSION}; use a new database file or migrate it"
+            )
 
     def create_run(self, run_id: str, name: str, kind: str,
                    config: Mapping[str, Any] | None = None) -> str:
@@ -209,6 +207,32 @@ class RolloutStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+# Any fixed number: the key of the PostgreSQL advisory lock that serialises schema creation.
+_SCHEMA_LOCK_KEY = 0x5D157111
+
+
+def _create_schema(connection: Connection) -> list[int]:
+    """Create the tables that are missing and record the schema version on a new database;
+    returns the versions found before (empty for a new database). On PostgreSQL, writers that
+    open a new database at the same moment would race to create the same tables (one fails on
+    a duplicate type), so creation holds a transaction-scoped advisory lock."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+    _Base.metadata.create_all(connection)
+    versions = list(connection.scalars(select(_SchemaVersion.version)).all())
+    if not versions:
+        connection.execute(insert(_SchemaVersion).values(version=SCHEMA_VERSION))
+    return versions
+
+
+def _shown(url: str) -> str:
+    """url for a message: a password replaced by ***; an unparsable URL as given."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -1,7 +1,10 @@
-"""The team stack's files: docker-compose.yml validates with the compose CLI (no engine needed),
-prefect.yaml's deployments are complete and agree with the compose worker and the image."""
+"""The team stack's files: docker-compose.yml validates with the compose CLI (no engine needed)
+and publishes its ports on 127.0.0.1 only, prefect.yaml's deployments are complete and agree
+with the compose worker and the image."""
 
 import ast
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -65,6 +68,46 @@ def _uncomment_gpu_block(text: str) -> str:
 def test_compose_file_validates():
     done = _validate(COMPOSE_FILE.read_text())
     assert done.returncode == 0, f"{COMPOSE_FILE} does not validate:\n{done.stderr}"
+
+
+def _published_ports(services: dict) -> dict[str, list]:
+    return {name: service.get("ports", []) for name, service in services.items()
+            if service.get("ports")}
+
+
+def test_compose_publishes_every_port_on_loopback_only():
+    """Neither server authenticates: what the file publishes must not reach other machines
+    unless someone sets BIND_ADDRESS on purpose (after putting authentication in front)."""
+    published = _published_ports(yaml.safe_load(COMPOSE_FILE.read_text())["services"])
+    assert set(published) == {"prefect-server", "mlflow"}  # postgres publishes nothing
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("${BIND_ADDRESS:-127.0.0.1}:"), (name, port)
+
+    if _compose_cli() is None:
+        pytest.skip("no docker compose CLI to resolve the file (the raw ports were checked)")
+    done = subprocess.run([*_compose_cli(), "-f", str(COMPOSE_FILE), "config", "--format",
+                           "json"], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "BIND_ADDRESS"})
+    assert done.returncode == 0, done.stderr
+    resolved = _published_ports(json.loads(done.stdout)["services"])
+    assert {name: [p["host_ip"] for p in ports] for name, ports in resolved.items()} == {
+        "prefect-server": ["127.0.0.1"], "mlflow": ["127.0.0.1"]}
+
+
+def test_compose_keeps_all_three_stores_on_postgres():
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    services = compose["services"]
+    assert "postgresql+asyncpg://" in services["prefect-server"]["environment"][
+        "PREFECT_API_DATABASE_CONNECTION_URL"]
+    mlflow_command = " ".join(services["mlflow"]["command"])
+    assert "--backend-store-uri postgresql+psycopg2://" in mlflow_command  # the driver it installs
+    store = services["worker"]["environment"]["DISTILL_LAB_STORE_URL"]
+    assert store.startswith("postgresql+psycopg://") and store.endswith("@postgres:5432/store")
+    created = compose["configs"]["create-databases"]["content"]
+    assert "CREATE DATABASE mlflow;" in created and "CREATE DATABASE store;" in created
+    extras = re.search(r'pip install .*-e "\.\[([^\]]*)\]"', (INFRA / "Dockerfile").read_text())
+    assert extras and "team" in extras.group(1).split(","), "the image needs psycopg (team)"
 
 
 def test_compose_gpu_example_validates_when_uncommented():

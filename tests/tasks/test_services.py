@@ -10,7 +10,16 @@ import urllib.request
 import pytest
 
 from tasks import services
-from tasks.services import Service, down, status, up, wait_until_healthy
+from tasks.services import (
+    Postgres,
+    Service,
+    down,
+    mlflow_service,
+    prefect_service,
+    status,
+    up,
+    wait_until_healthy,
+)
 
 
 def _free_port() -> int:
@@ -90,7 +99,7 @@ def test_port_in_use_is_refused_before_starting_anything(tmp_path):
 
 
 def test_nothing_running(tmp_path):
-    assert status(tmp_path) == {"running": False, "services": {}, "urls": {}}
+    assert status(tmp_path) == {"running": False, "services": {}, "urls": {}, "database": None}
     assert down(tmp_path) == []
 
 
@@ -130,3 +139,34 @@ def test_a_server_that_never_answers_times_out(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_postgres_dsn_gives_each_service_its_database_and_driver():
+    database = Postgres.parse("postgres://team:p%40ss@db.lab:6543/distill?sslmode=require")
+    assert database.prefect_url == (
+        "postgresql+asyncpg://team:p%40ss@db.lab:6543/distill_prefect?sslmode=require")
+    assert database.mlflow_url == (
+        "postgresql+psycopg://team:p%40ss@db.lab:6543/distill_mlflow?sslmode=require")
+    assert database.store_url == (
+        "postgresql+psycopg://team:p%40ss@db.lab:6543/distill_store?sslmode=require")
+    assert str(database) == "postgresql://team:***@db.lab:6543/distill?sslmode=require"
+    assert database.where == "host db.lab, port 6543, database 'distill', user 'team'"
+    assert "p%40ss" not in repr(database) and "p@ss" not in repr(database)
+
+
+def test_the_database_urls_reach_the_servers_but_not_argv(tmp_path):
+    database = Postgres.parse("postgresql://team:secret@db.lab/distill")
+    prefect = prefect_service(tmp_path, 4200, "127.0.0.1", database.prefect_url)
+    mlflow = mlflow_service(tmp_path, 5000, "127.0.0.1", database.mlflow_url)
+    assert prefect.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == database.prefect_url
+    assert mlflow.env["MLFLOW_BACKEND_STORE_URI"] == database.mlflow_url
+    assert not any("secret" in arg for arg in prefect.argv + mlflow.argv)  # `ps` shows argv
+    sqlite = mlflow_service(tmp_path, 5000, "127.0.0.1")
+    assert sqlite.env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_a_bad_dsn_is_refused_before_anything_starts(tmp_path):
+    with pytest.raises(ValueError, match="names no database"):
+        up(tmp_path, prefect_port=_free_port(), mlflow_port=_free_port(),
+           postgres="postgresql://team:secret@db.lab")
+    assert not any(tmp_path.iterdir())
