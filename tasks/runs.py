@@ -250,14 +250,16 @@ MIN_FREE_MB = 1024
 
 def preflight(config: Any = None, log=print) -> Locations:
     """Checks that can fail before any work, each one line naming what to fix: the artifacts
-    folder is writable with room, the tracking store answers (its database set up by one
-    process at a time), the config's model names resolve offline. Then what an earlier run
-    could not send to MLflow (tracking-spill/) is sent."""
+    folder is writable with room, the rollout store opens, the tracking store answers (its
+    database set up by one process at a time), the config's model names resolve offline.
+    Then what an earlier run could not send to MLflow (tracking-spill/) is sent."""
     from tasks.artifacts import build_lock
+    from tasks.store import RolloutStore
     from tasks.tracking import Tracker
 
     where = locations()
     check_free_space(where.root)
+    RolloutStore(where.store_url).close()  # a bad store URL or driver fails now, not after training
     with build_lock(where.root / ".tracking-setup.lock"):
         tracker = Tracker(where.tracking_uri, artifacts_dir=where.root)
         tracker.client.search_experiments(max_results=1)  # creates a fresh database's tables
