@@ -107,6 +107,8 @@ class Report:
     notes: list[str]  # shown at the top of the page
     charts: list[Chart] = field(default_factory=list)
     cache: dict[tuple, stats.ProblemValues | None] = field(default_factory=dict)  # values()
+    findings: dict | None = None  # the parent run's findings.json (the grid flow's conclusion)
+    readiness: dict | None = None  # the parent run's readiness.json (checked before training)
 
     @property
     def k(self) -> int:
@@ -136,10 +138,18 @@ def read_report(tracker: Tracker, experiment: str | None, parent_run_id: str | N
             rl += [(run, found[-1])] if found else []
         examples = ({run.run_id: responses(store, run, SAMPLES_PER_VERDICT)
                      for run in study.runs} if store else {})
+        parent = study.parent.run_id if study.parent else None
+        findings = tracker.read_json(parent, "findings.json") if parent else None
+        readiness = tracker.read_json(parent, "readiness.json") if parent else None
     finally:
         if store is not None:
             store.close()
-    return Report(study, colours(study), choose_baseline(study, baseline), rl, examples, notes)
+    if readiness and not readiness.get("ready", True):
+        notes.insert(0, "Readiness check before training: NOT READY — " + "; ".join(
+            f"{name}: {text}" for name, text in readiness["shortfalls"].items())
+            + ". The study ran anyway (readiness: warn); read its verdicts with that in mind.")
+    return Report(study, colours(study), choose_baseline(study, baseline), rl, examples, notes,
+                  findings=findings, readiness=readiness)
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -801,10 +811,35 @@ pre{white-space:pre-wrap;word-break:break-word;max-height:9em;overflow:auto;back
 """
 
 
+def findings_section(report: Report) -> str:
+    """The study's claims (C1–C5): each effect with its 95 % interval and verdict, as the grid
+    flow computed them (findings.json of the parent run); nothing for a study without them."""
+    if not report.findings:
+        return ""
+    rows = []
+    for claim in report.findings["claims"]:
+        verdict = claim["verdict"] or "not tested"
+        rows.append(f'<tr class="group"><th colspan="4">{esc(claim["id"])}: '
+                    f'{esc(claim["claim"])} — <b>{esc(verdict)}</b>'
+                    f'{" (" + esc(claim["note"]) + ")" if claim["note"] else ""}</th></tr>')
+        for effect in claim["effects"]:
+            cls = {"reproduced": "above", "opposite": "below"}.get(effect["verdict"] or "", "")
+            rows.append(f"<tr><td>{esc(effect['name'])}</td><td>{effect['estimate']:+.3f}</td>"
+                        f'<td class="ci">[{effect["low"]:+.3f}, {effect["high"]:+.3f}]</td>'
+                        f'<td class="{cls}">{esc(effect["verdict"] or "reported")}</td></tr>')
+    return ("<h2>Findings</h2><p>Each effect is a paired contrast over the same problems and "
+            "sample seeds with the training seeds resampled too; its verdict is read from the "
+            "95 % interval (reproduced: entirely on the claimed side; opposite: entirely on the "
+            "other; inconclusive: it holds 0). A claim is reproduced only if all its judged "
+            "effects are.</p>"
+            + table("findings", ["effect", "estimate", "95 % interval", "verdict"], rows))
+
+
 def render_page(report: Report) -> str:
     """The whole page: no scripts, no outside references; the charts drawn go to report.charts."""
     with charts.drawing():
-        sections = [results_section(report), differences_section(report),
+        sections = [findings_section(report), results_section(report),
+                    differences_section(report),
                     tradeoff_section(report), curves_section(report), benchmark_section(report),
                     rl_section(report), samples_section(report)]
     body = header_html(report) + "".join(sections)  # the header last: sections add notes

@@ -37,11 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("grid", "run the grid flow (every cell) from a YAML config"),
-                       ("run", "run the distill flow (one cell) from a YAML config"),
-                       ("prepare", "resolve and cache an experiment's inputs")):
+    for name, text, model in (
+            ("grid", "run a study (the grid flow: cells × seeds, findings)", "StudyConfig"),
+            ("run", "run the distill flow (one run) from a YAML config", "ExperimentConfig"),
+            ("prepare", "resolve and cache an experiment's inputs", "ExperimentConfig")):
         sub = commands.add_parser(name, help=text, description=text)
-        sub.add_argument("config", type=Path, help="YAML file of ExperimentConfig fields")
+        sub.add_argument("config", type=Path, help=f"YAML file of {model} fields "
+                                                    "(tasks/configs.py)")
     evaluate = commands.add_parser("eval", help="evaluate models (the evaluate flow)")
     evaluate.add_argument("--config", type=Path, help="YAML file of EvaluateFlowConfig fields")
     evaluate.add_argument("--model", action="append", default=[],
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     _interrupt_on_sigterm()
     try:
         if args.command in ("grid", "run", "prepare"):  # one line before any server starts
-            args.experiment = _experiment(args.config)
+            args.experiment = _experiment(args.config, study=args.command == "grid")
         if args.command in FLOW_COMMANDS and not _prefect_api_url():
             return _with_temporary_server(COMMANDS[args.command], args)
         return COMMANDS[args.command](args) or 0
@@ -140,13 +142,14 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text} (--debug shows the traceback)"
 
 
-def _experiment(path: Path):
-    """The YAML config, checked with everything that can be checked before any work (tracking
-    reachable, free space, models available) so a mistake is one line, not a failed flow."""
-    from tasks.configs import ExperimentConfig, load_config
+def _experiment(path: Path, study: bool = False):
+    """The YAML config (a StudyConfig for the grid, else an ExperimentConfig), checked with
+    everything that can be checked before any work (tracking reachable, free space, models
+    available) so a mistake is one line, not a failed flow."""
+    from tasks.configs import ExperimentConfig, StudyConfig, load_config
     from tasks.runs import preflight
 
-    config = load_config(path, ExperimentConfig)
+    config = load_config(path, StudyConfig if study else ExperimentConfig)
     preflight(config)
     return config
 

@@ -9,20 +9,25 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from dashboards.report import build_report
-from tasks.configs import ExperimentConfig
+from tasks.checkpoints import checkpoint_name
+from tasks.configs import ExperimentConfig, StudyConfig
 from tasks.inputs import Inputs
 from tasks.plan import (
     Cell,
     cell_directory,
     cell_spec,
     eval_config,
+    eval_steps,
+    grpo_spec,
     reference_spec,
+    study_grpo_config,
     teacher_product_configs,
     train_config,
 )
 from tasks.prefect_tasks import (
     IO_RETRIES,
     evaluate_task,
+    rl_task,
     run_results_task,
     teacher_rollouts_task,
     teacher_scores_task,
@@ -42,9 +47,9 @@ def report_task(tracking_uri: str, parent_run_id: str, store_url: str, output: s
     return str(page)
 
 
-def teacher_products(config: ExperimentConfig, inputs: Inputs, cells: list[Cell],
-                     root: Path) -> list[dict]:
-    """Teacher rollouts (and score caches) every teacher-prefix cell shares; cached."""
+def teacher_products(config: StudyConfig | ExperimentConfig, inputs: Inputs,
+                     cells: list[Cell], root: Path) -> list[dict]:
+    """Teacher rollouts (and score caches) every teacher-prefix cell and seed shares; cached."""
     products = []
     for train in teacher_product_configs(config, inputs, cells, root):
         products.append({"rollouts": teacher_rollouts_task(train)})
@@ -53,25 +58,52 @@ def teacher_products(config: ExperimentConfig, inputs: Inputs, cells: list[Cell]
     return products
 
 
-def run_cell(config: ExperimentConfig, inputs: Inputs, cell: Cell, where: Locations,
-             study_dir: Path, parent_run_id: str | None = None) -> dict:
-    """One cell as a tracked run: train (or resume), evaluate, register the student; a cell
-    that already finished with the same identity is read back instead."""
-    run_dir = cell_directory(study_dir, cell.label)
-    train = train_config(config, inputs, cell, run_dir / "train", where.root)
-    with tracked_run(cell_spec(config, inputs, cell, train, run_dir, parent_run_id),
+def run_cell(config: StudyConfig | ExperimentConfig, inputs: Inputs, cell: Cell, seed: int,
+             where: Locations, study_dir: Path, parent_run_id: str | None = None,
+             min_entropy: float | None = None, products_flops: float = 0.0) -> dict:
+    """One cell and seed as a tracked run: train (or resume), evaluate at each of its
+    evaluation steps, register the student; a run that already finished is read back."""
+    seeds = getattr(config, "seeds", [seed])
+    run_dir = cell_directory(study_dir, cell.label, seed if len(seeds) > 1 else None)
+    train = train_config(config, inputs, cell, seed, run_dir / "train", where.root, min_entropy)
+    with tracked_run(cell_spec(config, inputs, cell, seed, train, run_dir, parent_run_id),
                      where.tracking_uri) as run:
         if run.finished:
-            return {"cell": cell.label, **run_results_task(run.ref)}
-        trained = train_task(train, run.ref)
-        evaluated = evaluate_task(eval_config(config, inputs, trained["checkpoint"]),
-                                  str(run_dir / "eval"), where.store_url, run.ref,
-                                  config.steps, str(where.root))
+            return {"cell": cell.label, "seed": seed, **run_results_task(run.ref),
+                    "checkpoint": str(run_dir / "train" / checkpoint_name(train.steps))}
+        trained = train_task(train, run.ref, products_flops)
+        for step in eval_steps(config, cell):
+            evaluated = evaluate_task(
+                eval_config(config, inputs, str(Path(train.output_dir) / checkpoint_name(step))),
+                str(run_dir / f"eval-step{step}"), where.store_url, run.ref, step,
+                str(where.root))
         if config.register_model:
             run.end.register = (f"distill-{config.name}-{cell.slug}", trained["checkpoint"])
             run.end.register_metrics = evaluated["metrics"]
-    return {"cell": cell.label, "run_id": run.ref.run_id, "metrics": evaluated["metrics"],
-            "train": trained["metrics"], "checkpoint": trained["checkpoint"]}
+    return {"cell": cell.label, "seed": seed, "run_id": run.ref.run_id,
+            "metrics": evaluated["metrics"], "train": trained["metrics"],
+            "checkpoint": trained["checkpoint"]}
+
+
+def run_grpo(config: StudyConfig, inputs: Inputs, cell: Cell, source: dict, where: Locations,
+             study_dir: Path, parent_run_id: str) -> dict:
+    """GRPO from one cell's student of one seed, evaluated after (before: the cell's own final
+    evaluation, same procedure), as a tracked child run of the study."""
+    seed = source["seed"]
+    run_dir = cell_directory(study_dir, f"grpo {cell.label}",
+                             seed if len(config.seeds) > 1 else None)
+    grpo = study_grpo_config(config, inputs, source["checkpoint"], seed, run_dir / "grpo")
+    spec = grpo_spec(config, inputs, cell, seed, grpo, source["run_id"], run_dir,
+                     parent_run_id)
+    with tracked_run(spec, where.tracking_uri) as run:
+        if run.finished:
+            return {"cell": spec.tags["cell"], "seed": seed, **run_results_task(run.ref)}
+        trained = rl_task(grpo, run.ref)
+        evaluated = evaluate_task(eval_config(config, inputs, trained["checkpoint"]),
+                                  str(run_dir / "eval-after"), where.store_url, run.ref,
+                                  config.rl_steps, str(where.root))
+    return {"cell": spec.tags["cell"], "seed": seed, "run_id": run.ref.run_id,
+            "metrics": evaluated["metrics"], "train": trained["metrics"]}
 
 
 def evaluate_reference(config: ExperimentConfig, inputs: Inputs, label: str, model: str,

@@ -20,6 +20,6 @@ def distill_flow(config: ExperimentConfig = ExperimentConfig()) -> dict:
     cell = Cell(config.objective, curriculum=bool(config.curriculum))
     teacher_products(config, inputs, [cell], where.root)
     run_dir, _ = study_directory(config, inputs, where.root, kind="distill")
-    result = run_cell(config, inputs, cell, where, run_dir)
+    result = run_cell(config, inputs, cell, config.seed, where, run_dir)
     print(f"distill {cell.label}: MLflow run {result['run_id']} at {where.tracking_uri}")
     return result

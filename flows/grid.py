@@ -1,50 +1,87 @@
-"""The grid flow: the study — every cell at matched steps, sharing the teacher's products, each
-cell a child MLflow run under one parent run that holds the results table. A rerun of the same
-config after a kill resumes the study: finished cells are reused, the interrupted one resumes
-from its checkpoint."""
+"""The grid flow: a study — every cell and seed trained and evaluated on the same paired
+problems, the teacher and the starting student as references, a readiness check before any
+training, optional GRPO afterwards, and the results with intervals and the findings (C1–C5) on
+one parent MLflow run. The same config again after a kill resumes the study: finished runs are
+reused, the interrupted one resumes from its checkpoint."""
 
 from __future__ import annotations
 
+import platform
+import time
+from datetime import UTC, datetime
+
 from prefect import flow
 
-from flows.common import evaluate_reference, run_cell, study_report, teacher_products
-from tasks.configs import ExperimentConfig
-from tasks.plan import cells, grid_spec
-from tasks.prefect_tasks import preflight_task, prepare_task, run_results_task, tracked_run
+from flows.common import (
+    evaluate_reference,
+    run_cell,
+    run_grpo,
+    study_report,
+    teacher_products,
+)
+from tasks.configs import REFERENCES, StudyConfig
+from tasks.plan import cells, grid_spec, grpo_sources, products_shares
+from tasks.prefect_tasks import (
+    conclude_task,
+    preflight_task,
+    prepare_task,
+    readiness_task,
+    tracked_run,
+)
 from tasks.progress import Progress
-from tasks.tables import results_table
 
 
 @flow(name="grid", log_prints=True)
-def grid_flow(config: ExperimentConfig = ExperimentConfig()) -> dict:
-    """Train and evaluate every cell of config (the 2×2 grid, λ mixes, curriculum variants)."""
+def grid_flow(config: StudyConfig = StudyConfig()) -> dict:
+    """Train and evaluate every cell of config over its seeds; conclude with intervals and
+    findings."""
+    started = time.monotonic()
     where = preflight_task(config)
     inputs = prepare_task(config, str(where.root))
     study = cells(config)
     spec = grid_spec(config, inputs, study, where.root)
-    rows, products, report = [], [], None
+    rows, products, report, readiness = [], [], None, None
     with tracked_run(spec, where.tracking_uri) as parent:
-        if parent.finished:
-            rows = run_results_task(parent.ref, children=True)["rows"]
-        else:
+        if not parent.finished:
             products = teacher_products(config, inputs, study, where.root)
             if config.evaluate_references:
-                for label, model in (("teacher", inputs.teacher),
-                                     ("student (start)", inputs.student)):
-                    rows.append(evaluate_reference(config, inputs, label, model, where,
-                                                   spec.run_dir, parent.ref.run_id))
-            progress = Progress(len(study), "grid", print, unit="cells", every_s=0, bar=False)
+                rows += [evaluate_reference(config, inputs, label, model, where, spec.run_dir,
+                                            parent.ref.run_id)
+                         for label, model in zip(REFERENCES, (inputs.teacher, inputs.student),
+                                                 strict=True)]
+            checked = readiness_task(config, rows, products, parent.ref, where.store_url)
+            readiness = checked["readiness"]
+            shares = products_shares(config, inputs, study, products, where.root)
+            progress = Progress(len(study) * len(config.seeds), "study", print, unit="runs",
+                                every_s=0, bar=False)
             for cell in study:
-                rows.append(run_cell(config, inputs, cell, where, spec.run_dir,
+                for seed in config.seeds:
+                    rows.append(run_cell(config, inputs, cell, seed, where, spec.run_dir,
+                                         parent.ref.run_id, checked["min_entropy"],
+                                         shares[cell.label]))
+                    progress.update(note=f"{cell.label} seed {seed} done")
+            for cell, source in grpo_sources(config, study, rows):
+                rows.append(run_grpo(config, inputs, cell, source, where, spec.run_dir,
                                      parent.ref.run_id))
-                progress.update(note=f"{cell.label} done")
-        table = results_table(rows, config.eval_ks)
+        context = {"study": config.name, "parent_run_id": parent.ref.run_id,
+                   "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+                   "machine": f"{platform.machine()}, {_cpus()} CPUs, {platform.system()}",
+                   "wall_seconds": round(time.monotonic() - started),
+                   "readiness": readiness}
+        outcome = conclude_task(config, parent.ref, where.store_url, str(spec.run_dir), context)
         if not parent.finished:
             report = study_report(where, parent.ref.run_id, spec.run_dir)
-            parent.end.text["results.md"] = table + "\n"
-    print(table)
+            parent.end.text.update({"results.md": outcome["table"] + "\n",
+                                    "findings.md": outcome["findings"] + "\n"})
+    print(outcome["table"] + "\n\n" + outcome["findings"])
     if report:
-        print(f"report: {report} (also report.html of the grid run in MLflow)")
-    return {"parent_run_id": parent.ref.run_id, "rows": rows, "table": table,
-            "teacher_products": products, "tracking_uri": where.tracking_uri,
-            "run_dir": str(spec.run_dir), "report": report}
+        print(f"report: {report} (also report.html of the study's run in MLflow)")
+    return {"parent_run_id": parent.ref.run_id, "rows": rows, "table": outcome["table"],
+            "findings": outcome["document"], "teacher_products": products,
+            "tracking_uri": where.tracking_uri, "run_dir": str(spec.run_dir), "report": report}
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0

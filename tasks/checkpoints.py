@@ -113,6 +113,10 @@ def _write_pointer(output_dir: Path, name: str, listing_sha: str) -> None:
 # ----------------------------------------------------------------------------- reading
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name[len(PREFIX):])
+
+
 def checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete-looking checkpoint folders (renamed into place), newest first."""
     output_dir = Path(output_dir)
@@ -120,7 +124,7 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
         return []
     found = [p for p in output_dir.iterdir()
              if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
+    return sorted(found, key=checkpoint_step, reverse=True)
 
 
 def latest_checkpoint(output_dir: str | Path, warn: Callable[[str], None] = print,

@@ -5,8 +5,9 @@ defaults and rejects a bad value before a run starts, naming the field; YAML fil
 ``configs/`` fill the same models from the command line (``load_config``), with errors that name
 the file, the line or the field.
 
-- ``ExperimentConfig``: one distillation experiment (``distill``) or a study over several
-  objective cells (``grid``): inputs, training, the length curriculum, evaluation, tracking.
+- ``ExperimentConfig``: one distillation run (the ``distill`` flow's form).
+- ``StudyConfig``: a study (the ``grid`` flow's form): cells × seeds, λ mixes, a long horizon,
+  the curriculum against a fixed cap, GRPO afterwards, intervals and findings.
 - ``EvaluateFlowConfig``: evaluate given models or the newest registered students.
 - ``BootstrapFlowConfig``: build the embedded default or the real-weights profile.
 - ``RLFlowConfig``: GRPO from every distilled student of a study.
@@ -46,67 +47,144 @@ def _check_ks(field: str, ks: list[int], n: int) -> None:
         raise ValueError(f"{field}={ks}: every k must lie in 1..{n} (the samples per problem)")
 
 
-class ExperimentConfig(_Config):
-    """One distillation experiment, or (with several cells) a study run by the grid flow."""
+OBJECTIVE_PATTERN = r"^(sft|dagger|offline_rl|opd|(teacher|student):(0(\.\d+)?|1(\.0+)?))$"
+OBJECTIVE_HELP = ("sft, dagger, offline_rl, opd, or teacher:λ / student:λ with λ in [0, 1] the "
+                  "weight on reverse KL(q_student ‖ p_teacher)")
+REFERENCES = ("teacher", "student (start)")
 
-    name: str = Field("demo", description="Experiment name in MLflow (runs group under it).")
+
+def _check_objective(objective: str) -> str:
+    dc.Objective.parse(objective)
+    return objective
+
+
+class _RunSettings(_Config):
+    """What one distillation run needs, shared by the distill form and the study form."""
+
+    name: str = Field("demo", description="Experiment name in MLflow; runs group under it "
+                      "(letters, digits, '_', '-', '.').")
     profile: Literal["default", "real-weights"] = Field(
         DEFAULT, description="Where teacher, student and problems come from unless given.")
-    teacher: str | None = Field(None, description="Teacher directory or hub id (None: profile).")
-    student: str | None = Field(None, description="Student directory or hub id (None: profile).")
-    train_problems: str | None = Field(None, description="Problems JSONL (None: profile's).")
-    held_out_problems: str | None = Field(None, description="Held-out JSONL for the gate.")
-    train_size: int = Field(512, ge=1, description="Train problems used (teacher rollouts "
-                                                   "cover exactly these).")
-    objective: str = Field("sft", description="The distill flow's cell: sft, dagger, "
-                                              "offline_rl, opd, or teacher:λ / student:λ.")
-    cells: list[str] = Field(["sft", "dagger", "offline_rl", "opd"],
-                             description="The grid flow's cells, trained at matched steps.")
-    lambdas: list[float] = Field([], description="Grid: extra KL mixes λ (reverse weight) per "
-                                                 "prefix source, e.g. [0.5].")
-    compare_curriculum: bool = Field(False, description="Grid: also train every cell with the "
-                                                        "length curriculum.")
-    steps: int = Field(40, ge=1, le=10_000_000, description="Optimiser steps per cell.")
-    checkpoint_every: int = Field(10, ge=1, description="Steps between checkpoints; a rerun "
-                                  "after a kill resumes from the newest.")
-    batch_size: int = Field(16, ge=1, description="Prompts per step.")
-    learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate.")
-    max_new_tokens: int = Field(64, ge=1, le=1_000_000,
-                                description="Response cap (no curriculum).")
-    curriculum: list[int] = Field([], description="Increasing max lengths, e.g. [16, 32, 64].")
-    min_entropy: float = Field(0.0, ge=0, description="The curriculum gate's H_min (nats).")
-    stage_steps: int = Field(10, ge=1, description="Steps between curriculum gates.")
-    loss: Literal["exact", "sparse", "sampled"] = "exact"
-    cache_k: int = Field(0, ge=0, description="> 0: teacher-prefix cells train from a top-k "
-                                              "score cache (needs loss: sparse).")
-    rollout_temperature: float = Field(1.0, ge=0)
-    prompt_template: str = Field("bare", description="bare (default task) or boxed.")
-    seed: int = 0
+    teacher: str | None = Field(None, description="Teacher directory or hub id (empty: the "
+                                                  "profile's).")
+    student: str | None = Field(None, description="Student directory or hub id (empty: the "
+                                                  "profile's); training starts from it.")
+    train_problems: str | None = Field(None, description="Problems JSONL to train on (empty: "
+                                                         "the profile's train split).")
+    held_out_problems: str | None = Field(None, description="Held-out problems JSONL for the "
+                                          "curriculum gate's entropy (empty: the profile's).")
+    train_size: int = Field(512, ge=1, description="Train problems used; teacher rollouts "
+                                                   "cover exactly these.")
+    steps: int = Field(60, ge=1, le=10_000_000, description="Optimiser steps per run.")
+    checkpoint_every: int = Field(10, ge=1, description="Steps between checkpoints; the same "
+                                  "command after a kill resumes from the newest.")
+    batch_size: int = Field(16, ge=1, description="Prompts per optimiser step.")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="AdamW learning rate.")
+    max_new_tokens: int = Field(96, ge=1, le=1_000_000,
+                                description="Response cap while training (no curriculum).")
+    curriculum: list[int] = Field([], description="Increasing response caps of the length "
+                                  "curriculum, e.g. [32, 64, 128] (empty: none).")
+    min_entropy: float = Field(0.0, ge=0, description="The curriculum gate's H_min in nats: a "
+                               "rung is climbed only while held-out entropy is at least this.")
+    stage_steps: int = Field(10, ge=1, description="Steps between curriculum gate decisions.")
+    loss: Literal["exact", "sparse", "sampled"] = Field(
+        "exact", description="exact: full-vocabulary KL; sparse: against the top-k score "
+        "cache (needs cache_k); sampled: REINFORCE reverse KL on student samples.")
+    cache_k: int = Field(0, ge=0, description="Top-k of the teacher score cache that "
+                         "teacher-prefix runs train from (0: live teacher; needs loss sparse).")
+    rollout_temperature: float = Field(1.0, ge=0, description="Sampling temperature of the "
+                                       "teacher's and the student's training responses.")
+    prompt_template: Literal["bare", "boxed"] = Field(
+        "bare", description="bare: the default task's prompt; boxed: asks instruction-tuned "
+        "models to box their answer.")
     benchmarks: list[str] = Field([DEFAULT_BENCHMARK], description="Evaluation benchmarks: "
-                                  "'default', a file, or name=path.")
+                                  "'default' (the profile's test split), a file, or name=path.")
     eval_n: int = Field(4, ge=1, description="Samples per evaluation problem.")
-    eval_ks: list[int] = Field([1, 4], description="k of Avg@k / Pass@k (each <= eval_n).")
-    eval_limit: int | None = Field(100, ge=1, description="Problems per benchmark (None: all).")
-    eval_temperature: float = Field(1.0, ge=0)
-    eval_max_new_tokens: int = Field(64, ge=1)
-    evaluate_references: bool = Field(True, description="Grid: also evaluate the teacher and "
-                                                        "the starting student.")
-    register_model: bool = Field(True, description="Register each trained student in MLflow.")
+    eval_ks: list[int] = Field([1, 4], description="The k of Avg@k and Pass@k (each at most "
+                                                   "eval_n).")
+    eval_limit: int | None = Field(50, ge=1, description="Problems per benchmark (empty: all).")
+    eval_temperature: float = Field(1.0, ge=0, description="Evaluation sampling temperature.")
+    eval_max_new_tokens: int = Field(96, ge=1, description="Evaluation response cap.")
+    eval_seed: int = Field(0, description="Evaluation sampling seed, the same for every run "
+                           "so that runs are compared on paired samples.")
+    register_model: bool = Field(True, description="Register each trained student in MLflow's "
+                                                   "model registry.")
 
-    @field_validator("cells")
-    @classmethod
-    def _known_cells(cls, cells: list[str]) -> list[str]:
-        if not cells:
-            raise ValueError("cells is empty: name at least one objective")
-        for cell in cells:
-            dc.Objective.parse(cell)
-        return cells
+    @model_validator(mode="after")
+    def _consistent(self):
+        _check_ks("eval_ks", self.eval_ks, self.eval_n)
+        if (self.loss == "sparse") != (self.cache_k > 0):
+            raise ValueError("loss: sparse and cache_k > 0 go together (the sparse loss reads "
+                             "the top-k cache)")
+        if self.batch_size > self.train_size:
+            raise ValueError(f"batch_size={self.batch_size} > train_size={self.train_size}")
+        if self.curriculum:
+            dc.EntropyGatedLengthCurriculum(tuple(self.curriculum), self.min_entropy)
+        return self
+
+
+class ExperimentConfig(_RunSettings):
+    """One distillation run (the distill flow): one objective, one seed."""
+
+    objective: str = Field("sft", pattern=OBJECTIVE_PATTERN, description=OBJECTIVE_HELP + ".")
+    seed: int = Field(0, description="Training seed: data order and the student's sampling.")
 
     @field_validator("objective")
     @classmethod
     def _known_objective(cls, objective: str) -> str:
-        dc.Objective.parse(objective)
-        return objective
+        return _check_objective(objective)
+
+
+class StudyConfig(_RunSettings):
+    """A study (the grid flow): the 2×2 grid and more, over several seeds, every run evaluated
+    on the same paired problems and samples, compared with intervals and summed up as findings.
+    """
+
+    cells: list[str] = Field(["sft", "dagger", "offline_rl", "opd"],
+                             description="Objectives trained at matched steps (each: "
+                             + OBJECTIVE_HELP + ").")
+    lambdas: list[float] = Field([], description="Extra KL mixes λ (weight on reverse KL), "
+                                 "each trained on the prefix sources of lambda_prefixes.")
+    lambda_prefixes: list[Literal["teacher", "student"]] = Field(
+        ["teacher", "student"], description="Prefix sources the λ mixes are trained on.")
+    compare_curriculum: bool = Field(False, description="Train each of curriculum_cells with "
+                                     "the length curriculum and with a fixed cap equal to its "
+                                     "top rung.")
+    curriculum_cells: list[str] = Field([], description="Cells compared with and without the "
+                                        "curriculum (empty: every cell).")
+    min_entropy_fraction: float | None = Field(
+        None, gt=0, le=10, description="Set H_min to this fraction of the starting student's "
+        "measured entropy (needs evaluate_references); empty: min_entropy as given.")
+    seeds: list[int] = Field([0], description="Training seeds; every run is repeated per seed "
+                             "(evaluation stays paired: eval_seed).")
+    baseline: str = Field("student (start)", description="The run every other is compared "
+                          "with (paired differences with intervals).")
+    evaluate_references: bool = Field(True, description="Also evaluate the teacher and the "
+                                      "starting student as they are.")
+    eval_every: int | None = Field(None, ge=1, description="Also evaluate every this many "
+                                   "steps (Avg@k at matched steps and matched FLOPs).")
+    long_steps: int | None = Field(None, ge=1, description="A longer horizon for long_cells "
+                                   "(evaluated at steps and at long_steps).")
+    long_cells: list[str] = Field([], description="Cells trained to long_steps instead of "
+                                  "steps.")
+    rl_cells: list[str] = Field([], description="Cells whose students continue with GRPO "
+                                "(accuracy reward), evaluated before and after.")
+    rl_steps: int = Field(20, ge=1, description="GRPO steps per student.")
+    rl_prompts_per_step: int = Field(8, ge=1, description="GRPO prompts per step.")
+    rl_group_size: int = Field(4, ge=2, description="GRPO samples per prompt (G >= 2).")
+    rl_learning_rate: float = Field(1e-5, gt=0, le=1, description="GRPO learning rate.")
+    min_effect: float = Field(0.05, gt=0, le=1, description="The smallest Avg@k difference "
+                              "the study must be able to resolve (readiness check).")
+    readiness: Literal["refuse", "warn"] = Field(
+        "refuse", description="When the readiness check finds a shortfall before training: "
+        "refuse to train, or warn and train anyway (said at the top of the report).")
+
+    @field_validator("cells", "long_cells", "rl_cells", "curriculum_cells")
+    @classmethod
+    def _known_cells(cls, cells: list[str]) -> list[str]:
+        for cell in cells:
+            _check_objective(cell)
+        return cells
 
     @field_validator("lambdas")
     @classmethod
@@ -117,19 +195,39 @@ class ExperimentConfig(_Config):
         return lambdas
 
     @model_validator(mode="after")
-    def _consistent(self) -> ExperimentConfig:
-        _check_ks("eval_ks", self.eval_ks, self.eval_n)
-        if (self.loss == "sparse") != (self.cache_k > 0):
-            raise ValueError("loss: sparse and cache_k > 0 go together (the sparse loss reads "
-                             "the top-k cache)")
-        if self.batch_size > self.train_size:
-            raise ValueError(f"batch_size={self.batch_size} > train_size={self.train_size}")
-        if self.curriculum or self.compare_curriculum:
-            dc.EntropyGatedLengthCurriculum(tuple(self.curriculum or (self.max_new_tokens,)),
-                                            self.min_entropy)
+    def _study_consistent(self) -> StudyConfig:
+        if not self.cells:
+            raise ValueError("cells is empty: name at least one objective")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds={self.seeds}: give distinct training seeds, e.g. [0, 1, 2]")
+        for field_name in ("long_cells", "rl_cells", "curriculum_cells"):
+            unknown = [c for c in getattr(self, field_name) if c not in self.objectives()]
+            if unknown:
+                raise ValueError(f"{field_name}={unknown}: not among the study's cells "
+                                 f"{self.objectives()}")
+        if self.baseline not in (*REFERENCES, *self.objectives()):
+            raise ValueError(f"baseline={self.baseline!r} is not a run of this study: use one "
+                             f"of {[*REFERENCES, *self.objectives()]}")
+        if self.baseline in REFERENCES and not self.evaluate_references:
+            raise ValueError(f"baseline={self.baseline!r} needs evaluate_references: true")
+        if self.long_cells and (self.long_steps is None or self.long_steps <= self.steps):
+            raise ValueError(f"long_cells need long_steps > steps={self.steps}")
+        if self.eval_every is not None and self.eval_every > self.steps:
+            raise ValueError(f"eval_every={self.eval_every} is longer than the run (steps="
+                             f"{self.steps}): evaluate at most every {self.steps} steps")
         if self.compare_curriculum and not self.curriculum:
-            raise ValueError("compare_curriculum needs a curriculum, e.g. [16, 32, 64]")
+            raise ValueError("compare_curriculum needs a curriculum, e.g. [32, 64, 128]")
+        if self.min_entropy_fraction is not None and not self.evaluate_references:
+            raise ValueError("min_entropy_fraction needs evaluate_references: true (it is a "
+                             "fraction of the starting student's measured entropy)")
         return self
+
+    def objectives(self) -> list[str]:
+        """The study's objectives: cells, then each λ on each of lambda_prefixes."""
+        objectives = list(self.cells)
+        for lam in self.lambdas:
+            objectives += [f"{prefix}:{lam:g}" for prefix in self.lambda_prefixes]
+        return list(dict.fromkeys(objectives))
 
 
 class EvaluateFlowConfig(_Config):

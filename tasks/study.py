@@ -180,8 +180,9 @@ class Study:
 
     @property
     def eval_ks(self) -> list[int]:
-        """The grid's configured ks (its ``experiment.eval_ks`` param); [] without a parent."""
-        text = self.parent.params.get("experiment.eval_ks") if self.parent else None
+        """The study's configured ks (its ``study.eval_ks`` param); [] without a parent."""
+        params = self.parent.params if self.parent else {}
+        text = params.get("study.eval_ks") or params.get("experiment.eval_ks")
         return [int(k) for k in json.loads(text)] if text else []
 
     def cells(self) -> dict[str, tuple[StudyRun, ...]]:
@@ -354,7 +355,7 @@ def rl_sources(config: RLFlowConfig, tracking_uri: str,
         study = read_study(tracker, parent_run_id=parent)
     sources = []
     for run in study.runs:
-        if run.reference:
+        if run.reference or run.tags.get("stage") == "rl":
             continue
         if run.status != "FINISHED":
             log(f"skipping cell {run.name!r} (run {run.run_id}): its run is {run.status}, "

@@ -499,6 +499,17 @@ class Tracker:
 
     # -- reading back -------------------------------------------------------------------------
 
+    def read_json(self, run_id: str, artifact_file: str) -> dict | None:
+        """A JSON artifact of a run (e.g. findings.json), or None if the run has none."""
+        import tempfile
+
+        names = {a.path for a in self.client.list_artifacts(run_id)}
+        if artifact_file not in names:
+            return None
+        with tempfile.TemporaryDirectory() as folder:
+            local = self.client.download_artifacts(run_id, artifact_file, folder)
+            return json.loads(Path(local).read_text())
+
     def run_metrics(self, run_id: str) -> dict[str, float]:
         """The latest value of every metric of a run."""
         return dict(self.client.get_run(run_id).data.metrics)

@@ -90,6 +90,9 @@ class TrainConfig:
     curriculum: increasing max lengths (empty: none); min_entropy: the gate's H_min in nats;
         stage_steps: steps between gate decisions; entropy_prompts: held-out prompts per gate.
     temperature: the loss's softmax temperature; rollout_temperature: sampling temperature.
+    seed: data order and the student's sampling; rollout_seed: the teacher rollouts' sampling
+        (shared by every seed of a study, so all its teacher-prefix runs reuse one set).
+    keep_steps: steps whose checkpoints are kept (evaluated later), beyond the newest few.
     loss: "exact", "sparse" (needs cache_k) or "sampled".
     cache_k: > 0 trains teacher-prefix cells from a top-k score cache.
     """
@@ -117,12 +120,15 @@ class TrainConfig:
     cache_k: int = 0
     prompt_template: str = "bare"
     seed: int = 0
+    rollout_seed: int = 0
     checkpoint_every: int = 25
+    keep_steps: tuple[int, ...] = ()
     mixed_precision: str = "no"
     artifacts_root: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "curriculum", tuple(self.curriculum))
+        object.__setattr__(self, "keep_steps", tuple(self.keep_steps))
         self.parsed_objective  # noqa: B018  (raises on a bad objective string)
         for name in ("steps", "batch_size", "checkpoint_every", "max_new_tokens"):
             if getattr(self, name) < 1:
@@ -178,8 +184,8 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """Hash of everything that determines the trained weights (not the output place)."""
         settings = asdict(self)
-        settings.pop("output_dir")
-        settings.pop("artifacts_root")
+        for where_not_what in ("output_dir", "artifacts_root", "keep_steps"):
+            settings.pop(where_not_what)
         return content_hash(settings)
 
 
@@ -247,7 +253,7 @@ def teacher_prefixes(config: TrainConfig,
     return teacher_rollouts(
         config.teacher, config.student, read_problems(config.train_problems),
         SamplingConfig(temperature=config.rollout_temperature,
-                       max_new_tokens=config.longest_response, seed=config.seed),
+                       max_new_tokens=config.longest_response, seed=config.rollout_seed),
         config.prompt_template, root=config.artifacts_root, meter=meter)
 
 
@@ -269,7 +275,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
     on_step(step, metrics) is called after every optimiser step (e.g. to stream to MLflow).
     """
     loop = TrainingLoop(config.output_dir, config.fingerprint(), config.steps,
-                        config.checkpoint_every, log)
+                        config.checkpoint_every, log, keep_steps=config.keep_steps)
     run = _set_up(config, loop)
     loop.restore(run.accelerator, run.cursor)
     metrics: dict[str, float] = {}

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from flows.evaluate import evaluate_flow
 from flows.grid import grid_flow
-from tasks.configs import EvaluateFlowConfig, ExperimentConfig
+from tasks.configs import EvaluateFlowConfig, ExperimentConfig, StudyConfig
 from tasks.data import write_problems
 from tasks.store import RolloutStore
 from tasks.tracking import Tracker
@@ -24,8 +24,8 @@ def study(tmp_path_factory, tiny_pair, tiny_problems):
     train = write_problems(tiny_problems["train"][:32], root / "train.jsonl")
     held_out = write_problems(tiny_problems["held_out"], root / "held_out.jsonl")
     bench = write_problems(tiny_problems["test"][:4], root / "tiny.jsonl")
-    config = ExperimentConfig(
-        name="tiny", teacher=str(tiny_pair[0]), student=str(tiny_pair[1]),
+    config = StudyConfig(
+        name="tiny", readiness="warn", teacher=str(tiny_pair[0]), student=str(tiny_pair[1]),
         train_problems=str(train), held_out_problems=str(held_out), train_size=16,
         cells=["sft", "opd"], steps=2, batch_size=4, max_new_tokens=8, benchmarks=[str(bench)],
         eval_n=2, eval_ks=[1, 2], eval_limit=4, eval_max_new_tokens=8)
@@ -61,7 +61,8 @@ def test_grid_logs_a_parent_with_a_child_run_per_cell(prefect_server, study):
             assert key in metrics, key
         assert [step for step, _ in tracker.metric_history(opd, "train/loss")] == [1, 2]
         params = tracker.run_params(opd)
-        assert params["train.objective"] == "opd" and params["experiment.steps"] == "2"
+        assert params["train.objective"] == "opd" and params["train.steps"] == "2"
+        assert not any(key.startswith("study.") for key in params)  # the run's own params
         versions = tracker.latest_model_versions("distill-tiny-")
     assert {v.name for v in versions} == {"distill-tiny-sft", "distill-tiny-opd"}
     assert "| opd |" in first["table"] and "| teacher |" in first["table"]

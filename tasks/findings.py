@@ -1,0 +1,263 @@
+"""The study's findings: each of the method's claims (C1–C5) measured with an interval and a
+verdict computed from it — never typed by hand.
+
+Every effect is a paired contrast (``tasks.stats.contrast``) of per-problem values over the
+same evaluation problems and sample seeds, with the training seeds as a second bootstrap level;
+``verdict`` reads its 95 % interval against the side the claim predicts, and a claim that needs
+several effects is ``reproduced`` only if all are (``claim_verdict``). A claim whose runs the
+study did not make is reported as not tested (verdict ``None``), never guessed.
+
+The claims (arXiv 2605.16826), as tested here at the study's horizon ``steps`` unless said:
+
+- C1 KL direction: with the same prefix source, reverse KL gives higher Avg@k, lower token
+  entropy and shorter responses than forward KL (offline_rl vs sft on teacher prefixes, opd vs
+  dagger on student prefixes; Pass@k is reported, not judged: the paper finds its advantage
+  smaller and able to flip).
+- C2 prefix source: with the same KL direction, student prefixes beat teacher prefixes on
+  Avg@k and Pass@k (the mean of dagger − sft and opd − offline_rl).
+- C3 horizon: long training with reverse KL lowers entropy and lengthens responses (opd at
+  long_steps vs at steps), and a forward-heavy mix (student:0.25) keeps entropy higher and
+  responses shorter than opd at long_steps while keeping at least 75 % of its Avg@k.
+- C4 curriculum: the entropy-gated length curriculum beats a fixed cap equal to its top rung on
+  Avg@k and Pass@k with shorter responses.
+- C5 RL after distillation: a forward-KL student gains more Avg@k under GRPO than the
+  reverse-KL student of the same prefix source (after − before, difference of differences).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from tasks.configs import StudyConfig
+from tasks.plan import cells
+from tasks.stats import (
+    Direction,
+    Interval,
+    ProblemValues,
+    Verdict,
+    claim_verdict,
+    contrast,
+    problem_values,
+    verdict,
+)
+from tasks.study import Study, samples_by_seed
+
+REVERSE_OF = {"sft": "offline_rl", "dagger": "opd"}  # the same prefix source, the other direction
+RETAINED_SHARE = 0.75  # C3: "keeps most of the accuracy" means at least this share of opd's
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One measured effect: a contrast of cells on a metric, its interval and verdict (None for
+    an effect reported but not judged)."""
+
+    name: str
+    metric: str
+    predicted: Direction | None
+    estimate: float
+    low: float
+    high: float
+    verdict: Verdict | None
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    claim: str
+    effects: tuple[Effect, ...]
+    verdict: Verdict | None  # None: not tested — see note
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "effects": [asdict(e) for e in self.effects]}
+
+
+class _Cells:
+    """Per-problem values of the study's cells, looked up by objective and variant."""
+
+    def __init__(self, study: Study, config: StudyConfig):
+        self.study, self.config, self.k = study, config, max(config.eval_ks)
+        self.runs = {label: runs for label, runs in study.cells().items()}
+
+    def label(self, objective: str, **variant) -> str | None:
+        wanted = [c for c in cells(self.config) if c.objective == objective
+                  and c.curriculum == variant.get("curriculum", False)
+                  and c.max_new_tokens == variant.get("max_new_tokens")]
+        return wanted[0].label if wanted and wanted[0].label in self.runs else None
+
+    def values(self, label: str, metric: str, step: int | None = None) -> ProblemValues:
+        """A cell's per-problem values at a training step (None: its last evaluation)."""
+        by_seed = samples_by_seed(self.runs[label], step=step)
+        if not by_seed:
+            raise LookupError(f"{label!r} has no evaluation samples at step {step}")
+        return problem_values(by_seed, metric, self.k)
+
+    def rl_values(self, source_label: str, metric: str) -> ProblemValues:
+        """The GRPO runs started from source_label's runs, at their last evaluation."""
+        runs = self.runs.get(f"grpo {source_label}", ())
+        if not runs:
+            raise LookupError(f"no GRPO run from {source_label!r}")
+        return problem_values(samples_by_seed(runs), metric, self.k)
+
+
+def _effect(name: str, metric: str, predicted: Direction | None,
+            terms: Sequence[tuple[float, ProblemValues]]) -> Effect:
+    measured: Interval = contrast(terms)
+    judged = verdict(measured, predicted) if predicted else None
+    return Effect(name, metric, predicted, measured.estimate, measured.low, measured.high,
+                  judged)
+
+
+def _finding(id_: str, claim: str, effects: list[Effect], note: str = "") -> Finding:
+    judged = [e.verdict for e in effects if e.verdict is not None]
+    return Finding(id_, claim, tuple(effects), claim_verdict(judged) if judged else None, note)
+
+
+def _untested(id_: str, claim: str, why: str) -> Finding:
+    return Finding(id_, claim, (), None, f"not tested: {why}")
+
+
+# ----------------------------------------------------------------------------- the claims
+
+C1 = "Same prefix source: reverse KL gives higher Avg@k, lower entropy, shorter responses"
+C2 = "Same KL direction: student prefixes beat teacher prefixes on Avg@k and Pass@k"
+C3 = ("Long training with reverse KL lowers entropy and lengthens responses; λ = 0.25 keeps "
+      "them stable and most of the accuracy")
+C4 = "The entropy-gated curriculum beats a fixed cap at its top rung, with shorter responses"
+C5 = "Forward-KL students gain more from GRPO than reverse-KL students"
+
+
+def _c1(c: _Cells) -> Finding:
+    k, step, effects = c.k, c.config.steps, []
+    for forward, reverse in REVERSE_OF.items():
+        f, r = c.label(forward), c.label(reverse)
+        if f is None or r is None:
+            continue
+        name = f"{reverse} − {forward}"
+        for metric, direction in ((f"avg_at_{k}", "higher"), ("entropy", "lower"),
+                                  ("response_length_mean", "lower"), (f"pass_at_{k}", None)):
+            base = metric.replace(f"_at_{k}", "_at_k")
+            effects.append(_effect(f"{metric}: {name}", metric, direction,
+                                   [(1, c.values(r, base, step)), (-1, c.values(f, base, step))]))
+    if not effects:
+        return _untested("C1", C1, "needs sft and offline_rl, or dagger and opd")
+    return _finding("C1", C1, effects, "Pass@k is reported without a verdict (the paper: its "
+                    "advantage is smaller and can flip)")
+
+
+def _c2(c: _Cells) -> Finding:
+    k, step = c.k, c.config.steps
+    pairs = [(c.label(t), c.label(s)) for t, s in (("sft", "dagger"), ("offline_rl", "opd"))]
+    pairs = [(t, s) for t, s in pairs if t and s]
+    if not pairs:
+        return _untested("C2", C2, "needs sft and dagger, or offline_rl and opd")
+    share = 1 / len(pairs)
+    effects = []
+    for metric in (f"avg_at_{k}", f"pass_at_{k}"):
+        base = metric.replace(f"_at_{k}", "_at_k")
+        terms = [(sign * share, c.values(label, base, step)) for t, s in pairs
+                 for sign, label in ((1, s), (-1, t))]
+        effects.append(_effect(f"{metric}: student − teacher prefixes (mean over "
+                               f"{len(pairs)} KL direction{'s' * (len(pairs) > 1)})", metric,
+                               "higher", terms))
+    return _finding("C2", C2, effects)
+
+
+def _c3(c: _Cells) -> Finding:
+    config = c.config
+    opd, mix = c.label("opd"), c.label("student:0.25")
+    if not (config.long_steps and opd and mix and "opd" in config.long_cells
+            and "student:0.25" in config.long_cells):
+        return _untested("C3", C3, "needs opd and student:0.25 in long_cells with long_steps")
+    short, long, k = config.steps, config.long_steps, c.k
+    effects = [
+        _effect("entropy: opd at long − short horizon", "entropy", "lower",
+                [(1, c.values(opd, "entropy", long)), (-1, c.values(opd, "entropy", short))]),
+        _effect("response_length_mean: opd at long − short horizon", "response_length_mean",
+                "higher", [(1, c.values(opd, "response_length_mean", long)),
+                           (-1, c.values(opd, "response_length_mean", short))]),
+        _effect("entropy: student:0.25 − opd at long horizon", "entropy", "higher",
+                [(1, c.values(mix, "entropy", long)), (-1, c.values(opd, "entropy", long))]),
+        _effect("response_length_mean: student:0.25 − opd at long horizon",
+                "response_length_mean", "lower",
+                [(1, c.values(mix, "response_length_mean", long)),
+                 (-1, c.values(opd, "response_length_mean", long))]),
+        _effect(f"avg_at_{k}: student:0.25 − {RETAINED_SHARE} × opd at long horizon",
+                f"avg_at_{k}", "higher",
+                [(1, c.values(mix, "avg_at_k", long)),
+                 (-RETAINED_SHARE, c.values(opd, "avg_at_k", long))]),
+    ]
+    return _finding("C3", C3, effects, f"short horizon = {short} steps, long = {long}")
+
+
+def _c4(c: _Cells) -> Finding:
+    config = c.config
+    if not (config.compare_curriculum and config.curriculum):
+        return _untested("C4", C4, "needs compare_curriculum with a curriculum")
+    top, k = max(config.curriculum), c.k
+    effects = []
+    for objective in config.curriculum_cells or config.objectives():
+        gated, fixed = (c.label(objective, curriculum=True),
+                        c.label(objective, max_new_tokens=top))
+        if not (gated and fixed):
+            continue
+        for metric, direction in ((f"avg_at_{k}", "higher"), (f"pass_at_{k}", "higher"),
+                                  ("response_length_mean", "lower")):
+            base = metric.replace(f"_at_{k}", "_at_k")
+            effects.append(_effect(f"{metric}: {gated} − {fixed}", metric, direction,
+                                   [(1, c.values(gated, base, config.steps)),
+                                    (-1, c.values(fixed, base, config.steps))]))
+    if not effects:
+        return _untested("C4", C4, "the curriculum and fixed-cap runs are missing")
+    return _finding("C4", C4, effects, f"fixed cap = top rung = {top} tokens")
+
+
+def _c5(c: _Cells) -> Finding:
+    config, k = c.config, c.k
+    effects = []
+    for forward, reverse in REVERSE_OF.items():
+        if forward not in config.rl_cells or reverse not in config.rl_cells:
+            continue
+        f, r = c.label(forward), c.label(reverse)
+        try:
+            terms = [(1, c.rl_values(f, "avg_at_k")), (-1, c.values(f, "avg_at_k")),
+                     (-1, c.rl_values(r, "avg_at_k")), (1, c.values(r, "avg_at_k"))]
+        except LookupError as missing:
+            return _untested("C5", C5, str(missing))
+        effects.append(_effect(f"avg_at_{k}: GRPO gain of {forward} − GRPO gain of {reverse}",
+                               f"avg_at_{k}", "higher", terms))
+    if not effects:
+        return _untested("C5", C5, "needs rl_cells with a forward and a reverse student of one "
+                         "prefix source (dagger and opd, or sft and offline_rl)")
+    return _finding("C5", C5, effects, "gain = Avg@k after GRPO − before, on the same problems")
+
+
+def study_findings(study: Study, config: StudyConfig) -> list[Finding]:
+    """C1–C5 measured on a finished study (see the module docstring)."""
+    table = _Cells(study, config)
+    return [claim(table) for claim in (_c1, _c2, _c3, _c4, _c5)]
+
+
+def findings_table(findings: Sequence[Finding]) -> str:
+    """Markdown: one row per claim (verdict), then its effects with their intervals."""
+    lines = ["| claim | effect | estimate [95 % interval] | verdict |", "|---|---|---|---|"]
+    for finding in findings:
+        if not finding.effects:
+            lines.append(f"| {finding.id} | – | – | {finding.note} |")
+        for effect in finding.effects:
+            lines.append(f"| {finding.id} | {effect.name} | {effect.estimate:+.3f} "
+                         f"[{effect.low:+.3f}, {effect.high:+.3f}] | {effect.verdict or '–'} |")
+        if finding.effects:
+            lines.append(f"| **{finding.id}** | **the claim** | | **{finding.verdict}** |")
+    judged = sum(e.verdict is not None for f in findings for e in f.effects)
+    return "\n".join(lines) + (f"\n\n{judged} judged effects in "
+                               f"{sum(f.verdict is not None for f in findings)} claims; each "
+                               "interval is 95 %, not corrected for the number of comparisons.")
+
+
+def findings_document(findings: Sequence[Finding], **context) -> dict:
+    """What findings.json holds: the claims with effects, intervals and verdicts, and context
+    (date, machine, wall time, study name) given by the caller."""
+    return {**context, "claims": [f.to_dict() for f in findings]}
+

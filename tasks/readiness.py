@@ -1,0 +1,129 @@
+"""Before a study trains: can it show the effects it asks about?
+
+Measured on what exists before any training — the teacher's and the starting student's
+evaluations and the teacher's training rollouts:
+
+- ``teacher_entropy``: the teacher's mean token entropy on its own answers. A nearly
+  deterministic teacher (below 0.05 nats/token) gives forward and reverse KL the same target,
+  so the KL-direction claims cannot show.
+- ``eval_cap``: the evaluation cap against the teacher's longest evaluation answer (at least
+  1.5×, and no teacher answer truncated): otherwise length and truncation effects are cut off.
+- ``training_cap``: the share of the teacher's training rollouts the training cap truncates
+  (more than a quarter: the student mostly learns cut answers). With a length curriculum, its
+  first rung must truncate some of them, or the curriculum cannot change anything.
+- ``interval``: the half-width of the 95 % interval of an Avg@k difference between two cells
+  that problems × samples × seeds allow, from the variance of the starting student's per-sample
+  correctness (tasks.stats), against the smallest effect the study must resolve (min_effect).
+
+Each shortfall is a named warning; the study refuses to train unless asked (readiness: warn),
+and then says so at the top of its report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from tasks.configs import StudyConfig
+from tasks.rollout import Sample
+from tasks.stats import expected_half_width, sample_values, variance_components
+from tasks.study import EvalSample
+
+MIN_TEACHER_ENTROPY = 0.05
+EVAL_CAP_HEADROOM = 1.5
+MAX_TRUNCATED_AT_TRAINING = 0.25
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What was measured, and the shortfalls found (name → one line saying what and why)."""
+
+    measured: dict[str, float]
+    shortfalls: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return not self.shortfalls
+
+    def summary(self) -> str:
+        if self.ready:
+            return "ready"
+        return "not ready: " + ", ".join(self.shortfalls)
+
+    def to_dict(self) -> dict:
+        return {"ready": self.ready, **asdict(self)}
+
+
+def assess(config: StudyConfig, teacher_eval: Sequence[EvalSample],
+           student_eval: Sequence[EvalSample], teacher_rollouts: Sequence[Sample],
+           teacher_entropy: float) -> Readiness:
+    """The readiness of a study (see the module docstring). teacher_eval / student_eval: the
+    references' graded evaluation samples; teacher_rollouts: the rollouts teacher-prefix runs
+    train on (empty when the study has none); teacher_entropy: the teacher evaluation's
+    token-weighted entropy."""
+    measured: dict[str, float] = {"teacher_entropy": teacher_entropy}
+    shortfalls: dict[str, str] = {}
+    if teacher_entropy < MIN_TEACHER_ENTROPY:
+        shortfalls["teacher_entropy"] = (
+            f"the teacher's entropy on its own answers is {teacher_entropy:.3f} nats/token, "
+            f"below {MIN_TEACHER_ENTROPY}: forward and reverse KL chase the same target")
+    _check_eval_cap(config, teacher_eval, measured, shortfalls)
+    _check_training_cap(config, teacher_rollouts, measured, shortfalls)
+    _check_interval(config, student_eval, measured, shortfalls)
+    return Readiness(measured, shortfalls)
+
+
+def _check_eval_cap(config, teacher_eval, measured, shortfalls) -> None:
+    longest = max((s.length for s in teacher_eval), default=0)
+    truncated = sum(s.truncated for s in teacher_eval) / max(len(teacher_eval), 1)
+    measured.update({"teacher_longest_eval_answer": float(longest),
+                     "teacher_eval_truncation_rate": truncated,
+                     "eval_max_new_tokens": float(config.eval_max_new_tokens)})
+    if truncated or config.eval_max_new_tokens < EVAL_CAP_HEADROOM * longest:
+        shortfalls["eval_cap"] = (
+            f"eval_max_new_tokens={config.eval_max_new_tokens} is below {EVAL_CAP_HEADROOM}× the "
+            f"teacher's longest evaluation answer ({longest} tokens; {truncated:.1%} truncated): "
+            f"raise it to at least {math.ceil(EVAL_CAP_HEADROOM * longest)}")
+
+
+def _check_training_cap(config, rollouts, measured, shortfalls) -> None:
+    if not rollouts:
+        return
+    lengths = sorted(s.length for s in rollouts)
+    cut = sum(s.truncated for s in rollouts) / len(rollouts)
+    measured.update({"teacher_rollout_length_median": float(lengths[len(lengths) // 2]),
+                     "teacher_rollout_length_max": float(lengths[-1]),
+                     "teacher_rollouts_truncated": cut})
+    if cut > MAX_TRUNCATED_AT_TRAINING:
+        shortfalls["training_cap"] = (
+            f"the training cap truncates {cut:.0%} of the teacher's rollouts (more than "
+            f"{MAX_TRUNCATED_AT_TRAINING:.0%}): the student mostly learns cut answers")
+    if config.curriculum:
+        first = min(config.curriculum)
+        below = sum(length > first for length in lengths) / len(lengths)
+        measured["teacher_rollouts_longer_than_first_rung"] = below
+        if below == 0:
+            shortfalls["curriculum_rungs"] = (
+                f"no teacher rollout is longer than the curriculum's first rung ({first} "
+                "tokens): the curriculum cannot change what is learnt")
+
+
+def _check_interval(config, student_eval, measured, shortfalls) -> None:
+    by_problem = {}
+    for sample in student_eval:
+        by_problem.setdefault(sample.problem_id, []).append(sample)
+    if len(by_problem) < 2:
+        return
+    variances = variance_components(sample_values({0: student_eval}, "correct"))
+    single = expected_half_width(len(by_problem), config.eval_n, len(config.seeds), variances)
+    # A paired difference of two cells: both sides' variance, before pairing removes any.
+    half_width = math.sqrt(2) * single
+    measured.update({"expected_half_width_of_a_difference": half_width,
+                     "min_effect": config.min_effect})
+    if half_width > config.min_effect:
+        shortfalls["interval"] = (
+            f"{len(by_problem)} problems × {config.eval_n} samples × {len(config.seeds)} seeds "
+            f"give an Avg@k difference a 95 % half-width of about {half_width:.3f}, wider than "
+            f"min_effect={config.min_effect}: add problems (eval_limit), samples (eval_n) or "
+            "seeds")

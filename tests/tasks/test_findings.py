@@ -1,0 +1,77 @@
+"""The findings' verdicts on a toy study whose answer is known, built from real evaluations of
+real models: a trained model against an untrained one must come out `reproduced`; two cells
+that differ only in their training seed but hold the same weights (as lr 0 would leave them),
+evaluated on the study's paired samples, must come out `inconclusive`."""
+
+from dataclasses import replace
+
+import pytest
+
+from tasks.configs import StudyConfig
+from tasks.evaluate import EvalConfig, evaluate
+from tasks.findings import findings_table, study_findings
+from tasks.models import build_tiny_model, load_tokenizer
+from tasks.study import EvalSample, Study, StudyRun
+
+
+def _samples(result) -> tuple[EvalSample, ...]:
+    return tuple(EvalSample(r.benchmark, f"{r.benchmark}/{r.problem_id}", r.sample_index,
+                            r.correct, r.length, r.truncated, r.entropy, 10)
+                 for r in result.samples)
+
+
+def _run(label: str, seed: int, samples) -> StudyRun:
+    return StudyRun(f"{label}-{seed}", label, "FINISHED",
+                    {"cell": label, "objective": label, "seed": str(seed)},
+                    evaluations=samples)
+
+
+@pytest.fixture(scope="module")
+def evaluations(bootstrapped, tmp_path_factory):
+    """(teacher samples, untrained samples): 60 test problems × 4 at the study's eval seed."""
+    artifacts, folder = bootstrapped.artifacts, tmp_path_factory.mktemp("toy")
+    tokenizer = load_tokenizer(artifacts.teacher_dir)
+    untrained = build_tiny_model(bootstrapped.config.student, tokenizer, seed=0)
+    untrained.save_pretrained(folder / "untrained")
+    tokenizer.save_pretrained(folder / "untrained")
+    config = EvalConfig(model=str(artifacts.teacher_dir), n=4, ks=(1, 4), limit=60,
+                        benchmarks=(f"default={artifacts.split('test')}",), max_new_tokens=48)
+    teacher = evaluate(config, log=lambda _: None)
+    other = evaluate(replace(config, model=str(folder / "untrained")), log=lambda _: None)
+    return _samples(teacher), _samples(other)
+
+
+STUDY = StudyConfig(cells=["sft", "offline_rl"], seeds=[0, 1, 2], steps=10, eval_ks=[1, 4],
+                    baseline="sft", evaluate_references=False)
+
+
+@pytest.mark.slow
+def test_a_known_effect_is_reproduced(evaluations):
+    trained, untrained = evaluations  # "offline_rl" is the trained model, "sft" is not
+    runs = [_run("offline_rl", s, trained) for s in STUDY.seeds]
+    runs += [_run("sft", s, untrained) for s in STUDY.seeds]
+    c1 = study_findings(Study("toy", "", None, tuple(runs)), STUDY)[0]
+    avg = next(e for e in c1.effects if e.metric == "avg_at_4")
+    # Margin: the teacher answers about three in four, the untrained model none; the effect's
+    # lower bound must clear 0 by more than ten standard errors of 240 paired samples.
+    assert avg.verdict == "reproduced" and avg.low > 0.3, findings_table([c1])
+    assert c1.verdict == "reproduced", findings_table([c1])
+
+
+@pytest.mark.slow
+def test_the_same_weights_under_different_training_seeds_are_inconclusive(evaluations):
+    trained, _ = evaluations
+    runs = [_run(label, s, trained) for label in ("offline_rl", "sft") for s in STUDY.seeds]
+    c1 = study_findings(Study("toy", "", None, tuple(runs)), STUDY)[0]
+    assert all(e.verdict in (None, "inconclusive") for e in c1.effects)
+    assert c1.verdict == "inconclusive"
+    assert all(e.low <= 0 <= e.high for e in c1.effects)
+
+
+def test_claims_without_their_runs_are_not_tested():
+    runs = (_run("sft", 0, ()),)
+    found = study_findings(Study("toy", "", None, runs),
+                           StudyConfig(cells=["sft"], baseline="sft",
+                                       evaluate_references=False))
+    assert [f.verdict for f in found] == [None] * 5
+    assert all(f.note.startswith("not tested") for f in found)

@@ -1,0 +1,72 @@
+"""A study's plan: which runs, evaluated when; and the study form's refusals of bad input,
+each naming the field, before anything trains."""
+
+import pytest
+
+from tasks.configs import StudyConfig
+from tasks.plan import cells, eval_steps, grpo_sources
+from tasks.readiness import assess
+from tasks.rollout import Sample
+from tasks.study import EvalSample
+
+
+def test_a_study_plans_long_horizons_and_the_curriculum_against_its_top_rung():
+    config = StudyConfig(cells=["dagger", "opd"], lambdas=[0.25], lambda_prefixes=["student"],
+                         steps=100, long_steps=300, long_cells=["opd", "student:0.25"],
+                         curriculum=[32, 64, 128], compare_curriculum=True,
+                         curriculum_cells=["opd"], eval_every=50)
+    labels = [c.label for c in cells(config)]
+    assert labels == ["dagger", "opd 300 steps", "student:0.25 300 steps", "opd +curriculum",
+                      "opd cap 128"]
+    by_label = {c.label: c for c in cells(config)}
+    assert eval_steps(config, by_label["dagger"]) == [50, 100]
+    assert eval_steps(config, by_label["opd 300 steps"]) == [50, 100, 150, 200, 250, 300]
+    rows = [{"cell": label, "seed": 0} for label in labels]
+    assert [c.label for c, _ in grpo_sources(config.model_copy(
+        update={"rl_cells": ["dagger", "opd"]}), cells(config), rows)] == [
+        "dagger", "opd 300 steps"]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"seeds": [0, 1, 0]}, "seeds=[0, 1, 0]: give distinct training seeds"),
+    ({"seeds": []}, "give distinct training seeds"),
+    ({"baseline": "opd"}, "baseline='opd' is not a run of this study"),
+    ({"baseline": "teacher", "evaluate_references": False}, "needs evaluate_references"),
+    ({"eval_every": 500}, "eval_every=500 is longer than the run"),
+    ({"long_cells": ["sft"]}, "long_cells need long_steps > steps"),
+    ({"long_cells": ["opd"], "long_steps": 100}, "not among the study's cells"),
+    ({"rl_cells": ["student:0.5"]}, "rl_cells=['student:0.5']: not among"),
+    ({"compare_curriculum": True}, "compare_curriculum needs a curriculum"),
+    ({"cells": ["sfft"]}, "sfft"),
+    ({"min_entropy_fraction": 0.5, "evaluate_references": False, "baseline": "sft"},
+     "min_entropy_fraction needs"),
+])
+def test_bad_studies_are_refused_naming_the_field(fields, message):
+    base = {"cells": ["sft", "dagger"], "steps": 50}
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        StudyConfig(**{**base, **fields})
+
+
+def _eval(length: int, truncated: bool, correct_of: int, problems: int = 40, n: int = 4):
+    return [EvalSample("b", f"b/{p}", i, (p + i) % correct_of == 0, length, truncated, 0.1, 0)
+            for p in range(problems) for i in range(n)]
+
+
+def _rollouts(lengths: list[int], cap: int) -> list[Sample]:
+    return [Sample(i, 0, (1, 2), tuple(range(length)), "", "length" if length >= cap else "stop")
+            for i, length in enumerate(lengths)]
+
+
+def test_readiness_names_each_shortfall_and_passes_a_ready_study():
+    config = StudyConfig(cells=["sft"], seeds=[0, 1, 2], eval_n=4, eval_max_new_tokens=96,
+                         max_new_tokens=64, curriculum=[16, 32, 64], min_effect=0.3)
+    ready = assess(config, _eval(40, False, 1), _eval(50, False, 2),
+                   _rollouts([20, 30, 40, 70], 64), teacher_entropy=0.2)
+    assert ready.ready, ready.shortfalls
+    unready = assess(config.model_copy(update={"min_effect": 0.01, "eval_max_new_tokens": 50}),
+                     _eval(40, True, 1), _eval(50, False, 2),
+                     _rollouts([8, 10, 12, 14], 12), teacher_entropy=0.01)
+    assert set(unready.shortfalls) == {"teacher_entropy", "eval_cap", "training_cap",
+                                       "curriculum_rungs", "interval"}
+    assert "below 0.05" in unready.shortfalls["teacher_entropy"]
+    assert unready.summary().startswith("not ready: teacher_entropy")
