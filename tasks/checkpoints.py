@@ -19,7 +19,9 @@ verified hint: a pointer that is unreadable or names a checkpoint that fails is 
 folder scanned, never trusted into a restart from step 0 over older checkpoints.
 
 accelerate's own ``save_state``/``load_state`` write and read the optimizer, scheduler and
-per-process RNG states, so multi-process runs checkpoint correctly; its loads use
+per-process RNG states, so multi-process runs checkpoint correctly; a checkpoint resumes on
+another number of processes too (each process reads its own RNG file; one the checkpoint has
+none for gets RNG seeded from the config hash, step and process index); its loads use
 ``torch.load(weights_only=True)`` with an allow-list of array types, so no pickled code runs.
 The loop's own state (data cursor, curriculum) is JSON rather than accelerate's registered
 custom state, whose loader unpickles arbitrary objects. The model is saved once, as the
@@ -28,6 +30,7 @@ custom state, whose loader unpickles arbitrary objects. The model is saved once,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -37,6 +40,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
+from accelerate.utils import set_seed
 
 from tasks.artifacts import CHECKSUMS, sha256_file, verify_checksums, write_checksums
 
@@ -188,11 +192,14 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
 
     Every pickled state file is first read the way accelerate reads it (weights_only, tensors and
     arrays only), so a file that would run code is refused naming it — accelerate itself skips an
-    unreadable RNG file with only an INFO line, which would make a resume silently inexact."""
-    rng_file = checkpoint / f"random_states_{accelerator.process_index}.pkl"
-    if not rng_file.is_file():
-        raise CheckpointError(f"{checkpoint} has no {rng_file.name}: it was written by fewer "
-                              "processes than this run has; resume with the same number")
+    unreadable RNG file with only an INFO line, which would make a resume silently inexact.
+
+    The checkpoint may come from another number of processes. Optimizer and scheduler states are
+    whole (not sharded) under DDP, and process p reads random_states_<p>.pkl. A process with no
+    file of its own (the run now has more processes than wrote the checkpoint) is seeded from
+    (config hash, step, process index): deterministic, so two such resumes agree, though not the
+    RNG an uninterrupted run on that many processes would have had. Training seeds all sampling
+    itself (tasks.rollout), so nothing it computes draws from this RNG today."""
     for path in sorted([*checkpoint.glob("*.bin"), *checkpoint.glob("*.pkl")]):
         try:
             accelerate_load(path, map_location="cpu")
@@ -204,3 +211,13 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
         accelerator.load_state(str(checkpoint))
     finally:
         handle.remove()
+    if not (checkpoint / f"random_states_{accelerator.process_index}.pkl").is_file():
+        set_seed(derived_seed(checkpoint, accelerator.process_index))
+
+
+def derived_seed(checkpoint: Path, process_index: int) -> int:
+    """The RNG seed of a process that checkpoint holds no RNG file for: a hash of the run's
+    config hash, the checkpoint's step and the process index."""
+    state = json.loads((checkpoint / LOOP_STATE).read_text())
+    key = f"{state['config_hash']}/{state['step']}/{process_index}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")

@@ -12,6 +12,14 @@ happens around the step is the same and lives here once:
 - ``DataCursor``: a seeded pass over the problems, reshuffled per epoch from (seed, step), so a
   resumed run draws exactly the batches an uninterrupted one would.
 - ``check_finite``: a NaN/inf loss or gradient stops the run before the step is applied.
+
+Several processes (``torchrun`` or ``accelerate launch``): every process walks the same cursor,
+so each step's global batch is the same everywhere, and ``shard`` hands each process its own
+part of it; ``global_sums`` turns per-process counts and sums into the run's. Only the main
+process sets corrupt checkpoints aside, logs and writes ``final_metrics.json``. A checkpoint
+resumes on any number of processes: the cursor, curriculum and compute counters are global, and
+a process the checkpoint holds no RNG file for gets one derived from the run (see
+``tasks.checkpoints.load_checkpoint``).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 
 from tasks.checkpoints import (
     checkpoint_step,
@@ -78,11 +86,20 @@ class TrainingLoop:
     def __init__(self, output_dir: str | Path, fingerprint: str, steps: int,
                  checkpoint_every: int, log: Callable[[str], None] = print, keep: int = 3,
                  keep_steps: tuple[int, ...] = ()):
+        # The process group (Accelerator() later joins it): the main process alone moves corrupt
+        # checkpoints aside and logs; the others look once it is done, and so agree with it.
+        processes = PartialState(cpu=not torch.cuda.is_available())
+        self.is_main = processes.is_main_process
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.fingerprint, self.steps, self.checkpoint_every = fingerprint, steps, checkpoint_every
-        self.log, self.keep, self.keep_steps = log, keep, set(keep_steps)
-        self.checkpoint = latest_checkpoint(self.output_dir, warn=log, set_aside=True)
+        self.log, self.keep, self.keep_steps = (log if self.is_main else _quiet), keep, set(
+            keep_steps)
+        if self.is_main:
+            self.checkpoint = latest_checkpoint(self.output_dir, warn=log, set_aside=True)
+        processes.wait_for_everyone()
+        if not self.is_main:
+            self.checkpoint = latest_checkpoint(self.output_dir, warn=_quiet)
         self.state = (read_loop_state(self.checkpoint, fingerprint)
                       if self.checkpoint is not None else {})
         self.start_step = int(self.state.get("step", 0))
@@ -103,6 +120,11 @@ class TrainingLoop:
         load_checkpoint(accelerator, self.checkpoint)
         cursor.load_state_dict(self.state["cursor"])
         self.log(f"resuming from {self.checkpoint} at step {self.start_step}")
+        written_by = len(list(self.checkpoint.glob("random_states_*.pkl")))
+        if written_by != accelerator.num_processes:
+            self.log(f"  the checkpoint was written by {written_by} process(es), this run has "
+                     f"{accelerator.num_processes}: same global batches; processes without an "
+                     "RNG file of their own get one seeded from the config hash and step")
 
     def end_step(self, step: int, accelerator: Accelerator, model, tokenizer,
                  cursor: DataCursor, extra: dict) -> None:
@@ -118,7 +140,35 @@ class TrainingLoop:
                     shutil.rmtree(old, ignore_errors=True)
 
     def finish(self, metrics: dict[str, float]) -> None:
-        (self.output_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+        if self.is_main:
+            (self.output_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def _quiet(line: str) -> None:
+    """The log of processes other than the main one: their lines would repeat its own."""
+
+
+def shard(indices: list, accelerator: Accelerator) -> list:
+    """This process's part of a step's global batch: every num_processes-th item from its
+    process index. Deterministic, the parts differ in size by at most one, and their union is
+    the batch one process would take."""
+    if len(indices) < accelerator.num_processes:
+        raise ValueError(f"a step's batch of {len(indices)} cannot give each of the "
+                         f"{accelerator.num_processes} processes a share; raise the batch size "
+                         "to at least the number of processes")
+    return indices[accelerator.process_index :: accelerator.num_processes]
+
+
+def sampling_seed(seed: int, accelerator: Accelerator) -> int:
+    """The sampling seed of this process's shard of a step whose one-process seed is seed
+    (unchanged with one process, distinct per process)."""
+    return seed * accelerator.num_processes + accelerator.process_index
+
+
+def global_sums(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:
+    """values summed over all processes (one all-reduce, in float64 so counts stay exact)."""
+    local = torch.tensor(list(values.values()), dtype=torch.float64, device=accelerator.device)
+    return dict(zip(values, accelerator.reduce(local, "sum").tolist(), strict=True))
 
 
 def check_finite(step: int, loss: float, grad_norm: float, checkpoint: Path | None,

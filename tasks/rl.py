@@ -19,6 +19,14 @@ One update per batch means the ratio starts at 1; the clipped objective is still
 so more updates per batch would need no change to the loss. Checkpoints, exact resume and the
 finite guard come from ``tasks.loop``, the skeleton distillation uses too. Metrics per step
 are ``rl/...`` dicts; this module does not log to MLflow (``on_step`` streams them).
+
+Several processes (``torchrun``/``accelerate launch`` of a script calling ``train_grpo``):
+``prompts_per_step`` is global; each process samples, rewards and trains on its own shard of the
+step's prompts (whole groups, so advantages need no exchange), with its own sampling seed. The
+loss is divided by the global token count, the skip decision is global (a process whose groups
+are all equal still takes part when another's are not), and metrics are global. Samples depend
+on the number of processes (each shard is drawn with its own seed), so a resume on another
+number continues the run validly but not bit for bit.
 """
 
 from __future__ import annotations
@@ -36,7 +44,15 @@ import distill_core as dc
 from tasks.artifacts import content_hash
 from tasks.data import Problem, read_problems
 from tasks.grader import Grader
-from tasks.loop import DataCursor, TrainingLoop, check_finite, check_finite_weights
+from tasks.loop import (
+    DataCursor,
+    TrainingLoop,
+    check_finite,
+    check_finite_weights,
+    global_sums,
+    sampling_seed,
+    shard,
+)
 from tasks.models import check_pair, load_model, load_tokenizer
 from tasks.progress import Progress
 from tasks.rollout import (
@@ -131,17 +147,21 @@ def rewards(grader: Grader, samples: Sequence[Sample], gold_answers: Sequence[st
             for g in grades]
 
 
-def _check_data(config: GRPOConfig, problems: list[Problem], policy) -> None:
+def _check_data(config: GRPOConfig, problems: list[Problem], policy, processes: int) -> None:
     if config.prompts_per_step > len(problems):
         raise ValueError(f"prompts_per_step={config.prompts_per_step} is larger than the "
                          f"{len(problems)} problems in {config.train_problems}")
+    if config.prompts_per_step < processes:
+        raise ValueError(f"prompts_per_step={config.prompts_per_step} is global and this run has "
+                         f"{processes} processes: each needs at least one prompt per step; "
+                         "raise prompts_per_step or launch fewer processes")
     if config.max_new_tokens >= context_length(policy):
         raise ValueError(f"max_new_tokens={config.max_new_tokens} is not below the policy's "
                          f"context of {context_length(policy)} tokens")
 
 
-def _masked_mean(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> float:
-    return float((values_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1))
+def _masked_sum(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> float:
+    return float((values_BT * mask_BT).sum())
 
 
 @torch.no_grad()
@@ -172,7 +192,7 @@ def train_grpo(config: GRPOConfig, log: Callable[[str], None] = print,
     check_finite_weights(policy, loop.weights or config.policy)
     initial = load_model(config.policy, device=accelerator.device).eval().requires_grad_(False)
     problems = read_problems(config.train_problems)
-    _check_data(config, problems, policy)
+    _check_data(config, problems, policy, accelerator.num_processes)
     prompts = render_prompts(tokenizer, problems, config.prompt_template)
 
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
@@ -182,10 +202,10 @@ def train_grpo(config: GRPOConfig, log: Callable[[str], None] = print,
     loop.restore(accelerator, cursor)
     skipped, history, metrics = int(loop.saved("skipped_steps", 0)), [], {}
     step_context = _Step(config, accelerator, policy, initial, optimizer, tokenizer, vocab)
-    progress = Progress(config.steps, "GRPO", log, start=loop.start_step)
+    progress = Progress(config.steps, "GRPO", loop.log, start=loop.start_step)
     with Grader() as grader:
         for step in range(loop.start_step, config.steps):
-            indices = cursor.take(config.prompts_per_step, step)
+            indices = shard(cursor.take(config.prompts_per_step, step), accelerator)
             metrics = _grpo_step(step_context, step, grader, [prompts[i] for i in indices],
                                  [problems[i].answer for i in indices], loop.checkpoint)
             skipped += int(metrics["rl/skipped"])
@@ -196,8 +216,8 @@ def train_grpo(config: GRPOConfig, log: Callable[[str], None] = print,
             loop.end_step(step + 1, accelerator, policy, tokenizer, cursor,
                           {"skipped_steps": skipped})
             if metrics["rl/skipped"]:
-                log(f"  grpo step {step + 1}: skipped, no reward signal (every group's rewards "
-                    "equal)")
+                loop.log(f"  grpo step {step + 1}: skipped, no reward signal (every group's "
+                         "rewards equal)")
             progress.update(note=f"reward {metrics['rl/reward_mean']:.3f}  all-equal groups "
                                  f"{metrics['rl/all_equal_group_fraction']:.2f}  kl "
                                  f"{metrics['rl/kl_to_initial']:.4f}")
@@ -221,14 +241,16 @@ class _Step:
 
 def _grpo_step(run: _Step, step: int, grader: Grader, prompts: list[str],
                gold_answers: list[str], checkpoint: Path | None) -> dict[str, float]:
-    """Sample, reward, and (unless no group has a signal) one clipped update; returns metrics."""
+    """Sample, reward, and (unless no group of any process has a signal) one clipped update on
+    this process's prompts; returns the step's global metrics."""
     config, accelerator = run.config, run.accelerator
     started = time.perf_counter()
     G = config.group_size
     samples = generate_hf(
         accelerator.unwrap_model(run.policy), run.tokenizer, prompts,
         SamplingConfig(n=G, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                       seed=config.seed * 1_000_003 + step, batch_size=len(prompts) * G))
+                       seed=sampling_seed(config.seed * 1_000_003 + step, accelerator),
+                       batch_size=len(prompts) * G))
     generated = time.perf_counter()
     reward_list = rewards(grader, samples, [gold_answers[s.prompt_index] for s in samples],
                           config.format_reward)
@@ -239,42 +261,56 @@ def _grpo_step(run: _Step, step: int, grader: Grader, prompts: list[str],
     mask = batch.response_mask_BT.to(accelerator.device)
     old_logprobs, old_logits = _frozen_logprobs(run.policy, batch, run.vocab, config.temperature)
     ref_logprobs, _ = _frozen_logprobs(run.initial, batch, run.vocab, config.temperature)
-    lengths = [s.length for s in samples]
+    totals = global_sums(accelerator, {
+        "reward": float(rewards_G_N.sum()), "responses": len(samples), "groups": len(prompts),
+        "all_equal_groups": float(all_equal.sum()), "tokens": float(mask.sum()),
+        "entropy": _masked_sum(dc.token_entropy(old_logits), mask),
+        "kl_to_initial": _masked_sum(dc.k3_kl(old_logprobs, ref_logprobs), mask),
+        "truncated": sum(s.truncated for s in samples),
+    })
+    tokens = max(totals["tokens"], 1.0)
+    skipped = totals["all_equal_groups"] == totals["groups"]
     metrics = {
-        "rl/reward_mean": float(rewards_G_N.mean()),
-        "rl/all_equal_group_fraction": float(all_equal.float().mean()),
-        "rl/entropy": _masked_mean(dc.token_entropy(old_logits), mask),
-        "rl/response_length_mean": sum(lengths) / len(lengths),
-        "rl/truncation_rate": sum(s.truncated for s in samples) / len(samples),
-        "rl/kl_to_initial": _masked_mean(dc.k3_kl(old_logprobs, ref_logprobs), mask),
-        "rl/skipped": float(bool(all_equal.all())),
+        "rl/reward_mean": totals["reward"] / totals["responses"],
+        "rl/all_equal_group_fraction": totals["all_equal_groups"] / totals["groups"],
+        "rl/entropy": totals["entropy"] / tokens,
+        "rl/response_length_mean": totals["tokens"] / totals["responses"],
+        "rl/truncation_rate": totals["truncated"] / totals["responses"],
+        "rl/kl_to_initial": totals["kl_to_initial"] / tokens,
+        "rl/skipped": float(skipped),
         "rl/clip_fraction": 0.0, "rl/loss": 0.0, "rl/grad_norm": 0.0,
     }
     del old_logits
-    if not all_equal.all():
+    if not skipped:
         metrics.update(_update(run, step, batch, mask, old_logprobs, ref_logprobs,
-                               advantages.flatten().to(mask.device), checkpoint))
+                               advantages.flatten().to(mask.device), totals["tokens"],
+                               checkpoint))
     metrics.update({"time/generate": generated - started,
                     "time/train": time.perf_counter() - generated})
     return metrics
 
 
 def _update(run: _Step, step: int, batch, mask, old_logprobs, ref_logprobs, advantages_B,
-            checkpoint: Path | None) -> dict[str, float]:
-    """One clipped GRPO update on the step's batch; raises NonFiniteError before applying NaN."""
-    config = run.config
+            global_tokens: float, checkpoint: Path | None) -> dict[str, float]:
+    """One clipped GRPO update on the step's batch; raises NonFiniteError before applying NaN.
+    The loss is divided by the global token count; DDP averages gradients over processes, so
+    scaling by their number makes the sum over all tokens what counts."""
+    config, accelerator = run.config, run.accelerator
     logits = response_logits(run.policy, batch, run.vocab)
     logprobs = dc.sampled_token_logprobs(logits, batch.response_ids_BT.to(logits.device),
                                          config.temperature)
     loss, stats = dc.grpo_token_loss(
         logprobs, old_logprobs, advantages_B, mask, clip_eps=config.clip_eps,
-        ref_logprobs_BT=ref_logprobs if config.kl_coef > 0 else None, kl_coef=config.kl_coef)
-    run.accelerator.backward(loss)
-    grad_norm = float(run.accelerator.clip_grad_norm_(run.policy.parameters(), 1.0))
-    loss_value = float(loss.detach())
-    check_finite(step + 1, loss_value, grad_norm, checkpoint, run.optimizer,
+        ref_logprobs_BT=ref_logprobs if config.kl_coef > 0 else None, kl_coef=config.kl_coef,
+        num_valid_tokens=max(global_tokens, 1.0))
+    accelerator.backward(loss * accelerator.num_processes)
+    grad_norm = float(accelerator.clip_grad_norm_(run.policy.parameters(), 1.0))
+    totals = global_sums(accelerator, {
+        "loss": float(loss.detach()),
+        "clipped_tokens": stats["clip_fraction"] * float(mask.sum())})
+    check_finite(step + 1, totals["loss"], grad_norm, checkpoint, run.optimizer,
                  "Lower learning_rate")
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return {"rl/loss": loss_value, "rl/grad_norm": grad_norm,
-            "rl/clip_fraction": stats["clip_fraction"]}
+    return {"rl/loss": totals["loss"], "rl/grad_norm": grad_norm,
+            "rl/clip_fraction": totals["clipped_tokens"] / max(global_tokens, 1.0)}

@@ -15,8 +15,19 @@ metrics. Per step:
    ``sampled`` (REINFORCE surrogate for the reverse-KL part on the sampled tokens, exact forward
    KL for the rest). Every micro-batch's loss is divided by the step's global number of response
    tokens (all micro-batches, all processes), so accumulation and DDP weigh tokens equally.
-4. Optimiser step through ``accelerate`` (CPU, one GPU, or DDP/FSDP from a config in infra/),
+4. Optimiser step through ``accelerate`` (CPU, one GPU, or DDP from a config in infra/),
    after a finite-gradient check.
+
+Several processes (``torchrun --nproc_per_node N -m tasks.train`` on CPUs, ``accelerate launch``
+on GPUs): ``batch_size`` is the global batch. Every process draws the same step's prompts from
+the cursor and trains on its own shard of them (``tasks.loop.shard``); each shard's loss is
+divided by the global token count and DDP sums the gradients, so a teacher-prefix run reaches the
+weights one process reaches (up to float32 summation order). On-policy cells sample each shard
+on its own process with its own seed (``tasks.loop.sampling_seed``): the samples follow the same
+distribution but are not the ones a one-process run draws, because ``generate`` draws a whole
+batch's sampling noise from one generator, so a row's noise depends on the batch it sits in.
+Logged metrics are global (summed or maxed over processes); ``time/...`` are the main
+process's. ``micro_batch_size`` counts sequences per process.
 
 Resume, the data cursor, checkpoints (every ``checkpoint_every`` steps and at the end: the
 student as safetensors, optimiser, scheduler, RNG, data position, curriculum state, a hash of
@@ -38,6 +49,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast
 
 import distill_core as dc
 from tasks.artifacts import content_hash
@@ -50,6 +62,9 @@ from tasks.loop import (
     TrainingLoop,
     check_finite,
     check_finite_weights,
+    global_sums,
+    sampling_seed,
+    shard,
 )
 from tasks.models import check_pair, load_model, load_tokenizer, non_embedding_parameters
 from tasks.progress import Progress
@@ -228,10 +243,14 @@ def _learning_rate_lambda(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
-def _check_data(config: TrainConfig, problems: list[Problem], student) -> None:
+def _check_data(config: TrainConfig, problems: list[Problem], student, processes: int) -> None:
     if config.batch_size > len(problems):
         raise ValueError(f"batch_size={config.batch_size} is larger than the "
                          f"{len(problems)} problems in {config.train_problems}")
+    if config.batch_size < processes:
+        raise ValueError(f"batch_size={config.batch_size} is the global batch and this run has "
+                         f"{processes} processes: each needs at least one prompt per step; "
+                         "raise batch_size or launch fewer processes")
     limit = context_length(student)
     if config.longest_response >= limit:
         raise ValueError(f"max response length {config.longest_response} is not below the "
@@ -280,13 +299,15 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
     loop.restore(run.accelerator, run.cursor)
     metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
-    progress = Progress(config.steps, f"training {config.objective}", log,
+    progress = Progress(config.steps, f"training {config.objective}", loop.log,
                         start=loop.start_step)
     for step in range(loop.start_step, config.steps):
         started = time.perf_counter()
+        counted = dict(run.meter.tokens)
         samples, indices, max_length = _prefixes(run, step)
         generated = time.perf_counter()
         metrics, score_seconds = _train_step(run, samples, indices)
+        _count_every_process(run, counted)
         check_finite(step + 1, metrics["train/loss"], metrics["train/grad_norm"],
                      loop.checkpoint, run.optimizer, "Lower learning_rate or check the "
                      "teacher's logits")
@@ -299,7 +320,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
             "time/train": time.perf_counter() - generated - score_seconds,
             **run.meter.metrics("train"),
         })
-        metrics.update(_gate(run, step, max_length, log))
+        metrics.update(_gate(run, step, max_length, loop.log))
         metrics["step"] = float(step + 1)
         history.append(dict(metrics))
         if on_step is not None:
@@ -330,7 +351,7 @@ def _set_up(config: TrainConfig, loop: TrainingLoop) -> _Run:
         teacher.eval().requires_grad_(False)
         check_finite_weights(teacher, config.teacher)
     problems = read_problems(config.train_problems)
-    _check_data(config, problems, student)
+    _check_data(config, problems, student, accelerator.num_processes)
     meter = ComputeMeter(non_embedding_parameters(student),
                          _teacher_parameters(config.teacher, teacher))
     rollouts: list[Sample] = []
@@ -363,19 +384,30 @@ def _entropy_prompts(config: TrainConfig, tokenizer) -> list[str]:
 
 
 def _prefixes(run: _Run, step: int) -> tuple[list[Sample], list[int], int]:
-    """The step's (responses, problem indices, max length): fresh student samples on student
-    prefixes, the teacher's cached rollouts (cut to the current length) on teacher prefixes."""
+    """This process's share of the step: (responses, problem indices, max length) — fresh
+    student samples on student prefixes, the teacher's cached rollouts (cut to the current
+    length) on teacher prefixes."""
     config = run.config
-    indices = run.cursor.take(config.batch_size, step)
+    indices = shard(run.cursor.take(config.batch_size, step), run.accelerator)
     max_length = run.curriculum.max_response_length if run.curriculum else config.max_new_tokens
     if not run.objective.on_policy:
         return [_cut(run.rollouts[i], max_length) for i in indices], indices, max_length
     samples = generate_hf(
         run.accelerator.unwrap_model(run.student), run.tokenizer, [run.prompts[i] for i in indices],
         SamplingConfig(temperature=config.rollout_temperature, max_new_tokens=max_length,
-                       seed=config.seed * 1_000_003 + step, batch_size=config.batch_size),
+                       seed=sampling_seed(config.seed * 1_000_003 + step, run.accelerator),
+                       batch_size=config.batch_size),
         run.meter)
     return samples, indices, max_length
+
+
+def _count_every_process(run: _Run, counted: dict[str, int]) -> None:
+    """The meter counted this process's tokens since counted; make it count every process's, so
+    FLOPs are the run's and a checkpoint's counters resume on any number of processes."""
+    step_tokens = global_sums(run.accelerator, {stage: run.meter.tokens[stage] - counted[stage]
+                                                for stage in run.meter.tokens})
+    run.meter.tokens = {stage: counted[stage] + round(tokens)
+                        for stage, tokens in step_tokens.items()}
 
 
 def _apply_update(run: _Run) -> None:
@@ -392,6 +424,9 @@ def _gate(run: _Run, step: int, max_length: int, log: Callable[[str], None]) -> 
     entropy = entropy_probe(run.accelerator.unwrap_model(run.student), run.tokenizer,
                             run.entropy_prompts, max_length, config.seed + step,
                             config.rollout_temperature, run.vocab)
+    # Every process measures the same prompts with the same weights and seed; all follow the
+    # main process's number, so a kernel's nondeterminism cannot split their curricula.
+    entropy = float(broadcast(torch.tensor([entropy], device=run.accelerator.device))[0])
     decision = run.curriculum.update(entropy)
     log(f"  curriculum gate at step {step + 1}: entropy {entropy:.3f} vs H_min "
         f"{config.min_entropy:.3f} → max length {decision['length_after']}")
@@ -445,17 +480,22 @@ def _train_step(run: _Run, samples: list[Sample], indices: list[int]
         for name in ("forward_kl", "reverse_kl", "entropy"):
             sums[name] += float((terms[name] * mask).sum()) / max(global_tokens, 1.0)
         sums["overlap"] += float((overlap * mask).sum()) / max(global_tokens, 1.0)
-    grad_norm = accelerator.clip_grad_norm_(run.student.parameters(), 1.0)
-    lengths = [s.length for s in samples]
+    grad_norm = accelerator.clip_grad_norm_(run.student.parameters(), 1.0)  # of the global grad
+    # Each process's sums are already divided by the global token count: summed, they are the
+    # step's; so are the counts behind the means.
+    sums = global_sums(accelerator, {**sums, "responses": len(samples),
+                                     "truncated": sum(s.truncated for s in samples)})
+    longest = accelerator.reduce(torch.tensor(float(max(s.length for s in samples)),
+                                              device=accelerator.device), "max")
     return {
         "train/loss": sums["loss"],
         "train/forward_kl": sums["forward_kl"],
         "train/reverse_kl": sums["reverse_kl"],
         "train/entropy": sums["entropy"],
         "train/teacher_topk_mass": sums["overlap"],
-        "train/response_length": sum(lengths) / len(lengths),
-        "train/response_length_max": float(max(lengths)),
-        "train/truncation_rate": sum(s.truncated for s in samples) / len(samples),
+        "train/response_length": global_tokens / sums["responses"],
+        "train/response_length_max": float(longest),
+        "train/truncation_rate": sums["truncated"] / sums["responses"],
         "train/grad_norm": float(grad_norm),
         "train/response_tokens": float(global_tokens),
     }, score_seconds
@@ -510,6 +550,8 @@ def main(argv: list[str] | None = None) -> None:
     `accelerate launch --config_file infra/accelerate/<setup>.yaml`."""
     import argparse
 
+    from accelerate import PartialState
+
     parser = argparse.ArgumentParser(prog="python -m tasks.train", description=main.__doc__)
     parser.add_argument("--config", required=True, type=Path, help="JSON file of TrainConfig")
     args = parser.parse_args(argv)
@@ -519,7 +561,8 @@ def main(argv: list[str] | None = None) -> None:
     except (json.JSONDecodeError, TypeError) as error:
         raise SystemExit(f"{args.config}: not a TrainConfig JSON object ({error})") from error
     result = train(config)
-    print(json.dumps({"checkpoint": str(result.checkpoint), **result.metrics}, indent=2))
+    if PartialState().is_main_process:
+        print(json.dumps({"checkpoint": str(result.checkpoint), **result.metrics}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,410 @@
+"""GPU check: one table of what a CUDA machine does with this project, before anyone relies on it.
+
+Rows (sections, in order; ``--sections`` picks some):
+
+- train: a bf16 (``TrainConfig.mixed_precision``) training step of every cell — sft, dagger,
+  offline_rl, opd — on the embedded default models (``tasks.bootstrap.bootstrap_default``) and
+  the first 256 training problems: seconds per step (generate + score + train, the mean after
+  one untimed warm-up run that also builds the teacher's rollouts) and peak GPU memory.
+- loss: forward and reverse KL, forward+backward, on random logits at V = 151,936 for T = 1,024
+  up to 32,768 tokens, for each case in ``bench.kl_memory.CASES`` whose implementation this
+  script knows (others are listed as skipped): seconds (median of 3 after one) and the peak GPU
+  memory beyond the two logits tensors. A case that runs out of memory says so and skips its
+  longer T.
+- rollout: HF ``generate`` on the GPU vs vLLM (``tasks.vllm_backend`` in the environment named
+  by ``DISTILL_LAB_VLLM_PYTHON``; skipped with a note when unset) on SmolLM2-135M-Instruct from
+  the real-weights bootstrap: generated tokens/s, greedy and at temperature 1 (bench.rollout_vllm).
+- accelerate: ``accelerate launch --num_processes 1 -m tasks.train`` of a short bf16 run of the
+  default student: wall time and final loss.
+
+    python -m bench.gpu_check                  # on a CUDA machine; exits 2 with one line if none
+    python -m bench.gpu_check --cpu-smoke      # the same code paths on the CPU at toy sizes
+
+A section that fails puts its error in the table and the script exits 1, so one failure does not
+cost the other measurements. The embedded default's bootstrap takes minutes when its artifacts
+are not cached: pass ``--root`` (or set DISTILL_LAB_ARTIFACTS) to an artifact folder that holds
+them. The CPU smoke bootstraps a toy default (a few SFT steps) under a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+NO_CUDA_EXIT = 2
+SECTIONS = ("train", "loss", "rollout", "accelerate")
+CELLS = ("sft", "dagger", "offline_rl", "opd")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each section measures: the real check on a GPU, or toy sizes for the smoke."""
+
+    device: str
+    train_steps: int = 5
+    batch_size: int = 16
+    train_problems: int = 256
+    max_new_tokens: int = 96
+    loss_vocab: int = 151_936
+    loss_tokens: tuple[int, ...] = (1_024, 4_096, 16_384, 32_768)
+    loss_repeats: int = 3
+    rollout_prompts: int = 32
+    rollout_new_tokens: int = 64
+    toy_bootstrap: bool = False
+
+
+GPU = Sizes(device="cuda")
+SMOKE = Sizes(device="cpu", train_steps=2, batch_size=4, train_problems=16, max_new_tokens=8,
+              loss_vocab=4_096,
+              loss_tokens=(64, 256), loss_repeats=1, rollout_prompts=2, rollout_new_tokens=4,
+              toy_bootstrap=True)
+
+
+@dataclass
+class Row:
+    section: str
+    setting: str
+    result: str
+    memory: str = "-"
+    note: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    failed: bool = False
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(f"  {row.section}: {row.setting}: {row.result} {row.memory} {row.note}".rstrip(),
+              flush=True)
+
+    def table(self) -> str:
+        lines = ["| section | setting | result | peak GPU memory | note |", "|---|---|---|---|---|"]
+        lines += [f"| {r.section} | {r.setting} | {r.result} | {r.memory} | {r.note} |"
+                  for r in self.rows]
+        return "\n".join(lines)
+
+
+class PeakMemory:
+    """Peak GPU memory torch allocated inside the block, beyond what was allocated before it
+    when ``extra`` (CUDA only; on the CPU the text says so)."""
+
+    def __init__(self, device: str, extra: bool = False):
+        self.cuda, self.extra, self.bytes = device == "cuda", extra, 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.before = torch.cuda.memory_allocated() if self.extra else 0
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.bytes = torch.cuda.max_memory_allocated() - self.before
+
+    def text(self) -> str:
+        return f"{self.bytes / 2**30:.2f} GiB" if self.cuda else "- (CPU)"
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def default_models(sizes: Sizes, root: Path):
+    """The embedded default (bootstrap_default), or for the smoke a toy one built the same way."""
+    from tasks.arithmetic import ArithmeticConfig
+    from tasks.bootstrap import DefaultBootstrapConfig, bootstrap_default
+    from tasks.models import TinyModelConfig
+    from tasks.sft import SFTConfig
+
+    config = DefaultBootstrapConfig()
+    if sizes.toy_bootstrap:
+        toy = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                              max_positions=256)
+        config = DefaultBootstrapConfig(
+            task=ArithmeticConfig(train_size=200, held_out_size=8, test_size=8), vocab_size=300,
+            teacher=toy, teacher_sft=SFTConfig(steps=2, batch_size=8, warmup_steps=1),
+            student=toy, student_sft=SFTConfig(steps=1, batch_size=8, warmup_steps=1),
+            eval_problems=4)
+    return bootstrap_default(config, root=root, log=lambda line: None)
+
+
+def _base_config(models, sizes: Sizes, root: Path, scratch: Path):
+    """An sft run of the default on its first sizes.train_problems problems (the teacher's
+    rollouts cover every problem of the file: all 20,000 would take the check's whole budget)."""
+    from tasks.data import read_problems, write_problems
+    from tasks.train import TrainConfig
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    problems = scratch / "train.jsonl"
+    write_problems(read_problems(models.split("train"))[: sizes.train_problems], problems)
+    return TrainConfig(objective="sft", teacher=str(models.teacher_dir),
+                       student=str(models.student_dir),
+                       train_problems=str(problems), output_dir=str(scratch / "unused"),
+                       steps=sizes.train_steps, batch_size=sizes.batch_size, learning_rate=1e-4,
+                       max_new_tokens=sizes.max_new_tokens, checkpoint_every=10_000,
+                       mixed_precision="bf16", artifacts_root=str(root))
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def train_rows(report: Report, sizes: Sizes, root: Path, scratch: Path) -> None:
+    from tasks.train import train
+
+    models = default_models(sizes, root)
+    base = _base_config(models, sizes, root, scratch)
+    for cell in CELLS:
+        config = replace(base, objective=cell, output_dir=str(scratch / cell))
+        train(replace(config, steps=1, output_dir=str(scratch / f"warm-{cell}")),
+              log=lambda line: None)  # builds the teacher's rollouts; CUDA warm-up
+        _free_memory()
+        with PeakMemory(sizes.device) as peak:
+            history = train(config, log=lambda line: None).history
+        seconds = [h["time/generate"] + h["time/score"] + h["time/train"] for h in history]
+        report.add(Row("train", f"{cell}, bf16, batch {config.batch_size}, responses ≤ "
+                       f"{config.max_new_tokens} tokens", f"{statistics.mean(seconds):.3f} s/step",
+                       peak.text(), f"loss {history[-1]['train/loss']:.4f}"))
+        _free_memory()
+
+
+def _loss_steps() -> dict[str, Callable]:
+    """forward+backward of each implementation bench.kl_memory names, on any device."""
+    import distill_core as dc
+
+    def textbook(student, teacher, mask, reverse_weight):  # F.kl_div(input, target) = KL(t ‖ i)
+        log_q = torch.log_softmax(student, dim=-1)
+        log_p = torch.log_softmax(teacher, dim=-1)
+        pair = (log_q, log_p) if reverse_weight == 0.0 else (log_p, log_q)
+        return torch.nn.functional.kl_div(*pair, log_target=True, reduction="sum") / mask.sum()
+
+    def straightforward(student, teacher, mask, reverse_weight):
+        direction = dc.reverse_kl if reverse_weight == 1.0 else dc.forward_kl
+        return dc.masked_mean(direction(student, teacher), mask)
+
+    def chunked(student, teacher, mask, reverse_weight):
+        return dc.kl_loss(student, teacher, mask, reverse_weight).loss
+
+    return {"textbook": textbook, "straightforward": straightforward, "chunked": chunked}
+
+
+def _time_loss(step: Callable, reverse_weight: float, tokens: int, vocab: int, sizes: Sizes):
+    """(median seconds, PeakMemory) of one forward+backward on (1, tokens, vocab) logits."""
+    generator = torch.Generator(device=sizes.device).manual_seed(0)
+    student = torch.randn(1, tokens, vocab, device=sizes.device, generator=generator,
+                          requires_grad=True)
+    teacher = torch.randn(1, tokens, vocab, device=sizes.device, generator=generator)
+    mask = torch.ones(1, tokens, device=sizes.device)
+
+    def once() -> float:
+        start = time.perf_counter()
+        step(student, teacher, mask, reverse_weight).backward()
+        student.grad = None
+        if sizes.device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    with PeakMemory(sizes.device, extra=True) as peak:
+        once()
+    return statistics.median(once() for _ in range(sizes.loss_repeats)), peak
+
+
+def loss_rows(report: Report, sizes: Sizes) -> None:
+    try:
+        from bench.kl_memory import CASES
+    except ImportError as error:
+        report.add(Row("loss", "-", "skipped", note=f"bench.kl_memory has no CASES ({error})"))
+        return
+    steps = _loss_steps()
+    for name, spec in CASES.items():
+        implementation, reverse_weight = spec[0], spec[1]
+        if implementation not in steps:
+            report.add(Row("loss", name, "skipped", note=f"gpu_check does not know how to run "
+                           f"implementation {implementation!r} of bench.kl_memory yet"))
+            continue
+        for tokens in sizes.loss_tokens:
+            setting = f"{name}, V={sizes.loss_vocab:,}, T={tokens:,}, fp32"
+            try:
+                seconds, peak = _time_loss(steps[implementation], reverse_weight, tokens,
+                                           sizes.loss_vocab, sizes)
+            except torch.OutOfMemoryError:
+                _free_memory()
+                report.add(Row("loss", setting, "out of memory", note="longer T skipped"))
+                break
+            report.add(Row("loss", setting, f"{seconds:.3f} s fwd+bwd", peak.text(),
+                           "memory beyond the two logits tensors"))
+            _free_memory()
+
+
+def rollout_rows(report: Report, sizes: Sizes, root: Path) -> None:
+    from bench.rollout_vllm import SETTINGS, measure_vllm
+    from tasks.bootstrap import RealWeightsProfile, bootstrap_real_weights
+    from tasks.data import read_problems
+    from tasks.models import load_tokenizer
+    from tasks.rollout import render_prompts
+
+    real = bootstrap_real_weights(root=root, log=lambda line: None)
+    tokenizer = load_tokenizer(real.teacher_dir)
+    problems = read_problems(real.split("held_out"))[: sizes.rollout_prompts]
+    prompts = render_prompts(tokenizer, problems, RealWeightsProfile().prompt_template)
+    setting = (f"SmolLM2-135M-Instruct fp32, {len(prompts)} prompts in one batch, "
+               f"{sizes.rollout_new_tokens} new tokens")
+    rates, peak = _hf_rates(real.teacher_dir, tokenizer, prompts, sizes)
+    report.add(Row("rollout", f"HF generate on {sizes.device}, {setting}", _rates(rates),
+                   peak.text()))
+    _free_memory()
+    if not os.environ.get("DISTILL_LAB_VLLM_PYTHON"):
+        report.add(Row("rollout", f"vLLM, {setting}", "skipped",
+                       note="DISTILL_LAB_VLLM_PYTHON is unset: no vLLM environment (pip install "
+                       "vllm in its own venv; see tasks/vllm_backend.py)"))
+        return
+    results = measure_vllm(real.teacher_dir, prompts, sizes.rollout_new_tokens, eager=False)
+    report.add(Row("rollout", f"vLLM, {setting}",
+                   _rates({name: results[name][1] for name in SETTINGS}),
+                   "- (own process)", f"start-up {results['start-up s']:.0f} s"))
+
+
+def _hf_rates(model_dir: Path, tokenizer, prompts: list[str], sizes: Sizes):
+    """Generated tokens/s of HF generate on sizes.device per setting (bench.rollout_vllm's)."""
+    from bench.rollout_vllm import SETTINGS, timed
+    from tasks.models import load_model
+    from tasks.rollout import SamplingConfig, generate_hf
+
+    model = load_model(model_dir, device=sizes.device)
+    rates = {}
+    with PeakMemory(sizes.device) as peak:
+        for name, temperature in SETTINGS.items():
+            config = SamplingConfig(temperature=temperature, batch_size=len(prompts), seed=0,
+                                    max_new_tokens=sizes.rollout_new_tokens)
+            rates[name] = timed(lambda p, c: generate_hf(model, tokenizer, p, c), prompts,
+                                config, f"HF generate {name}")[1]
+    return rates, peak
+
+
+def _rates(rates: dict[str, float]) -> str:
+    return ", ".join(f"{name} {rate:,.0f} tok/s" if rate >= 100 else f"{name} {rate:.2g} tok/s"
+                     for name, rate in rates.items())
+
+
+def accelerate_row(report: Report, sizes: Sizes, root: Path, scratch: Path) -> None:
+    """One process through `accelerate launch`, as a GPU run of one training run starts."""
+    models = default_models(sizes, root)
+    config = replace(_base_config(models, sizes, root, scratch), steps=2,
+                     output_dir=str(scratch / "launched"))
+    path = scratch / "launched.json"
+    path.write_text(json.dumps(asdict(config)))
+    device_flags = ["--cpu"] if sizes.device == "cpu" else []
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+               "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no",
+               *device_flags, "-m", "tasks.train", "--config", str(path)]
+    started = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, check=False,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    seconds = time.perf_counter() - started
+    setting = (f"accelerate launch --num_processes 1 -m tasks.train (sft, bf16, "
+               f"{config.steps} steps)")
+    if completed.returncode != 0:
+        raise RuntimeError(f"exit {completed.returncode}: "
+                           f"{(completed.stderr or completed.stdout).strip().splitlines()[-1]}")
+    metrics = json.loads((scratch / "launched" / "final_metrics.json").read_text())
+    report.add(Row("accelerate", setting, f"{seconds:.1f} s wall, exit 0", "- (own process)",
+                   note=f"final loss {metrics['train/loss']:.4f} (wall includes start-up)"))
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _header(sizes: Sizes) -> str:
+    if sizes.device == "cuda":
+        properties = torch.cuda.get_device_properties(0)
+        device = (f"{properties.name}, {properties.total_memory / 2**30:.0f} GiB, CUDA "
+                  f"{torch.version.cuda}, bf16 {torch.cuda.is_bf16_supported()}")
+    else:
+        device = f"CPU smoke at toy sizes ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})"
+    return f"gpu_check: {device}; torch {torch.__version__}"
+
+
+def run(sizes: Sizes, sections: list[str], root: Path) -> Report:
+    report = Report()
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
+        work = {
+            "train": lambda: train_rows(report, sizes, root, Path(scratch) / "train"),
+            "loss": lambda: loss_rows(report, sizes),
+            "rollout": lambda: rollout_rows(report, sizes, root),
+            "accelerate": lambda: accelerate_row(report, sizes, root,
+                                                 Path(scratch) / "accelerate"),
+        }
+        for section in sections:
+            try:
+                work[section]()
+            except Exception as error:  # noqa: BLE001  (reported in the table; exit code 1)
+                report.failed = True
+                first_line = (str(error).strip().splitlines() or [""])[0][:200]
+                report.add(Row(section, "-", "ERROR", note=f"{type(error).__name__}: "
+                               f"{first_line}"))
+            _free_memory()
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu-smoke", "--dry-run", action="store_true", dest="cpu_smoke",
+                        help="run every section on the CPU at toy sizes (no GPU needed)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, from {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="artifact root holding (or to hold) the bootstrapped models")
+    parser.add_argument("--max-loss-tokens", type=int, default=None,
+                        help="longest T of the loss section (e.g. 16384 on an 80 GB card)")
+    args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections: unknown {unknown}; choose from {', '.join(SECTIONS)}")
+    if not args.cpu_smoke and not torch.cuda.is_available():
+        print(f"gpu_check: no CUDA device here (torch {torch.__version__}, CUDA build "
+              f"{torch.version.cuda}); run it on a GPU machine, or pass --cpu-smoke to try its "
+              "code paths on the CPU", file=sys.stderr)
+        return NO_CUDA_EXIT
+    sizes = SMOKE if args.cpu_smoke else GPU
+    if args.max_loss_tokens:
+        sizes = replace(sizes, loss_tokens=tuple(t for t in sizes.loss_tokens
+                                                 if t <= args.max_loss_tokens))
+    print(_header(sizes), flush=True)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-artifacts-") as toy_root:
+        root = Path(toy_root) if args.cpu_smoke and args.root is None else args.root
+        report = run(sizes, sections, root if root is not None else _default_root())
+    print()
+    print(report.table())
+    return 1 if report.failed else 0
+
+
+def _default_root() -> Path:
+    from tasks.artifacts import artifact_root
+
+    return artifact_root()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

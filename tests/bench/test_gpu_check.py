@@ -1,0 +1,30 @@
+"""bench/gpu_check.py without a GPU: one clear line and exit 2, and its loss section runs at toy
+sizes (the full CPU smoke, minutes, is run by hand: see infra/README.md)."""
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from bench.gpu_check import NO_CUDA_EXIT, SMOKE, Report, loss_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_without_cuda_it_says_so_in_one_line_and_exits_2():
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_check"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""})
+    assert completed.returncode == NO_CUDA_EXIT == 2
+    assert completed.stdout == ""
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no CUDA device" in lines[0] and "--cpu-smoke" in lines[0], lines
+
+
+def test_loss_section_measures_every_case_of_kl_memory_at_toy_size():
+    report = Report()
+    loss_rows(report, replace(SMOKE, loss_vocab=64, loss_tokens=(8,)))
+    assert len(report.rows) == 6 and not report.failed
+    assert all(row.result.endswith("s fwd+bwd") for row in report.rows), report.table()
+    assert report.table().count("\n") == 6 + 1  # header, separator, one line per row
