@@ -51,11 +51,12 @@ from tasks.study import (
 from tasks.tracking import Tracker, default_tracking_uri
 
 CURVE_KEYS = ("train/loss", "train/entropy", "train/response_length")
+PRODUCTS_FLOPS_KEY = "train/total_flops_with_products"
 FLOPS_KEY = "train/total_flops"  # cumulative: the history at step s is the FLOPs spent so far
 WALL_KEY = "time/train_total"
 LENGTH_CAP_KEY = "train/max_response_length"  # changes where the curriculum moves a rung
 GATE_KEY = "curriculum/length_after"  # logged only at curriculum gate steps
-HISTORY_KEYS = (*CURVE_KEYS, FLOPS_KEY, LENGTH_CAP_KEY, GATE_KEY)
+HISTORY_KEYS = (*CURVE_KEYS, FLOPS_KEY, PRODUCTS_FLOPS_KEY, LENGTH_CAP_KEY, GATE_KEY)
 RL_REWARD_KEY = "rl/reward_mean"
 GROUP_TITLES = dict(zip(GROUPS, ("references", "grid cells", "λ mixes", "curriculum runs"),
                         strict=True))
@@ -480,52 +481,73 @@ def tradeoff_section(report: Report) -> str:
             + matched_flops_table(report))
 
 
+def flops_at(run: StudyRun, step: int) -> float | None:
+    """The run's cumulative FLOPs at a step, its share of the teacher products included when it
+    logged one (train/total_flops_with_products), else training alone."""
+    return (value_at(run.history(PRODUCTS_FLOPS_KEY), step)
+            or value_at(run.history(FLOPS_KEY), step))
+
+
+def _curves(report: Report) -> dict[str, list[tuple[float, int, stats.Interval]]]:
+    """Per trained cell: (mean FLOPs over its seeds, step, Avg@k interval) at every step it was
+    evaluated at."""
+    avg = eval_metrics(report.k)["avg"]
+    curves: dict[str, list] = {}
+    for label, runs in report.study.cells().items():
+        if not runs[0].trained or runs[0].tags.get("stage") == "rl":
+            continue
+        for step in sorted(set.intersection(*(set(r.evaluated_steps()) for r in runs))):
+            flops = [f for r in runs if (f := flops_at(r, step)) is not None]
+            found = values(report, runs, avg, step)
+            if flops and found is not None:
+                curves.setdefault(label, []).append(
+                    (sum(flops) / len(flops), step, stats.interval(found)))
+    return curves
+
+
 def matched_flops_figure(report: Report) -> str:
-    """train/loss where every cell has spent the same FLOPs, against the step that took."""
-    trained = [run for run in report.study.runs if run.trained]
-    budget = flops_budget(trained)
-    if budget is None:
+    """Avg@k against cumulative FLOPs (teacher products shared out) at every evaluated step."""
+    curves = _curves(report)
+    if not curves:
         return figure_html(report, None, "", "Matched FLOPs: not available.",
-                           empty=f"No trained run has a {FLOPS_KEY} history.")
-    points = [(run, step, value_at(run.history("train/loss"), step))
-              for run in trained for step in [matched_step(run, budget)]]
-    caption = (f"Matched FLOPs: each cell at the first logged step where its cumulative "
-               f"{FLOPS_KEY} reaches {budget:.3g} (the smallest final FLOPs among finished cells)"
-               ". x: that step; y: train/loss there — each cell's own objective (forward KL, "
-               "reverse KL or a mixture), so compare levels only between cells of one objective. "
-               f"Avg@{report.k} is not shown at matched FLOPs: cells are evaluated only at their "
-               "last step, and training metrics have no per-problem rows (no interval).")
-    left_out = [who(run) for run, _, loss in points if loss is None]
-    points = [point for point in points if point[2] is not None]
-    chart = None
-    if points:
-        chart = Chart.new("matched_flops")
-        ax = chart.axes[0]
-        for run, step, loss in points:
-            charts.point(chart, ax, step, loss, report.colours[run.label],
-                         f"{who(run)} [{run.run_id}]: step {step}, train/loss {loss:.4g}")
-        charts.labels(ax, [(step, loss, who(run)) for run, step, loss in points]
-                      if len(points) <= MAX_LABELLED else [])
-        charts.style(ax, "step at which the FLOPs budget is reached", "train/loss at that step")
-    return figure_html(report, chart, "matched FLOPs", caption, left_out,
-                       "budget not reached or no train/loss history",
-                       "No cell has train/loss up to the budget.")
+                           empty="No trained cell has evaluations with a FLOPs history.")
+    chart = Chart.new("avg_vs_flops_curve")
+    ax = chart.axes[0]
+    for label, points in curves.items():
+        colour = report.colours[label]
+        charts.line(chart, ax, [(f, i.estimate) for f, _, i in points], colour, label)
+        for flops, step, found in points:
+            charts.point(chart, ax, flops, found.estimate, colour,
+                         f"{label}: step {step}, {flops:.3g} FLOPs, Avg@{report.k} "
+                         f"{found.estimate:.3f} [{found.low:.3f}, {found.high:.3f}]",
+                         y_interval=found)
+    charts.style(ax, "cumulative FLOPs (training + share of teacher rollouts)",
+                 f"Avg@{report.k} (95 % interval)")
+    caption = (f"Avg@{report.k} at every evaluated step against the FLOPs spent by then: "
+               "training (student generation, teacher scoring, student updates) plus each "
+               "teacher-prefix run's share of the teacher rollouts it trains on. Compare cells at "
+               "one x: matched FLOPs; at one step: matched steps.")
+    return figure_html(report, chart, "Avg@k at matched FLOPs", caption)
 
 
 def matched_flops_table(report: Report) -> str:
-    """Per-step training metrics of each cell at the matched-FLOPs step."""
-    trained = [run for run in report.study.runs if run.trained]
-    budget = flops_budget(trained)
-    if budget is None:
+    """Each cell at the largest evaluated step within the smallest final budget of any cell."""
+    curves = _curves(report)
+    if not curves:
         return ""
+    budget = min(points[-1][0] for points in curves.values())
     rows = []
-    for run in trained:
-        step = matched_step(run, budget)
-        rows.append(f"<tr><td>{swatch(report, run.label)}</td>{_td(step, 'd')}" + "".join(
-            _td(value_at(run.history(key), step), ".3g") for key in (FLOPS_KEY, *CURVE_KEYS))
-            + "</tr>")
-    return (f"<h3>At matched FLOPs ({budget:.3g})</h3>"
-            + table("matched", ["cell", "step", "cumulative FLOPs", *CURVE_KEYS], rows))
+    for label, points in curves.items():
+        within = [p for p in points if p[0] <= budget * (1 + 1e-9)]
+        if not within:
+            rows.append(f"<tr><td>{swatch(report, label)}</td>" + _td(None, "d") * 3 + "</tr>")
+            continue
+        flops, step, found = within[-1]
+        rows.append(f"<tr><td>{swatch(report, label)}</td>{_td(step, 'd')}{_td(flops, '.3g')}"
+                    f"{_td(found.estimate, '.3f', found)}</tr>")
+    return (f"<h3>At matched FLOPs (budget {budget:.3g}: the smallest final spend of any cell)"
+            "</h3>" + table("matched", ["cell", "evaluated step", "FLOPs by then",
+                                        f"Avg@{report.k} [95 %]"], rows))
 
 
 # -- training curves and per benchmark ----------------------------------------------------------

@@ -30,11 +30,12 @@ CELLS = [
 # References: the teacher (no store rows) and the starting student (store rows: the baseline).
 # Marks (SVG groups with a class and a <title>), all cells single-seed:
 #   points: differences 2 panels × 2 cells with rows; entropy and length scatters 2 references +
-#   3 evaluated cells each; FLOPs scatter 3 evaluated trained cells; matched FLOPs 4 trained;
-#   intervals: (x and y) × 3 cells with rows on 2 scatters, y × 2 on FLOPs, 4 in the forest plot,
-#   2 benchmarks × 3 cells with rows on the bars.
-EXPECTED_POINTS = 2 * 2 + 5 + 5 + 3 + 4
-EXPECTED_INTERVALS = 2 * 3 * 2 + 2 + 4 + 2 * 3
+#   3 evaluated cells each; FLOPs scatter 3 evaluated trained cells; Avg@k against FLOPs: the 2
+#   trained cells with store rows, one evaluated step each;
+#   intervals: (x and y) × 3 cells with rows on 2 scatters, y × 2 on FLOPs, y × 2 on Avg@k
+#   against FLOPs, 4 in the forest plot, 2 benchmarks × 3 cells with rows on the bars.
+EXPECTED_POINTS = 2 * 2 + 5 + 5 + 3 + 2
+EXPECTED_INTERVALS = 2 * 3 * 2 + 2 + 2 + 4 + 2 * 3
 EXPECTED_SVGS = 1 + 4 + 3 + 1  # differences, 4 tradeoff plots, 3 training curves, 1 bar chart
 EXPECTED_TABLES = 4  # results, paired differences, matched FLOPs, per benchmark
 
@@ -161,7 +162,7 @@ def test_plots_count_and_points(study):
     assert page.count("<svg") == EXPECTED_SVGS
     assert marks(page, "point") == EXPECTED_POINTS
     assert marks(page, "interval") == EXPECTED_INTERVALS
-    assert marks(page, "line") == 3 * 4  # 3 training curves × 4 trained runs
+    assert marks(page, "line") == 3 * 4 + 2  # 3 training curves × 4 trained runs, 2 Avg@k/FLOPs
     assert marks(page, "marker") == 3 * (1 + 2)  # a length change and two gates, on 3 curves
     assert marks(page, "bar") == 2 * 5  # 2 benchmarks × 5 evaluated cells
     assert page.count("<table") == EXPECTED_TABLES
@@ -192,14 +193,14 @@ def test_missing_metrics_are_gaps_with_a_note(study):
     assert "Not plotted (no eval/overall/entropy or eval/overall/avg_at_4): dagger." in page
 
 
-def test_matched_flops_uses_the_smallest_finished_budget(study):
+def test_matched_flops_compare_evaluated_cells_within_the_smallest_budget(study):
     page = study["html"]
-    assert "reaches 1e+10 (the smallest final FLOPs among finished cells)" in page
+    assert "At matched FLOPs (budget 1e+10: the smallest final spend of any cell)" in page
     matched = page[page.index('<table class="matched">'):]
     matched = matched[:matched.index("</table>")]
-    steps = re.findall(r"</span>([^<]+)</td><td>(\d+)</td>", matched)
-    assert steps == [("sft", "10"), ("dagger", "5"), ("teacher:0.5", "9"),
-                     ("opd +curriculum", "7")]
+    rows = re.findall(r"</span>([^<]+)</td><td[^>]*>([^<]+)</td>", matched)
+    # sft spent 1e10 by its evaluated step 10; teacher:0.5 was evaluated only after 1.2e10
+    assert rows == [("sft", "10"), ("teacher:0.5", "–")]
 
 
 def test_samples_are_escaped(study):
@@ -275,7 +276,7 @@ def test_an_older_run_without_histories_or_store(tmp_path):
     assert page.count('<tr class="run">') == 1
     assert "no training history (train/loss)" in page
     assert "No rollout store at" in page and "no intervals" in page
-    assert "No trained run has a train/total_flops history." in page
+    assert "No trained cell has evaluations with a FLOPs history." in page
     assert "No run has eval/&lt;benchmark&gt;/… metrics." in page
     assert not (tmp_path / "distill_lab.db").exists()
 
