@@ -43,7 +43,7 @@ from accelerate import Accelerator
 import distill_core as dc
 from tasks.artifacts import content_hash
 from tasks.data import Problem, read_problems
-from tasks.grader import Grader
+from tasks.grader import Grader, check_training_rule
 from tasks.loop import (
     DataCursor,
     TrainingLoop,
@@ -79,6 +79,8 @@ class GRPOConfig:
     normalise_std: divide advantages by the group's reward std.
     format_reward: bonus for a \\boxed{} answer (0: accuracy-only reward).
     reference: optional model directory whose tokenizer the policy must match.
+    answer_rule: which extraction decides the reward; only "strict" may (the flexible
+        last-number rule has false positives: a diagnostic, never a training signal).
     """
 
     policy: str
@@ -98,8 +100,10 @@ class GRPOConfig:
     seed: int = 0
     checkpoint_every: int = 10
     reference: str | None = None
+    answer_rule: str = "strict"
 
     def __post_init__(self) -> None:
+        check_training_rule(self.answer_rule)
         if self.group_size < 2:
             raise ValueError(f"group_size={self.group_size}: GRPO needs >= 2 samples per prompt "
                              "(the group's mean reward is the baseline)")

@@ -47,6 +47,11 @@ def test_group_size_below_two_is_refused(base):
         replace(base, temperature=0.0)
 
 
+def test_the_flexible_answer_rule_never_feeds_a_reward(base):
+    with pytest.raises(ValueError, match="diagnostic only"):
+        replace(base, answer_rule="flexible")
+
+
 def test_incompatible_reference_tokenizer_is_refused(base, tmp_path):
     other = build_tokenizer(["a completely different corpus of words 0123456789 xyz"],
                             vocab_size=120)
