@@ -1,13 +1,32 @@
 """Bootstrapping the embedded default end to end, at reduced size: real tokenizer, real HF
-models through from_pretrained, real SFT, the real grader, and the content-hash cache."""
+models through from_pretrained, real SFT, the real grader, and the content-hash cache. Also the
+SFT batching the bootstrap relies on."""
 
 import json
+import random
 
 import pytest
 
 from tasks.bootstrap import bootstrap_default, held_out_greedy_accuracy
 from tasks.data import read_problems
 from tasks.models import build_tiny_model, load_model, load_tokenizer
+from tasks.sft import length_grouped_batches
+
+
+def test_length_grouped_batches_cover_each_example_once_and_pad_little():
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 300) for _ in range(1000)]
+    batches = length_grouped_batches(lengths, 32, 8, random.Random(1))
+    seen = [i for batch in batches for i in batch]
+    assert len(seen) == len(set(seen)) and len(seen) > 1000 - 32 * 8
+    assert all(len(batch) == 32 for batch in batches)
+    assert batches == length_grouped_batches(lengths, 32, 8, random.Random(1))  # seeded
+
+    def padding(groups):
+        return sum(32 * max(lengths[i] for i in g) - sum(lengths[i] for i in g) for g in groups)
+
+    plain = length_grouped_batches(lengths, 32, 1, random.Random(1))
+    assert padding(batches) < padding(plain) / 3
 
 
 @pytest.mark.slow
