@@ -1,28 +1,33 @@
 """The embedded default task: multi-step arithmetic word problems with worked solutions.
 
-Every problem is a short story of 1–4 additions and subtractions on a count of things, and its
-worked solution ends in ``\\boxed{answer}``::
+Every problem is a short story of 1–6 additions and subtractions on a count of things, and its
+worked solution ends in ``\\boxed{answer}``. One problem, written two of the valid ways::
 
     Mia has 12 books. She drops 5. Then she wins 64 more. How many books now?
 
-    has 12
-    drops 5
-    2-5=7,1-0=0
-    wins 64 more
-    7+4=1,0+6=7
-    \\boxed{71}
+    has 12                           has 12
+    > drops 5                        > She drops 5
+    2-5=7,1-0=0                      2-5=7,1-0=0
+    > wins 64 more                   check 7+5=2,0+0=1
+    7+4=1,0+6=7                      now 7
+    \\boxed{71}                       > Then she wins 64 more
+                                     4+7=1,6+0=7
+                                     now 71
+                                     \\boxed{71}
 
-Each step echoes the story's phrase for it, then works the sum column by column, units first:
-``2-5=7,1-0=0`` is 12 − 5 = 7 (units: 2 − 5, borrow one, 7; tens: 1 − 0 − the borrow, 0). The
-carry or borrow is implicit. The box states the final total in the usual order.
+Each step echoes the story after a ``> `` mark — its phrase, or its whole sentence — then works
+the sum column by column, units first: ``2-5=7,1-0=0`` is 12 − 5 = 7 (units: 2 − 5, borrow
+one, 7; tens: 1 − 0 − the borrow, 0). The carry or borrow is implicit. The box states the final
+total in the usual order.
 
 Why this shape: a model of about a million parameters trained for minutes on a CPU learns it
 only if every sub-skill is local and regular. Each choice was measured on the default teacher
 (1.05M non-embedding parameters, held-out greedy accuracy after 5–6 minutes of SFT, 2 cores):
 
 - Operands found in the story ("the third number") without an echo: the model mis-copied them
-  (29.5%). Echoing each step's phrase turns finding the operand into copying the sentence after
-  the one last copied, which small transformers learn first.
+  (29.5%). Echoing each step turns finding the operand into copying the sentence after the one
+  last copied, which small transformers learn first; no story uses a phrase twice, so the copy
+  is never ambiguous.
 - Whole numbers written least-significant digit first (``21-50=70``): copying was learnt but the
   units digit, predicted right after ``=``, was learnt in one run out of three (74.5%, 16.5%,
   12%); learning rate 5e-3 instead of 3e-3 made it worse (6.5%).
@@ -30,10 +35,24 @@ only if every sub-skill is local and regular. Each choice was measured on the de
   depends on, with the carry three tokens back. 96.5% after 700 steps (loss 0.009).
 - Totals stay within [0, 99]; three-digit totals were not learnt reliably in the budget.
 
-The number of steps is the difficulty knob: responses run from 26 to 84 tokens, which
-gives the length curriculum something to work with. Generation is seeded and deterministic;
-train / held-out / test splits come from separate seeded streams and are deduplicated against
-each other by problem text.
+What the study needs from it (issue 17; measured by ``python -m bench.default_profile``):
+
+- **Real uncertainty on the teacher's own answers.** Every step is written in one of several
+  equally correct forms, drawn independently per step (``StepForm``): the echo is the phrase or
+  the whole sentence (quote_rate), an addition's columns name the amount first or the total
+  first (amount_first_rate), an optional check line undoes the step (check_rate), an optional
+  ``now <total>`` line states the running total (running_total_rate). A teacher that learnt the
+  data spreads its probability over these choices where they arise, so mode-seeking (reverse
+  KL) and mode-covering (forward KL) students have different targets to pick from.
+- **Length that grows with difficulty.** The number of steps is the difficulty knob, drawn with
+  P(k) ∝ step_decay^(k−1): answers run from about 27 tokens (one step) to about 220 (six steps
+  with every optional line), so a training cap of 128 truncates a minority of the teacher's
+  answers and an evaluation cap of 1.5× the longest holds all of them.
+
+Generation is seeded and deterministic; train / held-out / test splits come from separate
+seeded streams and are deduplicated against each other by problem text; the written forms come
+from a stream of their own, so the rates change how solutions read but never which problems
+are drawn.
 
 Why not reasoning-gym: its arithmetic and GSM-style generators (``chain_sum``,
 ``basic_arithmetic``, ``gsm_symbolic``) give questions and answers but no worked solutions, and
@@ -61,9 +80,15 @@ PRONOUNS = {
 }
 ITEMS = ("apples", "marbles", "shells", "stickers", "coins", "cards", "books", "pencils",
          "stamps", "beads")
-GAIN_PHRASES = ("finds {n} more", "buys {n} more", "gets {n} more", "wins {n} more")
-LOSS_PHRASES = ("gives away {n}", "loses {n}", "sells {n}", "drops {n}")
+# A story never uses a phrase twice, so the phrase a step header echoes occurs once in the
+# story: copying "the number after 'wins'" is never ambiguous. Eight of each sign allow 8 steps.
+GAIN_PHRASES = ("finds {n} more", "buys {n} more", "gets {n} more", "wins {n} more",
+                "earns {n} more", "picks up {n} more", "receives {n} more", "makes {n} more")
+LOSS_PHRASES = ("gives away {n}", "loses {n}", "sells {n}", "drops {n}", "trades {n}",
+                "donates {n}", "spends {n}", "breaks {n}")
 CONNECTORS = ("", "Then ")
+INVERSE = {"+": "-", "-": "+"}
+MAX_STEPS = min(len(GAIN_PHRASES), len(LOSS_PHRASES))
 
 
 @dataclass(frozen=True)
@@ -74,8 +99,27 @@ class Step:
     amount: int
 
 
+@dataclass(frozen=True)
+class StepForm:
+    """How one step is written out: with or without its optional lines (both are correct).
+
+    quote: the step's header quotes the story's whole sentence (``Then she wins 64 more``)
+        instead of its phrase (``wins 64 more``).
+    amount_first: an addition's columns name the amount's digit first (``4+7=1,6+0=7`` for
+        7 + 64); addition commutes, so both orders give the same digits. Ignored for a
+        subtraction.
+    check: a check line undoes the step (``check 1-4=7,7-6=0``: 71 - 64 = 7).
+    running_total: a line states the new total in the usual order (``now 71``).
+    """
+
+    quote: bool = False
+    amount_first: bool = False
+    check: bool = False
+    running_total: bool = False
+
+
 def digits(value: int) -> str:
-    """value as a fixed-width, zero-padded string: 68 → '068'."""
+    """value as a fixed-width, zero-padded string: 7 → '07'."""
     return f"{value:0{WIDTH}d}"
 
 
@@ -83,47 +127,67 @@ def apply(total: int, step: Step) -> int:
     return total + step.amount if step.sign == "+" else total - step.amount
 
 
-def column_sum(total: int, step: Step, result: int) -> str:
+def column_sum(total: int, step: Step, result: int, amount_first: bool = False) -> str:
     """One step worked column by column, units first: 12 - 5 = 7 is ``2-5=7,1-0=0``.
 
     Each column shows the two digits and the result digit; the carry (or borrow) from the
-    column before is implicit, so ``2-5=7`` reads "2 minus 5, borrow one: 7".
+    column before is implicit, so ``2-5=7`` reads "2 minus 5, borrow one: 7". amount_first
+    swaps an addition's operands in every column.
     """
-    columns = zip(digits(total)[::-1], digits(step.amount)[::-1], digits(result)[::-1],
-                  strict=True)
+    left, right = digits(total)[::-1], digits(step.amount)[::-1]
+    if amount_first and step.sign == "+":
+        left, right = right, left
+    columns = zip(left, right, digits(result)[::-1], strict=True)
     return ",".join(f"{a}{step.sign}{b}={c}" for a, b, c in columns)
 
 
-def worked_solution(start: int, steps: list[Step], phrases: list[str]) -> str:
-    """The worked solution: echo the start, then one line per step, then the box.
+def check_line(total: int, step: Step, result: int) -> str:
+    """The step undone, column by column: 7 + 64 = 71 is checked by ``check 1-4=7,7-6=0``."""
+    return "check " + column_sum(result, Step(INVERSE[step.sign], step.amount), total)
 
-    Each step line first echoes the story's phrase for that step, then computes with every
-    number written fixed width, least-significant digit first.
+
+def worked_solution(start: int, steps: list[Step], echoes: list[tuple[str, str]],
+                    forms: list[StepForm] | None = None) -> str:
+    """The worked solution: echo the start, then each step's lines, then the box.
+
+    A step is its echo after a ``> `` quote mark (the story's phrase, or its whole sentence:
+    the mark makes the echo the same tokens as in the story, leading spaces included) and its
+    column sum, then,
+    where its form says so, a check line and a running-total line. echoes holds each step's
+    (phrase, sentence). Every form is a correct solution with the same box.
     """
+    forms = forms or [StepForm()] * len(steps)
     lines = [f"has {start}"]
     total = start
-    for step, phrase in zip(steps, phrases, strict=True):
+    for step, (phrase, sentence), form in zip(steps, echoes, forms, strict=True):
         result = apply(total, step)
-        lines.append(phrase)
-        lines.append(column_sum(total, step, result))
+        lines += [f"> {sentence if form.quote else phrase}",
+                  column_sum(total, step, result, form.amount_first)]
+        if form.check:
+            lines.append(check_line(total, step, result))
+        if form.running_total:
+            lines.append(f"now {result}")
         total = result
     lines.append(f"\\boxed{{{total}}}")
     return "\n".join(lines)
 
 
 def story(name: str, item: str, start: int, steps: list[Step],
-          rng: random.Random) -> tuple[str, list[str]]:
-    """The word problem for a start count and its steps, and the phrase used for each step."""
+          rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
+    """The word problem for a start count and its steps, and each step's echoes: its phrase
+    (``wins 64 more``) and its sentence without the full stop (``Then she wins 64 more``)."""
     pronoun = PRONOUNS.get(name, "He")
-    sentences, phrases = [f"{name} has {start} {item}."], []
+    sentences, echoes = [f"{name} has {start} {item}."], []
+    unused = {"+": list(GAIN_PHRASES), "-": list(LOSS_PHRASES)}
     for index, step in enumerate(steps):
-        phrase = rng.choice(GAIN_PHRASES if step.sign == "+" else LOSS_PHRASES)
-        phrases.append(phrase.format(n=step.amount))
+        phrase = unused[step.sign].pop(rng.randrange(len(unused[step.sign])))
+        phrase = phrase.format(n=step.amount)
         connector = rng.choice(CONNECTORS) if index else ""
         subject = pronoun if not connector else pronoun.lower()
-        sentences.append(f"{connector}{subject} {phrases[-1]}.")
+        echoes.append((phrase, f"{connector}{subject} {phrase}"))
+        sentences.append(f"{echoes[-1][1]}.")
     sentences.append(f"How many {item} now?")
-    return " ".join(sentences), phrases
+    return " ".join(sentences), echoes
 
 
 def random_steps(rng: random.Random, start: int, num_steps: int, max_operand: int) -> list[Step]:
@@ -139,20 +203,31 @@ def random_steps(rng: random.Random, start: int, num_steps: int, max_operand: in
     return steps
 
 
-def generate_problem(rng: random.Random, num_steps: int, max_operand: int, index: str) -> Problem:
-    """One seeded problem with ``num_steps`` operations on numbers up to ``max_operand``."""
+def random_forms(rng: random.Random, num_steps: int, config: ArithmeticConfig) -> list[StepForm]:
+    """How each step is written: every choice drawn independently at the configured rate."""
+    return [StepForm(quote=rng.random() < config.quote_rate,
+                     amount_first=rng.random() < config.amount_first_rate,
+                     check=rng.random() < config.check_rate,
+                     running_total=rng.random() < config.running_total_rate)
+            for _ in range(num_steps)]
+
+
+def generate_problem(rng: random.Random, num_steps: int, max_operand: int, index: str,
+                     forms: list[StepForm] | None = None) -> Problem:
+    """One seeded problem with ``num_steps`` operations on numbers up to ``max_operand``,
+    its solution written with forms (default: no optional lines)."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     start = rng.randint(1, max_operand)
     steps = random_steps(rng, start, num_steps, max_operand)
     final = start
     for step in steps:
         final = apply(final, step)
-    text, phrases = story(name, item, start, steps, rng)
+    text, echoes = story(name, item, start, steps, rng)
     return Problem(
         id=f"arith-{index}",
         problem=text,
         answer=str(final),
-        solution=worked_solution(start, steps, phrases),
+        solution=worked_solution(start, steps, echoes, forms),
         source=f"arithmetic-{num_steps}step",
     )
 
@@ -161,14 +236,25 @@ def generate_problem(rng: random.Random, num_steps: int, max_operand: int, index
 class ArithmeticConfig:
     """How the default problems are generated.
 
-    min_steps, max_steps: the difficulty knob, operations per problem (uniform in the range).
+    min_steps, max_steps: the difficulty knob, operations per problem.
+    step_decay: P(num_steps = k) ∝ step_decay ** (k - min_steps); 1.0 is uniform, smaller
+        makes long problems rarer (a tail of long answers rather than a block of them).
+    quote_rate: probability that a step's header quotes its whole sentence.
+    amount_first_rate: probability that an addition is written amount first.
+    check_rate: probability that a step is followed by its check line.
+    running_total_rate: probability that a step is followed by a ``now <total>`` line.
     max_operand: largest number a story mentions.
     train_size, held_out_size, test_size: problems per split.
-    seed: one seed for all three splits (each split derives its own).
+    seed: one seed for all three splits (each split derives its own streams).
     """
 
     min_steps: int = 1
-    max_steps: int = 4
+    max_steps: int = 6
+    step_decay: float = 0.75
+    quote_rate: float = 0.4
+    amount_first_rate: float = 0.4
+    check_rate: float = 0.35
+    running_total_rate: float = 0.4
     max_operand: int = 99
     train_size: int = 20_000
     held_out_size: int = 200
@@ -180,11 +266,26 @@ class ArithmeticConfig:
             raise ValueError(
                 f"min_steps={self.min_steps}, max_steps={self.max_steps}: need 1 <= min <= max"
             )
+        if self.max_steps > MAX_STEPS:
+            raise ValueError(f"max_steps={self.max_steps}: a story has at most {MAX_STEPS} steps "
+                             "(one distinct phrase per step)")
+        if not 0 < self.step_decay <= 1:
+            raise ValueError(f"step_decay={self.step_decay} must lie in (0, 1] (1 = uniform)")
+        for name in ("quote_rate", "amount_first_rate", "check_rate", "running_total_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1]")
         if not 1 <= self.max_operand <= MAX_TOTAL:
             raise ValueError(f"max_operand={self.max_operand} must lie in [1, {MAX_TOTAL}]")
         for name in ("train_size", "held_out_size", "test_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+
+    @property
+    def step_weights(self) -> dict[int, float]:
+        """P(num_steps = k) for every k in [min_steps, max_steps]."""
+        raw = {k: self.step_decay ** (k - self.min_steps)
+               for k in range(self.min_steps, self.max_steps + 1)}
+        return {k: w / sum(raw.values()) for k, w in raw.items()}
 
 
 SPLITS = ("train", "held_out", "test")
@@ -195,14 +296,17 @@ def generate_splits(config: ArithmeticConfig) -> dict[str, list[Problem]]:
 
     Evaluation splits are drawn first so the training split is the one that gives way on a
     collision; each split has its own seeded stream, so changing train_size leaves the
-    evaluation problems unchanged.
+    evaluation problems unchanged. The solutions' optional lines come from a stream of their
+    own, so the rates change how solutions are written but never which problems are drawn.
     """
     sizes = {"test": config.test_size, "held_out": config.held_out_size,
              "train": config.train_size}
+    step_counts, step_weights = zip(*config.step_weights.items(), strict=True)
     seen: set[str] = set()
     splits: dict[str, list[Problem]] = {}
     for split in ("test", "held_out", "train"):
         rng = random.Random(f"{config.seed}/{split}")
+        form_rng = random.Random(f"{config.seed}/{split}/forms")
         problems: list[Problem] = []
         attempts = 0
         while len(problems) < sizes[split]:
@@ -213,10 +317,10 @@ def generate_splits(config: ArithmeticConfig) -> dict[str, list[Problem]]:
                     f"max_operand={config.max_operand}, steps {config.min_steps}-"
                     f"{config.max_steps}; lower the split size or widen the ranges"
                 )
-            num_steps = rng.randint(config.min_steps, config.max_steps)
-            problem = generate_problem(
-                rng, num_steps, config.max_operand, f"{split}-{config.seed}-{len(problems)}"
-            )
+            num_steps = rng.choices(step_counts, step_weights)[0]
+            forms = random_forms(form_rng, num_steps, config)
+            problem = generate_problem(rng, num_steps, config.max_operand,
+                                       f"{split}-{config.seed}-{len(problems)}", forms)
             if problem.problem not in seen:
                 seen.add(problem.problem)
                 problems.append(problem)

@@ -13,6 +13,7 @@ a file lock makes two runs that need the same product share one build instead of
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
 import fnmatch
@@ -75,12 +76,25 @@ def file_hash(path: str | Path, length: int = 16) -> str:
 
 
 def code_version(module_names: Iterable[str]) -> str:
-    """Digest of the source of the given modules: changes whenever the building code changes."""
+    """Digest of the code of the given modules: changes whenever the building code changes, and
+    not when only its comments, docstrings or layout do (a docstring edit keeps the caches)."""
     digest = hashlib.sha256()
     for name in sorted(module_names):
         digest.update(name.encode())
-        digest.update(inspect.getsource(importlib.import_module(name)).encode())
+        digest.update(_code_only(inspect.getsource(importlib.import_module(name))).encode())
     return digest.hexdigest()[:16]
+
+
+def _code_only(source: str) -> str:
+    """The module's syntax tree without docstrings, as text (comments never reach the tree)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 # ----------------------------------------------------------------------------- checksums

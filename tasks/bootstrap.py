@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,18 +44,26 @@ MODEL_CODE = ("tasks.models", "tasks.sft", "tasks.bootstrap", "tasks.rollout")
 
 @dataclass(frozen=True)
 class DefaultBootstrapConfig:
-    """Everything that determines the default problems, tokenizer, teacher and student."""
+    """Everything that determines the default problems, tokenizer, teacher and student.
+
+    The models' context (max_positions 512) holds the longest prompt (~80 tokens) plus an
+    evaluation cap of 1.5× the longest worked solution (~225 tokens).
+    eval_problems, greedy_max_new_tokens: the held-out greedy accuracy the bootstrap records.
+    """
 
     task: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     vocab_size: int = 400
-    teacher: TinyModelConfig = field(default_factory=TinyModelConfig)
-    teacher_sft: SFTConfig = field(default_factory=SFTConfig)
+    teacher: TinyModelConfig = field(
+        default_factory=lambda: TinyModelConfig(max_positions=512)
+    )
+    teacher_sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=800))
     student: TinyModelConfig = field(
         default_factory=lambda: TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2,
-                                                intermediate_size=256)
+                                                intermediate_size=256, max_positions=512)
     )
     student_sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=750, warmup_steps=50))
-    eval_problems: int = 200  # held-out problems the bootstrap accuracy is measured on
+    eval_problems: int = 200
+    greedy_max_new_tokens: int = 384
 
 
 @dataclass(frozen=True)
@@ -104,13 +113,16 @@ def bootstrap_default(
 
     def build_model(role: str, shape: TinyModelConfig, sft: SFTConfig) -> Path:
         def build(out: Path) -> None:
+            started = time.perf_counter()
             log(f"bootstrapping the default {role} ({shape}) …")
             tokenizer = load_tokenizer(tokenizer_dir)
             model = build_tiny_model(shape, tokenizer, seed=sft.seed)
             log(f"  {non_embedding_parameters(model):,} non-embedding parameters")
             metrics = train_sft(model, tokenizer, train, sft, log=log)
-            metrics.update(held_out_greedy_accuracy(model, tokenizer, held_out))
+            metrics.update(held_out_greedy_accuracy(model, tokenizer, held_out,
+                                                    config.greedy_max_new_tokens))
             metrics["grader_version"] = GRADER_VERSION
+            metrics["build_seconds"] = time.perf_counter() - started  # SFT + greedy check
             log(f"  {role} held-out greedy accuracy: {metrics['strict_accuracy']:.1%}")
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)
@@ -131,10 +143,12 @@ def bootstrap_default(
     )
 
 
-def held_out_greedy_accuracy(model, tokenizer, problems: list[Problem]) -> dict[str, float]:
+def held_out_greedy_accuracy(model, tokenizer, problems: list[Problem],
+                             max_new_tokens: int = 384) -> dict[str, float]:
     """Greedy accuracy on problems, graded by the project's one grader."""
     samples = generate_hf(model, tokenizer, render_prompts(tokenizer, problems),
-                          SamplingConfig(temperature=0.0, max_new_tokens=96, batch_size=64))
+                          SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens,
+                                         batch_size=64))
     with Grader() as grader:
         grades = grader.grade([s.text for s in samples], [p.answer for p in problems])
     return summarise(grades)

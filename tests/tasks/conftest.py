@@ -21,6 +21,7 @@ REDUCED_BOOTSTRAP = DefaultBootstrapConfig(
     student=TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
     student_sft=SFTConfig(steps=5, warmup_steps=1),
     eval_problems=100,
+    greedy_max_new_tokens=96,  # the reduced models keep the 256-token context
 )
 
 

@@ -30,6 +30,26 @@ def test_code_version_tracks_source():
     assert code_version(["tasks.artifacts"]) != code_version(["tasks.data"])
 
 
+ORIGINAL = '"""A module."""\n\ndef f(x):\n    return 2 * x\n'
+
+
+@pytest.mark.parametrize("edited, same", [
+    ('"""Another text."""\n\n\ndef f(x):\n    # doubles\n    """Twice x."""\n    return 2 * x\n',
+     True),                                                  # comments, docstrings, blank lines
+    ('"""A module."""\n\ndef f(x):\n    return 3 * x\n', False),        # the code itself
+])
+def test_code_version_ignores_docstrings_and_comments_not_code(tmp_path, monkeypatch, edited,
+                                                                same):
+    versions = []
+    for folder, source in (("before", ORIGINAL), ("after", edited)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "built.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path / folder))
+        monkeypatch.delitem(sys.modules, "built", raising=False)
+        versions.append(code_version(["built"]))
+    assert (versions[0] == versions[1]) is same
+
+
 def test_file_hash_covers_names_and_bytes(tmp_path):
     (tmp_path / "a.txt").write_text("one")
     before = file_hash(tmp_path)

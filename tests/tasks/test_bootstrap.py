@@ -1,16 +1,33 @@
 """Bootstrapping the embedded default end to end, at reduced size: real tokenizer, real HF
 models through from_pretrained, real SFT, the real grader, and the content-hash cache. Also the
-SFT batching the bootstrap relies on."""
+full default's shape (context vs. answer lengths) and the SFT batching the bootstrap relies on."""
 
 import json
 import random
 
 import pytest
 
-from tasks.bootstrap import bootstrap_default, held_out_greedy_accuracy
+from tasks.arithmetic import generate_splits
+from tasks.bootstrap import DefaultBootstrapConfig, bootstrap_default, held_out_greedy_accuracy
 from tasks.data import read_problems
-from tasks.models import build_tiny_model, load_model, load_tokenizer
+from tasks.models import build_tiny_model, build_tokenizer, load_model, load_tokenizer
+from tasks.rollout import render_prompts
 from tasks.sft import length_grouped_batches
+
+
+def test_default_context_holds_the_longest_prompt_and_the_evaluation_cap():
+    config = DefaultBootstrapConfig()
+    splits = generate_splits(config.task)
+    tokenizer = build_tokenizer([p.problem + "\n" + p.solution for p in splits["train"][:2000]],
+                                config.vocab_size)
+    prompts = tokenizer(render_prompts(tokenizer, splits["test"]), add_special_tokens=False)
+    answers = tokenizer([p.solution for p in splits["test"]], add_special_tokens=False)
+    longest_prompt = max(len(ids) for ids in prompts["input_ids"])
+    longest_answer = max(len(ids) + 1 for ids in answers["input_ids"])  # + EOS
+    evaluation_cap = config.greedy_max_new_tokens
+    assert evaluation_cap >= 1.5 * longest_answer
+    for shape in (config.teacher, config.student):
+        assert shape.max_positions >= longest_prompt + evaluation_cap
 
 
 def test_length_grouped_batches_cover_each_example_once_and_pad_little():
@@ -36,12 +53,14 @@ def test_teacher_beats_untrained_student(bootstrapped):
     teacher_metrics = json.loads((artifacts.teacher_dir / "bootstrap_metrics.json").read_text())
     tokenizer = load_tokenizer(artifacts.teacher_dir)
     held_out = read_problems(artifacts.split("held_out"))
+    cap = bootstrapped.config.greedy_max_new_tokens
     untrained = build_tiny_model(bootstrapped.config.student, tokenizer, seed=0)
-    untrained_accuracy = held_out_greedy_accuracy(untrained, tokenizer, held_out)
+    untrained_accuracy = held_out_greedy_accuracy(untrained, tokenizer, held_out, cap)
     teacher_accuracy = held_out_greedy_accuracy(load_model(artifacts.teacher_dir), tokenizer,
-                                                held_out)
+                                                held_out, cap)
     assert teacher_accuracy["strict_accuracy"] == teacher_metrics["strict_accuracy"]
     assert teacher_accuracy["strict_accuracy"] >= untrained_accuracy["strict_accuracy"] + 0.2
+    assert teacher_metrics["build_seconds"] >= teacher_metrics["sft/seconds"]
 
 
 @pytest.mark.slow
