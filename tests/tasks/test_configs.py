@@ -69,4 +69,4 @@ def test_caps_longer_than_the_context_stop_before_any_work(tiny_pair, tmp_path):
                                          "context of 160"):
         check_lengths_fit(ExperimentConfig(eval_max_new_tokens=500), inputs)
     with pytest.raises(ValueError, match="curriculum=200"):
-        check_lengths_fit(ExperimentConfig(curriculum=[8, 200]), inputs)
+        check_lengths_fit(ExperimentConfig(curriculum=[8, 200], eval_max_new_tokens=8), inputs)
