@@ -280,9 +280,9 @@ def findings_document(findings: Sequence[Finding], **context) -> dict:
 # ----------------------------------------------------------------------------- the README block
 
 README_START, README_END = "<!-- findings:start -->", "<!-- findings:end -->"
-NOT_MEASURED = ("The findings are not measured yet: `docs/findings.json` is committed from a "
-                "study run (the grid flow's findings.json), and this block is rendered from "
-                "it by `distill findings docs/findings.json --readme README.md`.")
+NOT_MEASURED = ("The findings are not measured yet. A study (`distill grid` on a study config) "
+                "writes findings.json; committed as `docs/findings.json`, it is rendered here "
+                "by `distill findings docs/findings.json --readme README.md`.")
 
 
 def findings_from_json(data: dict | list) -> tuple[list[Finding], dict]:
