@@ -1,6 +1,7 @@
 """The README and docs/ say only what runs: the README's Python snippets run, every `distill ...`
 command in README.md and docs/*.md parses with the CLI's own parser (parsed, never executed),
-every `make X` names a Makefile target, every relative link points at a file that exists (and a
+every `python -m` of this project's modules names one that runs as a script, every `make X`
+names a Makefile target, every relative link points at a file that exists (and a
 `#anchor` at a heading of that file), and the README's findings block is the rendering of
 docs/findings.json (or says the findings are not measured yet while that file is missing)."""
 
@@ -21,6 +22,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # here before they land, so a link to one of them is checked only once the file exists.
 PAGES_ON_THEIR_WAY = {ROOT / "docs" / name for name in
                       ("losses.md", "performance.md", "ui.md", "scale-out.md")}
+PYTHON_M = re.compile(r"python(?:3[.\d]*)? -m (\w+(?:\.\w+)*)(?![.\w])")  # not bench.<name>
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 
 
@@ -77,6 +79,18 @@ def test_every_distill_command_parses(page):
             except SystemExit:
                 pytest.fail(f"{page.name}: `{usage}` does not parse as `{command}`: "
                             f"{err.getvalue().strip().splitlines()[-1]}")
+
+
+def test_every_python_m_module_of_the_project_runs_as_a_script():
+    packages = {"bench", "dashboards", "distill_core", "flows", "tasks"}
+    named = {(page.name, module) for page in PAGES
+             for module in PYTHON_M.findall(page.read_text())
+             if module.split(".")[0] in packages}
+    assert named, "the docs name the benchmarks' modules"
+    not_scripts = [(name, module) for name, module in sorted(named)
+                   if 'if __name__ == "__main__"' not in
+                   (ROOT / (module.replace(".", "/") + ".py")).read_text()]
+    assert not not_scripts, f"python -m of modules with no __main__ block: {not_scripts}"
 
 
 def test_every_make_target_exists():
