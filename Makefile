@@ -34,7 +34,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'
 
-## The loss memory/time benchmark (the README's performance table; about 3 minutes).
+## The loss memory/time benchmark (the table in docs/kl-loss.md; about 3 minutes).
 bench: $(STAMP)
 	$(BIN)/python -m bench.kl_memory
 
