@@ -315,12 +315,15 @@ def _finding_from_dict(claim: dict, index: int) -> Finding:
 
 
 def _context_line(context: dict) -> str:
-    parts = [f"measured {context['date']}" if context.get("date") else "",
-             f"on {context['machine']}" if context.get("machine") else "",
-             f"study `{context['study']}`" if context.get("study") else "",
-             f"wall time {round(context['wall_seconds'] / 60)} min"
-             if isinstance(context.get("wall_seconds"), (int, float)) else ""]
-    line = ", ".join(p for p in parts if p)
+    """'Measured DATE on MACHINE; study NAME, wall time N min.' from what the context holds."""
+    when = " ".join(p for p in (f"measured {context['date']}" if context.get("date") else "",
+                                f"on {context['machine']}" if context.get("machine") else "")
+                    if p)
+    what = ", ".join(p for p in (
+        f"study `{context['study']}`" if context.get("study") else "",
+        f"wall time {round(context['wall_seconds'] / 60)} min"
+        if isinstance(context.get("wall_seconds"), (int, float)) else "") if p)
+    line = "; ".join(p for p in (when, what) if p)
     return f"{line[:1].upper()}{line[1:]}." if line else ""
 
 

@@ -66,7 +66,7 @@ def test_findings_document_round_trips_with_its_context(tmp_path):
     path = tmp_path / "findings.json"
     path.write_text(json.dumps(document))
     markdown = findings_markdown(path)
-    assert markdown.startswith("Measured 2026-12-01, on x86_64, 2 CPUs, Linux, study `study`, "
+    assert markdown.startswith("Measured 2026-12-01 on x86_64, 2 CPUs, Linux; study `study`, "
                                "wall time 50 min.")
     rows = _rows(markdown)
     assert rows["C1"][1][2:] == ["+0.050 [-0.100, +0.200]", "–"]  # reported, not judged
