@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench lint clean
+.PHONY: setup run test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## The loss memory/time benchmark (the README's performance table; about 3 minutes).
+## The edit loop: the suite without the slow end-to-end tests (CI still runs `make test`).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m 'not slow'
+
+## The loss memory/time benchmark (the table in docs/kl-loss.md; about 3 minutes).
 bench: $(STAMP)
 	$(BIN)/python -m bench.kl_memory
 

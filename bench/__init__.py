@@ -1,1 +1,1 @@
-"""Benchmark scripts (run with python -m bench.<name>); numbers go in the README."""
+"""Benchmark scripts (python -m bench.<name>); numbers go in the docs/ page of their topic."""

@@ -1,4 +1,4 @@
-"""Evaluation throughput on the embedded default: the README's evaluation table.
+"""Evaluation throughput on the embedded default: the table in docs/evaluation.md.
 
 Runs the full procedure (HF batched generation, the grader's worker processes, the entropy
 forward pass) for the default teacher and student on the default test split, and prints

@@ -1,4 +1,4 @@
-"""Rollout and teacher-scoring benchmark: the README's rollout table.
+"""Rollout and teacher-scoring benchmark: the tables in docs/rollout-and-scoring.md.
 
 HF generation tokens/s at batch 1 vs 32, teacher scoring tokens/s, score-cache bytes per token
 against full-vocabulary fp16 logits, the KL error of the cached (top-k + tail) teacher against

@@ -1,4 +1,4 @@
-"""Cost of one training step per cell on the embedded default: the README's training table.
+"""Cost of one training step per cell on the embedded default: the table in docs/training.md.
 
 Teacher-prefix cells read cached teacher rollouts (built once, outside the timing); with
 ``cache_k`` they also read cached teacher scores. Student-prefix cells generate with the live

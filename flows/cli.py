@@ -11,6 +11,8 @@
     distill report [--experiment NAME] [--run ID] [--html OUT [--attach]]
                                        a grid's results table, or its HTML tradeoff report
     distill replay                     send to MLflow what runs could not (server was down)
+    distill findings docs/findings.json [--readme README.md]
+                                       the findings as Markdown, or rewrite the README's block
 
 Honours MLFLOW_TRACKING_URI and PREFECT_API_URL; --artifacts DIR (or DISTILL_LAB_ARTIFACTS)
 says where caches, checkpoints, the SQLite store and the default MLflow database live. Without
@@ -75,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="write the tradeoff report (plots, tables, samples) to this file")
     report.add_argument("--attach", action="store_true",
                         help="with --html: also attach it as report.html of the grid run")
+    findings = commands.add_parser(
+        "findings", help="a findings.json as Markdown, or the README's findings block rewritten")
+    findings.add_argument("findings_json", type=Path, metavar="FINDINGS_JSON",
+                          help="e.g. docs/findings.json (missing: 'not measured yet')")
+    findings.add_argument("--readme", type=Path, metavar="README",
+                          help="rewrite the block between <!-- findings:start --> and "
+                               "<!-- findings:end --> in this file instead of printing")
     return parser
 
 
@@ -281,10 +290,21 @@ def _replay(args) -> None:
           if sent else f"nothing to send: {tracker.spill_dir} holds no spill files")
 
 
+def _findings(args) -> None:
+    from tasks.findings import findings_markdown, update_readme
+
+    if args.readme is None:
+        print(findings_markdown(args.findings_json))
+        return
+    changed = update_readme(args.findings_json, args.readme)
+    print(f"{args.readme}: findings block {'rewritten' if changed else 'already up to date'} "
+          f"from {args.findings_json}")
+
+
 FLOW_COMMANDS = {"grid", "run", "prepare", "eval", "rl", "bootstrap"}
 COMMANDS = {"grid": _grid, "run": _run, "prepare": _prepare, "eval": _eval, "rl": _rl,
             "bootstrap": _bootstrap, "serve": _serve, "up": _up, "down": _down,
-            "status": _status, "report": _report, "replay": _replay}
+            "status": _status, "report": _report, "replay": _replay, "findings": _findings}
 
 
 if __name__ == "__main__":

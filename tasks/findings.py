@@ -22,12 +22,18 @@ The claims (arXiv 2605.16826), as tested here at the study's horizon ``steps`` u
   Avg@k and Pass@k with shorter responses.
 - C5 RL after distillation: a forward-KL student gains more Avg@k under GRPO than the
   reverse-KL student of the same prefix source (after − before, difference of differences).
+
+The committed findings (``docs/findings.json``) become the README's findings block through
+``findings_markdown`` / ``update_readme`` (``distill findings docs/findings.json --readme
+README.md``); without the file the block says they are not measured yet.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from tasks.configs import StudyConfig
 from tasks.plan import cells
@@ -55,9 +61,9 @@ class Effect:
     name: str
     metric: str
     predicted: Direction | None
-    estimate: float
-    low: float
-    high: float
+    estimate: float | None  # None only when read back from a findings.json with a null
+    low: float | None
+    high: float | None
     verdict: Verdict | None
 
 
@@ -239,17 +245,25 @@ def study_findings(study: Study, config: StudyConfig) -> list[Finding]:
     return [claim(table) for claim in (_c1, _c2, _c3, _c4, _c5)]
 
 
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.3f}"
+
+
 def findings_table(findings: Sequence[Finding]) -> str:
-    """Markdown: one row per claim (verdict), then its effects with their intervals."""
+    """Markdown: one row per claim (verdict), then its effects with their intervals; a number
+    or verdict that is missing (None) shows as "–"."""
     lines = ["| claim | effect | estimate [95 % interval] | verdict |", "|---|---|---|---|"]
     for finding in findings:
         if not finding.effects:
-            lines.append(f"| {finding.id} | – | – | {finding.note} |")
+            lines.append(f"| {finding.id} | – | – | {finding.note or 'not tested'} |")
         for effect in finding.effects:
-            lines.append(f"| {finding.id} | {effect.name} | {effect.estimate:+.3f} "
-                         f"[{effect.low:+.3f}, {effect.high:+.3f}] | {effect.verdict or '–'} |")
+            interval = ("" if effect.low is None and effect.high is None
+                        else f" [{_signed(effect.low)}, {_signed(effect.high)}]")
+            lines.append(f"| {finding.id} | {effect.name} | {_signed(effect.estimate)}"
+                         f"{interval} | {effect.verdict or '–'} |")
         if finding.effects:
-            lines.append(f"| **{finding.id}** | **the claim** | | **{finding.verdict}** |")
+            lines.append(f"| **{finding.id}** | **the claim** | | "
+                         f"**{finding.verdict or 'not judged'}** |")
     judged = sum(e.verdict is not None for f in findings for e in f.effects)
     return "\n".join(lines) + (f"\n\n{judged} judged effects in "
                                f"{sum(f.verdict is not None for f in findings)} claims; each "
@@ -261,3 +275,87 @@ def findings_document(findings: Sequence[Finding], **context) -> dict:
     (date, machine, wall time, study name) given by the caller."""
     return {**context, "claims": [f.to_dict() for f in findings]}
 
+
+
+# ----------------------------------------------------------------------------- the README block
+
+README_START, README_END = "<!-- findings:start -->", "<!-- findings:end -->"
+NOT_MEASURED = ("The findings are not measured yet. A study (`distill grid` on a study config) "
+                "writes findings.json; committed as `docs/findings.json`, it is rendered here "
+                "by `distill findings docs/findings.json --readme README.md`.")
+
+
+def findings_from_json(data: dict | list) -> tuple[list[Finding], dict]:
+    """(findings, context) from a findings.json: ``findings_document``'s dict (context keys and
+    ``claims``) or a bare list of claims. A claim holds ``effects`` (name, metric, estimate,
+    low, high, verdict) or one flat effect (``effect``: the estimate, ``interval``: [lo, hi]);
+    any number, interval or verdict may be null."""
+    claims, context = (data, {}) if isinstance(data, list) else (
+        data.get("claims"), {k: v for k, v in data.items() if k != "claims"})
+    if not isinstance(claims, list):
+        raise ValueError("findings.json: expected a list of claims or an object with 'claims'")
+    return [_finding_from_dict(claim, i) for i, claim in enumerate(claims)], context
+
+
+def _finding_from_dict(claim: dict, index: int) -> Finding:
+    if not isinstance(claim, dict) or not claim.get("id"):
+        raise ValueError(f"findings.json: claim {index} has no 'id' (C1–C5): {claim!r:.80}")
+    if "effects" in claim:
+        effects = tuple(Effect(e.get("name") or e.get("metric") or "effect", e.get("metric", ""),
+                               e.get("predicted"), e.get("estimate"), e.get("low"),
+                               e.get("high"), e.get("verdict")) for e in claim["effects"] or ())
+    elif claim.get("effect") is not None or claim.get("interval") is not None:
+        low, high = claim.get("interval") or (None, None)
+        effects = (Effect(claim.get("metric") or "effect", claim.get("metric", ""), None,
+                          claim.get("effect"), low, high, claim.get("verdict")),)
+    else:
+        effects = ()
+    return Finding(claim["id"], claim.get("claim", ""), effects, claim.get("verdict"),
+                   claim.get("note") or "")
+
+
+def _context_line(context: dict) -> str:
+    """'Measured DATE on MACHINE; study NAME, wall time N min.' from what the context holds."""
+    when = " ".join(p for p in (f"measured {context['date']}" if context.get("date") else "",
+                                f"on {context['machine']}" if context.get("machine") else "")
+                    if p)
+    what = ", ".join(p for p in (
+        f"study `{context['study']}`" if context.get("study") else "",
+        f"wall time {round(context['wall_seconds'] / 60)} min"
+        if isinstance(context.get("wall_seconds"), (int, float)) else "") if p)
+    line = "; ".join(p for p in (when, what) if p)
+    return f"{line[:1].upper()}{line[1:]}." if line else ""
+
+
+def findings_markdown(path: str | Path) -> str:
+    """The README's findings block: the claims of ``path`` (a findings.json) with their context,
+    or a note that they are not measured yet when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return NOT_MEASURED
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON ({error})") from error
+    findings, context = findings_from_json(data)
+    claims = "\n".join(f"- **{f.id}** {f.claim}" for f in findings if f.claim)
+    return "\n\n".join(p for p in (_context_line(context), claims, findings_table(findings)) if p)
+
+
+def replace_block(text: str, block: str, where: str = "README.md") -> str:
+    """text with what lies between the findings markers replaced by block."""
+    if text.count(README_START) != 1 or text.count(README_END) != 1:
+        raise ValueError(f"{where}: needs exactly one {README_START} and one {README_END} line")
+    head, rest = text.split(README_START)
+    _, tail = rest.split(README_END)
+    return f"{head}{README_START}\n{block}\n{README_END}{tail}"
+
+
+def update_readme(findings_path: str | Path, readme_path: str | Path) -> bool:
+    """Rewrite the README's findings block from findings_path; True if the README changed."""
+    readme = Path(readme_path)
+    old = readme.read_text()
+    new = replace_block(old, findings_markdown(findings_path), str(readme))
+    if new != old:
+        readme.write_text(new)
+    return new != old

@@ -13,7 +13,8 @@ it; ``response_logits`` runs any model (teacher or student) over that batch and 
   k, code version), so a second run or another cell reuses it with no teacher forward pass.
   Every shard's SHA-256 is in ``manifest.json``; ``open_score_cache`` verifies them and rescores
   a corrupt or missing shard instead of using it. ``SparseTeacherScores.batch`` hands the
-  cached scores to ``distill_core.sparse_mixed_kl`` in the batch's (B, T, K) layout.
+  cached scores to the trainer's ``sparse`` loss (``distill_core/sparse.py``) in the batch's
+  (B, T, K) layout.
 
 Bytes per response token in the cache: k × (4 + 4) + 4 + 4 (float32 log-probs, int32 ids, the
 float32 tail log-mass and the int32 token id kept to check alignment), e.g. 168 bytes at k = 20

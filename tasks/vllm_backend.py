@@ -19,7 +19,9 @@ sample does not depend on the other prompts of the call. ``config.batch_size`` i
 vLLM schedules its own batches (engine argument ``max_num_seqs``).
 
 Weight hand-off for on-policy training: vLLM holds its own copy of the student's weights, so
-the trainer hands new weights over through the file system. Every N steps it saves the student
+a training loop that samples with it hands new weights over through the file system (the
+trainers here sample with HF generate on the live student; evaluation is this backend's only
+user in the pipeline). Every N steps the loop saves the student
 with ``save_pretrained(directory)`` and calls ``backend.reload(directory)``; the worker loads
 those safetensors into the running engine in place (``reload_weights``: no restart, no
 recompilation) and drops its prefix cache. Between hand-offs rollouts come from weights up to
