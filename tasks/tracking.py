@@ -563,6 +563,13 @@ class Tracker:
                              f"({_first_line(error)}): pass run ids shown in the MLflow UI"
                              ) from error
 
+    def run_seconds(self, run_id: str) -> float | None:
+        """Wall seconds from a run's start to its end (None while it runs)."""
+        info = self.client.get_run(run_id).info
+        if info.end_time is None or info.start_time is None:
+            return None
+        return (info.end_time - info.start_time) / 1000
+
     def latest_run(self, experiment: str, tag: str, value: str) -> str | None:
         """The newest run of experiment whose tag equals value (None if there is none)."""
         found = self.client.get_experiment_by_name(experiment)
