@@ -123,7 +123,19 @@ def _with_temporary_server(command, args) -> int:
     from tasks.services import temporary_prefect_server
 
     with temporary_prefect_server():
-        return command(args) or 0
+        try:
+            return command(args) or 0
+        finally:
+            _send_pending_flow_logs()
+
+
+def _send_pending_flow_logs() -> None:
+    """Send the flow's queued log lines while its temporary server still runs (at most 5 s).
+    Left queued, Prefect retries them at exit against the stopped server for about a minute
+    and then prints 'Error logging to API'."""
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
 
 
 def _interrupt_on_sigterm() -> None:

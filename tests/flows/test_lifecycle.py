@@ -175,6 +175,17 @@ def test_a_killed_command_leaves_no_temporary_server_and_the_next_run_closes_its
 
 
 @pytest.mark.slow
+def test_a_command_on_a_temporary_server_sends_its_logs_before_the_server_stops(tmp_path,
+                                                                                inputs):
+    config = _config(tmp_path, inputs, steps=1, checkpoint_every=1, objective="sft")
+    process = _start(config, _env(tmp_path / "artifacts", None))  # a temporary server
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, output[-3000:]
+    # queued flow logs were sent, not retried at exit against the stopped server (~1 min)
+    assert "Error logging to API" not in output, output[-3000:]
+
+
+@pytest.mark.slow
 def test_a_failing_grpo_child_run_ends_failed(prefect_server, tmp_path, inputs, monkeypatch):
     from flows.rl import rl_after_distill_flow
     from tasks.configs import RLFlowConfig
