@@ -11,16 +11,17 @@ from distill_core.divergences import (
     forward_kl,
     kl_terms,
     masked_mean,
-    mixed_kl,
+    mix_kl,
     reverse_kl,
     token_entropy,
+    token_weights,
 )
 from distill_core.grpo import group_advantages, grpo_token_loss, k3_kl
 from distill_core.losses import KLLoss, kl_loss
 from distill_core.metrics import avg_at_k, mean_pass_at_k, pass_at_k
 from distill_core.objective import PRESETS, Objective
 from distill_core.policy_gradient import reverse_kl_surrogate, sampled_token_logprobs
-from distill_core.sparse import sparse_kl_terms, sparse_mixed_kl
+from distill_core.sparse import sparse_kl_terms
 
 __all__ = [
     "PRESETS",
@@ -37,12 +38,12 @@ __all__ = [
     "kl_terms",
     "masked_mean",
     "mean_pass_at_k",
-    "mixed_kl",
+    "mix_kl",
     "pass_at_k",
     "reverse_kl",
     "reverse_kl_surrogate",
     "sampled_token_logprobs",
     "sparse_kl_terms",
-    "sparse_mixed_kl",
     "token_entropy",
+    "token_weights",
 ]

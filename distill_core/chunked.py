@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from distill_core._checks import check_teacher_log_probs
+from distill_core.divergences import mix_kl
 
 # Rows per chunk are chosen so one float32 chunk holds about this many elements (16 MiB);
 # see bench/kl_memory.py for the measurements behind the choice.
@@ -147,12 +148,12 @@ def _chunk(
     forward = -torch.einsum("cv,cv->c", p, log_ratio)
     entropy = -torch.einsum("cv,cv->c", q, log_q)
     stats = torch.stack([forward, reverse, entropy])
-    per_row = reverse_weight * reverse + (1.0 - reverse_weight) * forward
+    per_row = mix_kl(forward, reverse, reverse_weight)
     chunk_loss = (per_row.double() * row_weights.double()).sum()
     if not needs_grad:
         return chunk_loss, stats, None
-    # w/τ · [λ q ⊙ (log q − log p − KL(q‖p)) + (1 − λ)(q − p)], built in log_ratio's buffer as
-    # q ⊙ (a · log_ratio + b) − c · p with per-row a, b, c.
+    # The gradient of mix_kl's value: w/τ · [λ q ⊙ (log q − log p − KL(q‖p)) + (1 − λ)(q − p)],
+    # built in log_ratio's buffer (no second (C, V) temporary) as q ⊙ (a · log_ratio + b) − c · p.
     scale = (row_weights / temperature).unsqueeze(-1)
     a = reverse_weight * scale
     b = ((1.0 - reverse_weight) - reverse_weight * reverse.unsqueeze(-1)) * scale

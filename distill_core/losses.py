@@ -23,7 +23,7 @@ from distill_core._checks import (
     check_temperature,
 )
 from distill_core.chunked import chunked_mixed_kl
-from distill_core.divergences import kl_terms, masked_mean
+from distill_core.divergences import kl_terms, masked_mean, mix_kl, token_weights
 
 
 class KLLoss(NamedTuple):
@@ -77,23 +77,12 @@ def kl_loss(
         )
     if chunk_size != "auto" and not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive int, 'auto' or None")
-    weights_BT = _token_weights(response_mask_BT, num_valid_tokens)
+    weights_BT = token_weights(response_mask_BT, num_valid_tokens)
     loss, stats = chunked_mixed_kl(
         student_logits_BTV, teacher_logits_BTV, weights_BT, float(reverse_weight), temperature,
         chunk_rows=None if chunk_size == "auto" else chunk_size,
     )
     return KLLoss(loss, stats[0], stats[1], stats[2])
-
-
-def _token_weights(
-    mask_BT: torch.Tensor, num_valid_tokens: float | int | torch.Tensor | None
-) -> torch.Tensor:
-    """mask / count as float32, 0 everywhere when the count is 0."""
-    mask_BT = mask_BT.to(torch.float32)
-    count = mask_BT.sum() if num_valid_tokens is None else torch.as_tensor(
-        num_valid_tokens, dtype=torch.float32, device=mask_BT.device
-    )
-    return mask_BT / torch.where(count > 0, count, torch.ones_like(count))
 
 
 def _straightforward(
@@ -107,7 +96,7 @@ def _straightforward(
     forward_BT, reverse_BT, entropy_BT = kl_terms(
         student_logits_BTV, teacher_logits_BTV, temperature
     )
-    mixed_BT = reverse_weight * reverse_BT + (1.0 - reverse_weight) * forward_BT
+    mixed_BT = mix_kl(forward_BT, reverse_BT, reverse_weight)
     loss = masked_mean(mixed_BT, mask_BT, num_valid_tokens)
     keep = mask_BT != 0
     stats = [torch.where(keep, x.detach(), 0.0) for x in (forward_BT, reverse_BT, entropy_BT)]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from distill_core._checks import check_reverse_weight, check_temperature, unravel
+from distill_core._checks import check_temperature, unravel
 
 TAIL_FLOOR = 1e-12
 _SUM_TOLERANCE = 1e-3  # top-k probabilities may exceed 1 by this much (rounding in the cache)
@@ -60,24 +60,6 @@ def sparse_kl_terms(
     forward = -(log_P.exp() * log_ratio).sum(dim=-1)
     reverse = (log_Q.exp() * log_ratio).sum(dim=-1)
     return forward.float(), reverse.float()
-
-
-def sparse_mixed_kl(
-    student_logits_BTV: torch.Tensor,
-    teacher_topk_logprobs_BTK: torch.Tensor,
-    teacher_topk_ids_BTK: torch.Tensor,
-    reverse_weight: float,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """λ · KL(Q_student ‖ P_teacher) + (1 − λ) · KL(P_teacher ‖ Q_student) on k + 1 buckets.
-
-    Same arguments as sparse_kl_terms plus reverse_weight λ ∈ [0, 1]; returns (B, T).
-    """
-    check_reverse_weight(reverse_weight)
-    forward, reverse = sparse_kl_terms(
-        student_logits_BTV, teacher_topk_logprobs_BTK, teacher_topk_ids_BTK, temperature
-    )
-    return reverse_weight * reverse + (1.0 - reverse_weight) * forward
 
 
 def _log_tail(topk_logprobs: torch.Tensor) -> torch.Tensor:
