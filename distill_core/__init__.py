@@ -1,9 +1,9 @@
 """distill_core: the distillation method in pure PyTorch.
 
-The objective grid (prefix source × token-level KL direction), its losses — straightforward,
-chunked, sparse-teacher and sampled-token forms — the entropy-gated length curriculum, the
-Avg@k / Pass@k metrics and the GRPO loss for RL after distillation. Imports only torch and
-the standard library.
+The objective grid (prefix source × token-level KL direction), its losses by name (``LOSSES``:
+exact — straightforward or chunked —, sparse-teacher and sampled-token), the entropy-gated
+length curriculum, the Avg@k / Pass@k metrics and the GRPO loss for RL after distillation.
+Imports only torch and the standard library.
 """
 
 from distill_core.curriculum import EntropyGatedLengthCurriculum, doubling_ladder
@@ -17,18 +17,24 @@ from distill_core.divergences import (
     token_weights,
 )
 from distill_core.grpo import group_advantages, grpo_token_loss, k3_kl
-from distill_core.losses import KLLoss, kl_loss
+from distill_core.loss_types import KLLoss, TeacherLogits, TeacherTopK
+from distill_core.losses import LOSSES, LossEntry, check_loss_choice, kl_loss
 from distill_core.metrics import avg_at_k, mean_pass_at_k, pass_at_k
 from distill_core.objective import PRESETS, Objective
 from distill_core.policy_gradient import reverse_kl_surrogate, sampled_token_logprobs
 from distill_core.sparse import sparse_kl_terms
 
 __all__ = [
+    "LOSSES",
     "PRESETS",
     "EntropyGatedLengthCurriculum",
     "KLLoss",
+    "LossEntry",
     "Objective",
+    "TeacherLogits",
+    "TeacherTopK",
     "avg_at_k",
+    "check_loss_choice",
     "doubling_ladder",
     "forward_kl",
     "group_advantages",
