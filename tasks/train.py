@@ -504,39 +504,23 @@ def _train_step(run: _Run, samples: list[Sample], indices: list[int]
 def _loss(run: _Run, batch: ResponseBatch, indices: list[int], student_logits: torch.Tensor,
           mask: torch.Tensor, global_tokens: float):
     """(loss for backward, detached per-token terms, student mass on the teacher's top-k)."""
-    config, lam = run.config, run.objective.reverse_weight
-    entropy = dc.token_entropy(student_logits.detach(), config.temperature)
+    config, device = run.config, student_logits.device
     if config.loss == "sparse":
         topk_logprobs, topk_ids = run.scores.batch(indices, batch)
-        topk_logprobs = topk_logprobs.to(student_logits.device)
-        topk_ids = topk_ids.to(student_logits.device)
-        forward, reverse = dc.sparse_kl_terms(student_logits, topk_logprobs, topk_ids,
-                                              config.temperature)
-        loss = ((lam * reverse + (1 - lam) * forward) * mask).sum() / max(global_tokens, 1.0)
-        overlap = _topk_mass(student_logits.detach(), topk_ids)
-        return loss, {"forward_kl": forward.detach(), "reverse_kl": reverse.detach(),
-                      "entropy": entropy}, overlap
-    with torch.no_grad():
-        teacher_logits = response_logits(run.teacher, batch, run.vocab)
-    run.meter.teacher_forward(batch.num_tokens)
-    overlap = _topk_mass(student_logits.detach(),
-                         teacher_logits.topk(min(OVERLAP_K, run.vocab), dim=-1).indices)
-    if config.loss == "exact":
-        out = dc.kl_loss(student_logits, teacher_logits, mask, lam,
-                         temperature=config.temperature, num_valid_tokens=global_tokens)
-        return out.loss, {"forward_kl": out.forward_kl_BT, "reverse_kl": out.reverse_kl_BT,
-                          "entropy": out.student_entropy_BT}, overlap
-    # sampled: REINFORCE on the sampled tokens for the reverse part, exact forward KL for the rest
-    forward, reverse, _ = dc.kl_terms(student_logits, teacher_logits, config.temperature)
-    student_lp = dc.sampled_token_logprobs(student_logits, batch.response_ids_BT.to(
-        student_logits.device), config.temperature)
-    teacher_lp = dc.sampled_token_logprobs(teacher_logits, batch.response_ids_BT.to(
-        teacher_logits.device), config.temperature)
-    surrogate, _ = dc.reverse_kl_surrogate(student_lp, teacher_lp)
-    per_token = lam * surrogate + (1 - lam) * forward
-    loss = (per_token * mask).sum() / max(global_tokens, 1.0)
-    return loss, {"forward_kl": forward.detach(), "reverse_kl": reverse.detach(),
-                  "entropy": entropy}, overlap
+        targets = dc.TeacherTopK(topk_logprobs.to(device), topk_ids.to(device))
+        overlap_ids = targets.ids_BTK
+    else:
+        with torch.no_grad():
+            teacher_logits = response_logits(run.teacher, batch, run.vocab)
+        run.meter.teacher_forward(batch.num_tokens)
+        targets = dc.TeacherLogits(teacher_logits)
+        overlap_ids = teacher_logits.topk(min(OVERLAP_K, run.vocab), dim=-1).indices
+    out = dc.LOSSES[config.loss](student_logits, targets, mask, run.objective,
+                                 temperature=config.temperature, num_valid_tokens=global_tokens,
+                                 response_ids_BT=batch.response_ids_BT.to(device))
+    terms = {"forward_kl": out.forward_kl_BT, "reverse_kl": out.reverse_kl_BT,
+             "entropy": out.student_entropy_BT}
+    return out.loss, terms, _topk_mass(student_logits.detach(), overlap_ids)
 
 
 def _topk_mass(student_logits: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
