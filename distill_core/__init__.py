@@ -1,9 +1,9 @@
 """distill_core: the distillation method in pure PyTorch.
 
 The objective grid (prefix source × token-level KL direction), its losses by name (``LOSSES``:
-exact — straightforward or chunked —, sparse-teacher and sampled-token), the entropy-gated
-length curriculum, the Avg@k / Pass@k metrics and the GRPO loss for RL after distillation.
-Imports only torch and the standard library.
+exact, sparse-teacher and sampled-token; straightforward, chunked or fused with the LM head), the
+entropy-gated length curriculum, the Avg@k / Pass@k metrics and the GRPO loss for RL after
+distillation. Imports only torch and the standard library.
 """
 
 from distill_core.curriculum import EntropyGatedLengthCurriculum, doubling_ladder
@@ -16,8 +16,9 @@ from distill_core.divergences import (
     token_entropy,
     token_weights,
 )
+from distill_core.fused import HeadFacts, check_fused_head, fused_kl_loss
 from distill_core.grpo import group_advantages, grpo_token_loss, k3_kl
-from distill_core.loss_types import KLLoss, TeacherLogits, TeacherTopK
+from distill_core.loss_types import HiddenStates, KLLoss, TeacherLogits, TeacherTopK
 from distill_core.losses import LOSSES, LossEntry, check_loss_choice, kl_loss
 from distill_core.metrics import avg_at_k, mean_pass_at_k, pass_at_k
 from distill_core.objective import PRESETS, Objective
@@ -28,15 +29,19 @@ __all__ = [
     "LOSSES",
     "PRESETS",
     "EntropyGatedLengthCurriculum",
+    "HeadFacts",
+    "HiddenStates",
     "KLLoss",
     "LossEntry",
     "Objective",
     "TeacherLogits",
     "TeacherTopK",
     "avg_at_k",
+    "check_fused_head",
     "check_loss_choice",
     "doubling_ladder",
     "forward_kl",
+    "fused_kl_loss",
     "group_advantages",
     "grpo_token_loss",
     "k3_kl",

@@ -43,8 +43,8 @@ class _ChunkedMixedKL(torch.autograd.Function):
         chunk_rows: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         vocab_size = student_logits.shape[-1]
-        student_rows = _RowReader(student_logits)
-        teacher_rows = _RowReader(teacher_logits)
+        student_rows = RowReader(student_logits)
+        teacher_rows = RowReader(teacher_logits)
         weights_N = weights.reshape(-1)
         stats_3N = torch.zeros(3, weights_N.numel(), dtype=torch.float32, device=weights.device)
         grad_NV = None
@@ -52,13 +52,13 @@ class _ChunkedMixedKL(torch.autograd.Function):
             grad_NV = torch.empty(weights_N.numel(), vocab_size, dtype=student_logits.dtype,
                                   device=student_logits.device)
         loss = torch.zeros((), dtype=torch.float64, device=weights.device)
-        for rows in _valid_row_chunks(weights_N, chunk_rows):
-            chunk_loss, chunk_stats, chunk_grad = _chunk(
+        for rows in valid_row_chunks(weights_N, chunk_rows):
+            chunk_loss, chunk_stats, chunk_grad = exact_chunk(
                 student_rows[rows], teacher_rows[rows], weights_N[rows],
                 reverse_weight, temperature, needs_grad=grad_NV is not None,
             )
             if bool(torch.isnan(chunk_stats[:2]).any()):  # a NaN in a row reaches its sums
-                _raise_if_teacher_nan(teacher_rows[rows], weights.shape, rows)
+                raise_if_teacher_nan(teacher_rows[rows], weights.shape, rows)
             loss += chunk_loss
             stats_3N[:, rows] = chunk_stats
             if grad_NV is not None:
@@ -87,16 +87,17 @@ class _ChunkedMixedKL(torch.autograd.Function):
         return grad_NV.view(*ctx.token_shape, -1), None, None, None, None, None
 
 
-class _RowReader:
-    """Rows of a (B, T, V) tensor by flat token index: a view when possible, a gather otherwise."""
+class RowReader:
+    """Rows of a (B, T, V) or (N, V) tensor by flat token index: a view when possible, a gather
+    otherwise."""
 
     def __init__(self, logits_BTV: torch.Tensor) -> None:
         self.logits_BTV = logits_BTV
-        self.length = logits_BTV.shape[1]
+        self.length = logits_BTV.shape[1] if logits_BTV.dim() == 3 else 1
         try:  # a view of (B*T, V) exists unless the tensor was sliced along T
             self.logits_NV: torch.Tensor | None = logits_BTV.view(-1, logits_BTV.shape[-1])
         except RuntimeError:
-            self.logits_NV = None
+            self.logits_NV = logits_BTV if logits_BTV.dim() == 2 else None
 
     def __getitem__(self, rows: slice | torch.Tensor) -> torch.Tensor:
         if self.logits_NV is not None:
@@ -106,7 +107,7 @@ class _RowReader:
         return self.logits_BTV[rows // self.length, rows % self.length]
 
 
-def _valid_row_chunks(weights_N: torch.Tensor, chunk_rows: int):
+def valid_row_chunks(weights_N: torch.Tensor, chunk_rows: int):
     """Flat indices of rows with nonzero weight, chunk_rows at a time; a slice where contiguous."""
     valid_N = weights_N.nonzero().squeeze(1)
     valid_cpu = valid_N.cpu()
@@ -117,7 +118,7 @@ def _valid_row_chunks(weights_N: torch.Tensor, chunk_rows: int):
         yield slice(first, last + 1) if last - first + 1 == count else valid_N[start:start + count]
 
 
-def _raise_if_teacher_nan(
+def raise_if_teacher_nan(
     teacher_rows: torch.Tensor, token_shape: torch.Size, rows: slice | torch.Tensor
 ) -> None:
     """NaN reached a chunk's sums: name the teacher's position if it came from the teacher.
@@ -129,7 +130,7 @@ def _raise_if_teacher_nan(
     check_teacher_log_probs(log_p, token_shape=token_shape, flat_rows=rows)
 
 
-def _chunk(
+def exact_chunk(
     student_rows: torch.Tensor,  # (C, V)
     teacher_rows: torch.Tensor,  # (C, V)
     row_weights: torch.Tensor,  # (C,)
@@ -138,9 +139,8 @@ def _chunk(
     needs_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Loss, per-row [forward KL, reverse KL, student entropy] and logit gradient of one chunk."""
-    floor = torch.finfo(torch.float32).min
-    log_q = _scaled_log_softmax(student_rows, temperature).clamp_(min=floor)
-    log_p = _scaled_log_softmax(teacher_rows, temperature).clamp_(min=floor)
+    log_q = chunk_log_softmax(student_rows, temperature)
+    log_p = chunk_log_softmax(teacher_rows, temperature)
     log_ratio = log_q.sub(log_p)  # (C, V): log q − log p
     q = log_q.exp()
     p = log_p.exp_()
@@ -162,9 +162,15 @@ def _chunk(
     return chunk_loss, stats, grad
 
 
-def _scaled_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def chunk_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float32 log_softmax(logits / τ) of a chunk, -inf clamped in place to the lowest float.
+
+    The clamp keeps 0 · (log 0 − log 0) at 0 for tokens both models rule out (as
+    divergences.finite_log_softmax does, without autograd and without a second buffer).
+    """
     logits = logits.float()
-    return torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
+    log_probs = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
+    return log_probs.clamp_(min=torch.finfo(torch.float32).min)
 
 
 def chunked_mixed_kl(

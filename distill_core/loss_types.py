@@ -1,12 +1,14 @@
 """The typed values the losses take and return.
 
-What the teacher gives the loss is one of two small values, so every loss in ``LOSSES`` has one
+What the teacher gives the loss is one of three small values, so every loss in ``LOSSES`` has one
 signature whatever the teacher's form:
 
 - ``TeacherLogits(logits_BTV)``: full-vocabulary logits of a live teacher;
-- ``TeacherTopK(logprobs_BTK, ids_BTK)``: a teacher-score cache, top-k log-probs and their ids.
+- ``TeacherTopK(logprobs_BTK, ids_BTK)``: a teacher-score cache, top-k log-probs and their ids;
+- ``HiddenStates(hidden_BTD, head_weight_VD, vocab_size)``: final hidden states and LM-head weight,
+  for the fused path, which forms logits = hidden · head_weightᵀ a chunk of rows at a time.
 
-The student is its logits (B, T, V). Every loss returns ``KLLoss``.
+The student is its logits (B, T, V) or ``HiddenStates`` (fused). Every loss returns ``KLLoss``.
 """
 
 from __future__ import annotations
@@ -58,4 +60,42 @@ class TeacherTopK:
             )
 
 
-TeacherTargets = TeacherLogits | TeacherTopK
+@dataclass(frozen=True, eq=False)
+class HiddenStates:
+    """A model's final hidden states and LM-head weight: logits = hidden · head_weight[:vocab]ᵀ.
+
+    hidden_BTD: (B, T, D) or (N, D), at the response positions (after the final norm).
+    head_weight_VD: (V_head, D), the LM head (for tied embeddings: the embedding matrix itself).
+    vocab_size: the tokenizer's vocabulary; head rows at and beyond it (padding) are sliced off,
+        as tasks.scoring.response_logits does. None: all V_head rows.
+    Only plain linear heads qualify: no bias, soft-capping or logit scale (check_fused_head).
+    """
+
+    hidden_BTD: torch.Tensor
+    head_weight_VD: torch.Tensor
+    vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        hidden, weight = self.hidden_BTD, self.head_weight_VD
+        if hidden.dim() < 2 or weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
+            raise ValueError(
+                f"HiddenStates: hidden_BTD {tuple(hidden.shape)} must be (..., D) and "
+                f"head_weight_VD {tuple(weight.shape)} must be (V, D) with the same D"
+            )
+        if self.vocab_size is not None and not 1 <= self.vocab_size <= weight.shape[0]:
+            raise ValueError(
+                f"HiddenStates: vocab_size={self.vocab_size} must lie in [1, {weight.shape[0]}] "
+                "(the head's rows)"
+            )
+
+    @property
+    def vocab(self) -> int:
+        """The number of logits per token after slicing off padded head rows."""
+        return self.head_weight_VD.shape[0] if self.vocab_size is None else self.vocab_size
+
+    def logits(self) -> torch.Tensor:
+        """The full (..., V) logits — what the fused path avoids holding; for references."""
+        return self.hidden_BTD @ self.head_weight_VD[: self.vocab].T
+
+
+TeacherTargets = TeacherLogits | TeacherTopK | HiddenStates

@@ -10,8 +10,9 @@
 
 plus what the loss needs and allows, as data a config checks before training
 (``check_loss_choice``):
-- ``exact``: full-vocabulary KL against ``TeacherLogits``;
-- ``sparse``: KL between (k + 1)-bucket distributions against a ``TeacherTopK`` cache;
+- ``exact``: full-vocabulary KL against ``TeacherLogits`` (or the fused path when the student and
+  teacher come as ``HiddenStates``);
+- ``sparse``: KL between (k + 1)-bucket distributions against a ``TeacherTopK`` cache (fused too);
 - ``sampled``: REINFORCE surrogate for the reverse-KL part on the sampled response tokens, exact
   forward KL for the rest — valid only on tokens the student sampled at the loss temperature.
 
@@ -37,7 +38,8 @@ from distill_core._checks import (
 )
 from distill_core.chunked import chunked_mixed_kl
 from distill_core.divergences import kl_terms, masked_mean, mix_kl, token_entropy, token_weights
-from distill_core.loss_types import KLLoss, TeacherLogits, TeacherTopK
+from distill_core.fused import fused_kl_loss
+from distill_core.loss_types import HiddenStates, KLLoss, TeacherLogits, TeacherTopK
 from distill_core.objective import Objective
 from distill_core.policy_gradient import reverse_kl_surrogate, sampled_token_logprobs
 from distill_core.sparse import sparse_kl_terms
@@ -102,8 +104,8 @@ def _with_detached_stats(
 
 # ----------------------------------------------------------------------------- losses by name
 
-Student = torch.Tensor
-Teacher = TeacherLogits | TeacherTopK
+Student = torch.Tensor | HiddenStates
+Teacher = TeacherLogits | TeacherTopK | HiddenStates
 
 
 def exact_loss(
@@ -120,10 +122,16 @@ def exact_loss(
     """Masked mean of λ · KL(q_student ‖ p_teacher) + (1 − λ) · KL(p_teacher ‖ q_student), full
     vocabulary, p = softmax(teacher / τ), q = softmax(student / τ); λ = objective.reverse_weight.
 
-    student: logits (B, T, V) → kl_loss (chunked unless chunk_size=None). response_ids_BT is not
-    used.
+    student: logits (B, T, V) → kl_loss (chunked unless chunk_size=None); or HiddenStates (B, T, D)
+        with its head → the fused path (distill_core.fused), teacher as TeacherLogits or
+        HiddenStates. response_ids_BT is not used.
     """
-    _check_teacher("exact", teacher, (TeacherLogits,))
+    _check_teacher("exact", teacher, _FULL_VOCABULARY)
+    if isinstance(student, HiddenStates):
+        return fused_kl_loss(student, teacher, response_mask_BT, _reverse_weight(objective),
+                             temperature=temperature, num_valid_tokens=num_valid_tokens,
+                             chunk_size=chunk_size)
+    _check_logits_student("exact", student, teacher)
     return kl_loss(student, teacher.logits_BTV, response_mask_BT, _reverse_weight(objective),
                    temperature=temperature, num_valid_tokens=num_valid_tokens,
                    chunk_size=chunk_size)
@@ -144,10 +152,14 @@ def sparse_loss(
     the (k + 1)-bucket distributions of a TeacherTopK cache (distill_core.sparse).
 
     τ applies to the student only (the cache holds log-probs at its own temperature). Stats:
-    the bucketed KLs and the student's full-vocabulary entropy. student: logits (B, T, V);
-    response_ids_BT and chunk_size are not used.
+    the bucketed KLs and the student's full-vocabulary entropy. student: logits (B, T, V), or
+    HiddenStates for the fused path (chunk_size applies only there). response_ids_BT is not used.
     """
     _check_teacher("sparse", teacher, (TeacherTopK,))
+    if isinstance(student, HiddenStates):
+        return fused_kl_loss(student, teacher, response_mask_BT, _reverse_weight(objective),
+                             temperature=temperature, num_valid_tokens=num_valid_tokens,
+                             chunk_size=chunk_size)
     check_mask(response_mask_BT, student.shape[:-1], name="response_mask_BT")
     forward_BT, reverse_BT = sparse_kl_terms(student, teacher.logprobs_BTK, teacher.ids_BTK,
                                              temperature)
@@ -174,9 +186,10 @@ def sampled_loss(
     The surrogate's gradient is an unbiased estimate of ∇ KL(q_student ‖ p_teacher) only when
     response_ids_BT (B, T) were sampled from the student at this temperature
     (requires_student_samples: check_loss_choice refuses the rest). Stats are exact (chunked path,
-    chunk_size as in kl_loss). student: logits (B, T, V).
+    chunk_size as in kl_loss). student: logits (B, T, V); no fused form.
     """
     _check_teacher("sampled", teacher, (TeacherLogits,))
+    _check_logits_student("sampled", student, teacher)
     if response_ids_BT is None:
         raise ValueError("the sampled loss needs response_ids_BT: the (B, T) tokens the student "
                          "sampled, whose log-probs its REINFORCE surrogate uses")
@@ -192,12 +205,24 @@ def sampled_loss(
     return forward._replace(loss=mix_kl(forward.loss, reverse_estimate, _reverse_weight(objective)))
 
 
+_FULL_VOCABULARY = (TeacherLogits, HiddenStates)
+
+
 def _check_teacher(name: str, teacher: object, allowed: tuple[type, ...]) -> None:
     if not isinstance(teacher, allowed):
         raise ValueError(
             f"the {name!r} loss takes the teacher as {' or '.join(t.__name__ for t in allowed)}, "
             f"got {type(teacher).__name__}; a top-k score cache (TeacherTopK) goes with 'sparse', "
             "full teacher logits (TeacherLogits) with 'exact' or 'sampled'"
+        )
+
+
+def _check_logits_student(name: str, student: object, teacher: object) -> None:
+    if isinstance(student, HiddenStates) or isinstance(teacher, HiddenStates):
+        raise ValueError(
+            f"the {name!r} loss needs the student's logits (B, T, V) and TeacherLogits here; "
+            "HiddenStates (the fused path) go with 'exact' or 'sparse', the student and a "
+            "full teacher both as HiddenStates"
         )
 
 
@@ -215,7 +240,8 @@ LossFunction = Callable[..., KLLoss]
 class LossEntry:
     """One loss by name and what it needs and allows, as data a config checks up front.
 
-    teachers: the teacher values it takes. needs_response_ids: it reads response_ids_BT.
+    teachers: the teacher values it takes. hidden_states: it has a fused form (student as
+    HiddenStates). needs_response_ids: it reads response_ids_BT.
     requires_student_samples: its gradient of KL(q_student ‖ p_teacher) is a REINFORCE estimate,
     unbiased only when the response tokens were sampled from the student at the loss
     temperature (when λ > 0).
@@ -223,6 +249,7 @@ class LossEntry:
 
     function: LossFunction
     teachers: tuple[type, ...]
+    hidden_states: bool
     needs_response_ids: bool
     requires_student_samples: bool
 
@@ -231,12 +258,12 @@ class LossEntry:
 
 
 LOSSES: dict[str, LossEntry] = {
-    "exact": LossEntry(exact_loss, (TeacherLogits,), needs_response_ids=False,
-                       requires_student_samples=False),
-    "sparse": LossEntry(sparse_loss, (TeacherTopK,), needs_response_ids=False,
-                        requires_student_samples=False),
-    "sampled": LossEntry(sampled_loss, (TeacherLogits,), needs_response_ids=True,
-                         requires_student_samples=True),
+    "exact": LossEntry(exact_loss, _FULL_VOCABULARY, hidden_states=True,
+                       needs_response_ids=False, requires_student_samples=False),
+    "sparse": LossEntry(sparse_loss, (TeacherTopK,), hidden_states=True,
+                        needs_response_ids=False, requires_student_samples=False),
+    "sampled": LossEntry(sampled_loss, (TeacherLogits,), hidden_states=False,
+                         needs_response_ids=True, requires_student_samples=True),
 }
 
 
@@ -246,15 +273,19 @@ def check_loss_choice(
     *,
     temperature: float,
     sampling_temperature: float,
+    hidden_states: bool = False,
 ) -> LossEntry:
     """The entry LOSSES[name], after refusing a combination its estimator does not support.
 
     temperature: the loss's τ; sampling_temperature: the rollouts' (the student's on-policy
-    samples).
+    samples). hidden_states: the trainer will pass HiddenStates (the fused path).
     """
     if name not in LOSSES:
         raise ValueError(f"loss={name!r} is not one of {tuple(LOSSES)}")
     entry = LOSSES[name]
+    if hidden_states and not entry.hidden_states:
+        raise ValueError(f"loss={name!r} has no fused form: give it the student's logits, or "
+                         f"use one of {tuple(n for n, e in LOSSES.items() if e.hidden_states)}")
     if entry.requires_student_samples and _reverse_weight(objective) > 0:
         _check_student_samples(name, objective, temperature, sampling_temperature)
     return entry

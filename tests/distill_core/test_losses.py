@@ -68,22 +68,24 @@ def test_every_entry_has_the_one_signature_and_declares_its_needs():
     assert LOSSES["sampled"].requires_student_samples and LOSSES["sampled"].needs_response_ids
     assert not LOSSES["exact"].requires_student_samples
     assert LOSSES["sparse"].teachers == (TeacherTopK,)
+    assert [name for name, entry in LOSSES.items() if entry.hidden_states] == ["exact", "sparse"]
 
 
 @pytest.mark.parametrize(
-    "name, objective, temperatures, fragment",
+    "name, objective, temperatures, fused, fragment",
     [
-        ("sampled", "offline_rl", (1.0, 1.0), "teacher-written prefixes"),
-        ("sampled", "teacher:0.5", (1.0, 1.0), "teacher-written prefixes"),
-        ("sampled", "opd", (1.0, 0.7), "sampling temperature 0.7 but loss temperature 1.0"),
-        ("chunked", "opd", (1.0, 1.0), r"loss='chunked' is not one of"),
+        ("sampled", "offline_rl", (1.0, 1.0), False, "teacher-written prefixes"),
+        ("sampled", "teacher:0.5", (1.0, 1.0), False, "teacher-written prefixes"),
+        ("sampled", "opd", (1.0, 0.7), False, "sampling temperature 0.7 but loss temperature 1.0"),
+        ("sampled", "opd", (1.0, 1.0), True, "no fused form"),
+        ("chunked", "opd", (1.0, 1.0), False, r"loss='chunked' is not one of"),
     ],
 )
 def test_config_checks_refuse_what_an_entry_does_not_support(name, objective, temperatures,
-                                                             fragment):
+                                                             fused, fragment):
     with pytest.raises(ValueError, match=fragment):
         check_loss_choice(name, Objective.parse(objective), temperature=temperatures[0],
-                          sampling_temperature=temperatures[1])
+                          sampling_temperature=temperatures[1], hidden_states=fused)
 
 
 @pytest.mark.parametrize(
@@ -104,8 +106,8 @@ def test_config_checks_accept_valid_choices(name, objective, temperatures):
 
 def test_a_teacher_of_the_wrong_kind_is_named():
     student, teacher, mask, ids, topk = _batch()
-    with pytest.raises(ValueError, match="'exact' loss takes the teacher as TeacherLogits, "
-                                         "got TeacherTopK"):
+    with pytest.raises(ValueError, match="'exact' loss takes the teacher as TeacherLogits or "
+                                         "HiddenStates, got TeacherTopK"):
         LOSSES["exact"](student, topk, mask, Objective("teacher", 0.0))
     with pytest.raises(ValueError, match="'sparse' loss takes the teacher as TeacherTopK, got "
                                          "TeacherLogits"):
