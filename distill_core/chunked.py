@@ -52,10 +52,11 @@ class _ChunkedMixedKL(torch.autograd.Function):
             grad_NV = torch.empty(weights_N.numel(), vocab_size, dtype=student_logits.dtype,
                                   device=student_logits.device)
         loss = torch.zeros((), dtype=torch.float64, device=weights.device)
+        buffers = ChunkBuffers(weights_N, chunk_rows, vocab_size)
         for rows in valid_row_chunks(weights_N, chunk_rows):
             chunk_loss, chunk_stats, chunk_grad = exact_chunk(
-                student_rows[rows], teacher_rows[rows], weights_N[rows],
-                reverse_weight, temperature, needs_grad=grad_NV is not None,
+                student_rows[rows], teacher_rows[rows], weights_N[rows], reverse_weight,
+                temperature, grad_NV is not None, buffers.take(rows),
             )
             if bool(torch.isnan(chunk_stats[:2]).any()):  # a NaN in a row reaches its sums
                 raise_if_teacher_nan(teacher_rows[rows], weights.shape, rows)
@@ -130,6 +131,26 @@ def raise_if_teacher_nan(
     check_teacher_log_probs(log_p, token_shape=token_shape, flat_rows=rows)
 
 
+class ChunkBuffers:
+    """Four float32 (rows, V) buffers a chunk kernel works in, allocated once per loss call.
+
+    Fresh buffers for every chunk would each come from the operating system on CPU (blocks this
+    large bypass the allocator's free lists) and pay page faults again: ~10% of the fused path's
+    time at V = 151,936. take(rows) gives (log q, log p, q, p) views for one chunk; the kernels
+    overwrite log q with log q − log p and then ∂loss/∂z, and a caller may put the chunk's
+    student and teacher logits in the q and p buffers (they are read before being overwritten).
+    """
+
+    def __init__(self, weights_N: torch.Tensor, chunk_rows: int, vocab_size: int) -> None:
+        rows = max(1, min(chunk_rows, int(torch.count_nonzero(weights_N))))
+        self.buffers = torch.empty(4, rows, vocab_size, dtype=torch.float32,
+                                   device=weights_N.device)
+
+    def take(self, rows: slice | torch.Tensor) -> tuple[torch.Tensor, ...]:
+        count = rows.stop - rows.start if isinstance(rows, slice) else rows.numel()
+        return tuple(buffer[:count] for buffer in self.buffers)
+
+
 def exact_chunk(
     student_rows: torch.Tensor,  # (C, V)
     teacher_rows: torch.Tensor,  # (C, V)
@@ -137,16 +158,20 @@ def exact_chunk(
     reverse_weight: float,
     temperature: float,
     needs_grad: bool,
+    buffers: tuple[torch.Tensor, ...],  # ChunkBuffers.take: four (C, V) float32
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Loss, per-row [forward KL, reverse KL, student entropy] and logit gradient of one chunk."""
-    log_q = chunk_log_softmax(student_rows, temperature)
-    log_p = chunk_log_softmax(teacher_rows, temperature)
-    log_ratio = log_q.sub(log_p)  # (C, V): log q − log p
-    q = log_q.exp()
-    p = log_p.exp_()
+    """Loss, per-row [forward KL, reverse KL, student entropy] and logit gradient of one chunk.
+
+    The gradient is returned in buffers[0]: use it before the next chunk.
+    """
+    log_q = chunk_log_softmax(student_rows, temperature, out=buffers[0])
+    log_p = chunk_log_softmax(teacher_rows, temperature, out=buffers[1])
+    q = torch.exp(log_q, out=buffers[2])
+    p = torch.exp(log_p, out=buffers[3])
+    entropy = -torch.einsum("cv,cv->c", q, log_q)
+    log_ratio = log_q.sub_(log_p)  # (C, V): log q − log p, in log q's buffer
     reverse = torch.einsum("cv,cv->c", q, log_ratio)
     forward = -torch.einsum("cv,cv->c", p, log_ratio)
-    entropy = -torch.einsum("cv,cv->c", q, log_q)
     stats = torch.stack([forward, reverse, entropy])
     per_row = mix_kl(forward, reverse, reverse_weight)
     chunk_loss = (per_row.double() * row_weights.double()).sum()
@@ -162,14 +187,13 @@ def exact_chunk(
     return chunk_loss, stats, grad
 
 
-def chunk_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """float32 log_softmax(logits / τ) of a chunk, -inf clamped in place to the lowest float.
-
-    The clamp keeps 0 · (log 0 − log 0) at 0 for tokens both models rule out (as
-    divergences.finite_log_softmax does, without autograd and without a second buffer).
+def chunk_log_softmax(logits: torch.Tensor, temperature: float, out: torch.Tensor) -> torch.Tensor:
+    """float32 log_softmax(logits / τ) of a chunk written into out, -inf clamped to the lowest
+    float (as divergences.finite_log_softmax does, without autograd): 0 · (log 0 − log 0) stays 0
+    for tokens both models rule out.
     """
-    logits = logits.float()
-    log_probs = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
+    scaled = logits if temperature == 1.0 else logits.float() / temperature
+    log_probs = torch.log_softmax(scaled, dim=-1, dtype=torch.float32, out=out)
     return log_probs.clamp_(min=torch.finfo(torch.float32).min)
 
 

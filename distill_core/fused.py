@@ -9,8 +9,9 @@ logits, or its top-k cache), computes the chunk's λ-mixed KL, per-token stats a
 
     ∂L/∂h_c = (∂L/∂z_c) · W          ∂L/∂W += (∂L/∂z_c)ᵀ · h_c
 
-and drops the chunk. Peak extra memory: a few (C, V) float32 chunk buffers plus ∂L/∂W (V, D,
-float32) and ∂L/∂h (N, D) — below one logits tensor once N is a few times D. As in the chunked
+and moves on, reusing the chunk's buffers. Peak extra memory: four (C, V) float32 chunk buffers
+plus ∂L/∂W (V, D, float32) and ∂L/∂h (N, D) — below one logits tensor once N is a few times D
+(the chunk buffers count as 4C rows). As in the chunked
 path, the gradients are computed during the forward pass (no recomputation of the head matmuls)
 and scaled in place by backward, so one backward pass is supported.
 
@@ -32,23 +33,30 @@ from distill_core._checks import (
     check_reverse_weight,
     check_temperature,
 )
-from distill_core.chunked import RowReader, exact_chunk, raise_if_teacher_nan, valid_row_chunks
+from distill_core.chunked import (
+    ChunkBuffers,
+    RowReader,
+    exact_chunk,
+    raise_if_teacher_nan,
+    valid_row_chunks,
+)
 from distill_core.divergences import token_weights
 from distill_core.loss_types import HiddenStates, KLLoss, TeacherLogits, TeacherTopK
 from distill_core.sparse import check_sparse_teacher, sparse_chunk
 
 # Rows per chunk are chosen so one float32 (C, V) buffer holds about this many elements (128 MiB,
-# ~220 rows at V = 151,936). A chunk holds ~7 such buffers; each chunk also reads and writes all of
-# ∂L/∂W (V × D), so much smaller chunks turn that update memory-bound. Measured at V = 151,936,
-# D = 1,024, 2,048 rows, fp32 (bench/kl_memory.py --fused-chunk-rows): peak extra 0.66×, 0.95×,
-# 1.29×, 2.05× one logits tensor at 32, 110, 220, 440 rows (∂L/∂W alone is 0.5× there); at
-# 8,192 rows 220-row chunks stay near 0.3×.
+# ~220 rows at V = 151,936); a chunk works in four such buffers (chunked.ChunkBuffers). Each chunk
+# also reads and writes all of ∂L/∂W (V × D), so much smaller chunks turn that update
+# memory-bound. Measured at V = 151,936, D = 1,024, 2,048 rows, fp32 (python -m bench.kl_head
+# --cases fused --tokens 2048 --fused-chunk-rows R): peak extra 1.01× one logits tensor at 220
+# rows (∂L/∂W alone is 0.5× there) and 1.41× at 440, with no faster steps at 440.
 DEFAULT_FUSED_CHUNK_ELEMENTS = 1 << 25
 
 # One chunk's loss, per-row stats (3, C) and ∂loss/∂z (C, V) float32, from its student logits
-# (C, V), its flat row indices, its row weights (C,) and whether a gradient is needed.
+# (C, V), its flat row indices, its row weights (C,), whether a gradient is needed and its
+# ChunkBuffers views.
 ChunkKernel = Callable[
-    [torch.Tensor, slice | torch.Tensor, torch.Tensor, bool],
+    [torch.Tensor, slice | torch.Tensor, torch.Tensor, bool, tuple[torch.Tensor, ...]],
     tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
 ]
 
@@ -149,10 +157,12 @@ class _FusedHeadKL(torch.autograd.Function):
                        if needs_weight else None)
         stats_3N = torch.zeros(3, weights_N.numel(), dtype=torch.float32, device=weights_N.device)
         loss = torch.zeros((), dtype=torch.float64, device=weights_N.device)
+        buffers = ChunkBuffers(weights_N, chunk_rows, vocab)
         for rows in valid_row_chunks(weights_N, chunk_rows):
-            hidden_CD = hidden_ND[rows]
+            hidden_CD, chunk_buffers = hidden_ND[rows], buffers.take(rows)
             chunk_loss, chunk_stats, grad_CV = kernel(
-                hidden_CD @ head_VD.T, rows, weights_N[rows], needs_hidden or needs_weight
+                _logits(hidden_CD, head_VD, chunk_buffers[2]), rows, weights_N[rows],
+                needs_hidden or needs_weight, chunk_buffers,
             )
             loss += chunk_loss
             stats_3N[:, rows] = chunk_stats
@@ -183,6 +193,14 @@ class _FusedHeadKL(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None, None
 
 
+def _logits(hidden_CD: torch.Tensor, head_VD: torch.Tensor, scratch_CV: torch.Tensor):
+    """hidden · headᵀ, written into a float32 chunk buffer when the inputs are float32 (the
+    kernels read their logits from it before reusing it)."""
+    if hidden_CD.dtype == head_VD.dtype == scratch_CV.dtype:
+        return torch.mm(hidden_CD, head_VD.T, out=scratch_CV)
+    return hidden_CD @ head_VD.T
+
+
 def _chunk_rows(chunk_size: int | str | None, vocab: int) -> int:
     if chunk_size in (None, "auto"):
         return default_fused_chunk_rows(vocab)
@@ -206,14 +224,15 @@ def _kernel(
         check_sparse_teacher(teacher.logprobs_BTK, teacher.ids_BTK, token_shape, vocab)
         logprobs_NK = teacher.logprobs_BTK.detach().reshape(-1, teacher.logprobs_BTK.shape[-1])
         ids_NK = teacher.ids_BTK.reshape(-1, teacher.ids_BTK.shape[-1])
-        return lambda z, rows, w, needs_grad: sparse_chunk(
-            z, logprobs_NK[rows], ids_NK[rows], w, reverse_weight, temperature, needs_grad)
+        return lambda z, rows, w, needs_grad, buffers: sparse_chunk(
+            z, logprobs_NK[rows], ids_NK[rows], w, reverse_weight, temperature, needs_grad,
+            buffers)
     teacher_rows = _teacher_rows(teacher, token_shape, vocab)
 
-    def exact(z: torch.Tensor, rows, w: torch.Tensor, needs_grad: bool):
-        teacher_CV = teacher_rows(rows)
+    def exact(z: torch.Tensor, rows, w: torch.Tensor, needs_grad: bool, buffers):
+        teacher_CV = teacher_rows(rows, buffers[3])
         chunk_loss, stats, grad = exact_chunk(
-            z, teacher_CV, w, reverse_weight, temperature, needs_grad)
+            z, teacher_CV, w, reverse_weight, temperature, needs_grad, buffers)
         if bool(torch.isnan(stats[:2]).any()):  # a NaN in a row reaches its sums
             raise_if_teacher_nan(teacher_CV, token_shape, rows)
         return chunk_loss, stats, grad
@@ -223,8 +242,9 @@ def _kernel(
 
 def _teacher_rows(
     teacher: TeacherLogits | HiddenStates, token_shape: torch.Size, vocab: int
-) -> Callable[[slice | torch.Tensor], torch.Tensor]:
-    """Teacher logits (C, V) for flat row indices, from its hidden states and head or its logits."""
+) -> Callable[[slice | torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Teacher logits (C, V) for flat row indices, from its hidden states and head (into the
+    given scratch buffer when float32) or its logits."""
     if isinstance(teacher, HiddenStates):
         if teacher.hidden_BTD.shape[:-1] != token_shape or teacher.vocab != vocab:
             teacher_shape = (*teacher.hidden_BTD.shape[:-1], teacher.vocab)
@@ -235,11 +255,12 @@ def _teacher_rows(
             )
         hidden_ND = teacher.hidden_BTD.detach().reshape(-1, teacher.hidden_BTD.shape[-1])
         head_VD = teacher.head_weight_VD.detach()[:vocab]
-        return lambda rows: hidden_ND[rows] @ head_VD.T
+        return lambda rows, scratch: _logits(hidden_ND[rows], head_VD, scratch)
     if teacher.logits_BTV.shape != (*token_shape, vocab):
         raise ValueError(
             f"teacher_logits has shape {tuple(teacher.logits_BTV.shape)} but the student's "
             f"logits would be {(*token_shape, vocab)}; they must match exactly (slice both to "
             "the shared tokenizer size)"
         )
-    return RowReader(teacher.logits_BTV.detach()).__getitem__
+    reader = RowReader(teacher.logits_BTV.detach())
+    return lambda rows, scratch: reader[rows]

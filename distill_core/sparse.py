@@ -90,16 +90,18 @@ def sparse_chunk(
     reverse_weight: float,
     temperature: float,
     needs_grad: bool,
+    buffers: tuple[torch.Tensor, ...],  # chunked.ChunkBuffers.take: four (C, V) float32
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Weighted loss, per-row [forward KL, reverse KL, H(q_student)] and ∂loss/∂logits of a chunk.
+    """Weighted loss, per-row [forward KL, reverse KL, H(q_student)] and ∂loss/∂logits of a chunk
+    (the gradient in buffers[2]: use it before the next chunk).
 
     The bucket arithmetic is K + 1 numbers a row, so autograd differentiates it w.r.t. the
     student's top-k log-probs (a_i = ∂loss/∂ log q_i); the vocabulary-wide part is analytic:
     log q_i = s_{id_i} − logsumexp(s), s = z / τ, hence
         ∂loss/∂z_v = (Σ_i a_i [v = id_i] − q_v Σ_i a_i) / τ.
     """
-    log_q = chunk_log_softmax(student_rows, temperature)  # (C, V) float32
-    q = log_q.exp()
+    log_q = chunk_log_softmax(student_rows, temperature, out=buffers[0])  # (C, V) float32
+    q = torch.exp(log_q, out=buffers[2])
     entropy = -torch.einsum("cv,cv->c", q, log_q)
     ids = topk_ids.long()
     with torch.enable_grad():
