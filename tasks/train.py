@@ -45,6 +45,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -86,7 +87,6 @@ from tasks.scoring import (
     response_logits,
 )
 
-LOSSES = ("exact", "sparse", "sampled")
 OVERLAP_K = 20
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteError", "train", "teacher_prefixes",
            "teacher_scores"]
@@ -108,7 +108,7 @@ class TrainConfig:
     seed: data order and the student's sampling; rollout_seed: the teacher rollouts' sampling
         (shared by every seed of a study, so all its teacher-prefix runs reuse one set).
     keep_steps: steps whose checkpoints are kept (evaluated later), beyond the newest few.
-    loss: "exact", "sparse" (needs cache_k) or "sampled".
+    loss: "exact", "sparse" (needs cache_k) or "sampled" (distill_core.LOSSES).
     cache_k: > 0 trains teacher-prefix cells from a top-k score cache.
     """
 
@@ -150,15 +150,13 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.micro_batch_size is not None and not 1 <= self.micro_batch_size:
             raise ValueError(f"micro_batch_size={self.micro_batch_size} must be >= 1")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss={self.loss!r} is not one of {LOSSES}")
+        dc.check_loss_choice(self.loss, self.parsed_objective, temperature=self.temperature,
+                             sampling_temperature=self.rollout_temperature)
         if (self.loss == "sparse") != (self.cache_k >= 1):
             raise ValueError(f"loss={self.loss!r} with cache_k={self.cache_k}: the sparse loss "
                              "and only it trains from the top-k score cache (cache_k >= 1)")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate={self.learning_rate} must be a finite number > 0")
-        if self.loss == "sampled":
-            self._check_sampled()
         if self.cache_k and self.parsed_objective.on_policy:
             raise ValueError(f"cache_k={self.cache_k}: a score cache serves teacher-prefix "
                              f"cells only; {self.objective!r} samples student prefixes")
@@ -174,22 +172,9 @@ class TrainConfig:
         if self.mixed_precision not in {"no", "fp16", "bf16"}:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}: use no, fp16 or bf16")
 
-    def _check_sampled(self) -> None:
-        """The sampled loss's REINFORCE estimate of ∇KL(q_student ‖ p_teacher) holds only for
-        tokens the student itself sampled, at the temperature the loss uses."""
-        if not self.parsed_objective.on_policy:
-            raise ValueError(
-                f"loss='sampled' with objective {self.objective!r}: the sampled reverse-KL "
-                "estimate needs tokens sampled from the student, and teacher-prefix cells train "
-                "on the teacher's tokens (a biased gradient); use loss='exact' or 'sparse'")
-        if self.rollout_temperature != self.temperature:
-            raise ValueError(
-                f"loss='sampled' with rollout_temperature={self.rollout_temperature} and "
-                f"temperature={self.temperature}: the estimate is only unbiased when the student "
-                "samples at the loss's temperature; set them equal or use loss='exact'")
-
-    @property
+    @cached_property
     def parsed_objective(self) -> dc.Objective:
+        """The objective, parsed once per config; this value travels to the loss."""
         return dc.Objective.parse(self.objective)
 
     @property

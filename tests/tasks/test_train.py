@@ -140,8 +140,9 @@ def test_non_finite_step_stops_and_keeps_the_good_checkpoint(base, tmp_path):
     ({"curriculum": (8, 4), "stage_steps": 1}, "strictly increasing"),
     ({"loss": "sparse"}, "cache_k"),
     ({"cache_k": 8, "loss": "sparse", "objective": "opd"}, "teacher-prefix cells only"),
-    ({"loss": "sampled", "objective": "offline_rl"}, "needs tokens sampled from the student"),
-    ({"loss": "sampled", "objective": "opd", "temperature": 2.0}, "rollout_temperature=1.0"),
+    ({"loss": "sampled", "objective": "offline_rl"}, "needs response tokens sampled from the "),
+    ({"loss": "sampled", "objective": "opd", "temperature": 2.0},
+     "sampling temperature 1.0 but loss temperature 2.0"),
     ({"learning_rate": float("inf")}, "learning_rate=inf must be a finite number"),
 ])
 def test_bad_config_is_refused_on_construction(base, change, message):
