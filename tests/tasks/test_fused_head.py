@@ -6,6 +6,8 @@ import transformers
 
 import distill_core as dc
 from tasks.models import fused_head
+from tasks.rollout import Sample
+from tasks.scoring import response_batch, response_hidden_states, response_logits
 
 SIZES = dict(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
              num_attention_heads=2, num_key_value_heads=2, head_dim=8)
@@ -60,3 +62,20 @@ def test_a_head_with_a_bias_is_refused():
     _, facts = fused_head(model)
     with pytest.raises(ValueError, match="bias=True"):
         dc.check_fused_head(facts)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_response_hidden_states_times_the_head_are_the_response_logits(tied):
+    """What the trainer's fused path hands the loss: hidden states at the response positions
+    whose product with the head (cut to the tokenizer's vocabulary) is response_logits."""
+    model = _model("LlamaConfig", tie_word_embeddings=tied)
+    samples = [Sample(0, 0, (1, 2, 3), (4, 5), "", "stop"),
+               Sample(1, 0, (6, 7), (8, 9, 10, 11), "", "length")]
+    batch = response_batch(samples, pad_token_id=0)
+    vocab = 37  # a tokenizer smaller than the (padded) head
+    weight, _ = fused_head(model)
+    hidden = response_hidden_states(model, batch)
+    assert hidden.shape == (2, 4, 16)
+    mask = batch.response_mask_BT.bool()
+    torch.testing.assert_close((hidden @ weight[:vocab].T)[mask],
+                               response_logits(model, batch, vocab)[mask], rtol=1e-5, atol=1e-6)
