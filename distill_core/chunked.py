@@ -76,16 +76,26 @@ class _ChunkedMixedKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, _grad_stats: torch.Tensor):  # type: ignore[override]
-        if ctx.backward_done:
-            raise RuntimeError(
-                "the chunked KL loss scales its stored gradient in place and supports one "
-                "backward pass; recompute the loss instead of using retain_graph=True"
-            )
-        ctx.backward_done = True
-        (grad_NV,) = ctx.saved_tensors
-        if not bool(grad_loss == 1):
-            grad_NV.mul_(grad_loss.to(grad_NV.dtype))
+        (grad_NV,) = scale_stored_gradients_once(ctx, grad_loss, "chunked")
         return grad_NV.view(*ctx.token_shape, -1), None, None, None, None, None
+
+
+def scale_stored_gradients_once(ctx, grad_loss: torch.Tensor, name: str) -> tuple:
+    """The gradients a forward pass computed and saved (None where not needed), scaled in place
+    by the upstream gradient of the loss; a second backward over the same graph is refused
+    because the first one has already scaled them."""
+    if ctx.backward_done:
+        raise RuntimeError(
+            f"the {name} KL loss scales its stored gradients in place and supports one "
+            "backward pass; recompute the loss instead of using retain_graph=True"
+        )
+    ctx.backward_done = True
+    grads = ctx.saved_tensors
+    if not bool(grad_loss == 1):
+        for grad in grads:
+            if grad is not None:
+                grad.mul_(grad_loss.to(grad.dtype))
+    return grads
 
 
 class RowReader:

@@ -38,6 +38,7 @@ from distill_core.chunked import (
     RowReader,
     exact_chunk,
     raise_if_teacher_nan,
+    scale_stored_gradients_once,
     valid_row_chunks,
 )
 from distill_core.divergences import token_weights
@@ -179,17 +180,7 @@ class _FusedHeadKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, _grad_stats: torch.Tensor):  # type: ignore[override]
-        if ctx.backward_done:
-            raise RuntimeError(
-                "the fused KL loss scales its stored gradients in place and supports one "
-                "backward pass; recompute the loss instead of using retain_graph=True"
-            )
-        ctx.backward_done = True
-        grad_hidden, grad_weight = ctx.saved_tensors
-        if not bool(grad_loss == 1):
-            for grad in (grad_hidden, grad_weight):
-                if grad is not None:
-                    grad.mul_(grad_loss.to(grad.dtype))
+        grad_hidden, grad_weight = scale_stored_gradients_once(ctx, grad_loss, "fused")
         return grad_hidden, grad_weight, None, None, None, None
 
 
