@@ -70,9 +70,8 @@ class Sizes:
 
 GPU = Sizes(device="cuda")
 SMOKE = Sizes(device="cpu", train_steps=2, batch_size=4, train_problems=16, max_new_tokens=8,
-              loss_vocab=4_096,
-              loss_tokens=(64, 256), loss_width=64, loss_repeats=1, rollout_prompts=2, rollout_new_tokens=4,
-              toy_bootstrap=True)
+              loss_vocab=4_096, loss_tokens=(64, 256), loss_width=64, loss_repeats=1,
+              rollout_prompts=2, rollout_new_tokens=4, toy_bootstrap=True)
 
 
 @dataclass

@@ -28,11 +28,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
-from bench.kl_memory import _peak_rss_bytes, _reset_peak_rss, _rss_bytes
+from bench.kl_memory import _peak_rss_bytes, _reset_peak_rss, _rss_bytes, run_case_process
 
 TRL = "TRL generalized_jsd_loss"
 CHUNKED = "chunked + head matmuls"
@@ -177,15 +175,12 @@ def _row(tokens, case, result, projected, rows, vocab) -> str:
 
 
 def _run_child(case: str, tokens: int, args: argparse.Namespace) -> dict:
-    command = [sys.executable, "-m", "bench.kl_head", "--case", case, "--tokens", str(tokens),
-               "--vocab", str(args.vocab), "--width", str(args.width),
-               "--repeats", str(args.repeats)]
+    arguments = ["--case", case, "--tokens", str(tokens), "--vocab", str(args.vocab),
+                 "--width", str(args.width), "--repeats", str(args.repeats)]
     if args.fused_chunk_rows:
-        command += ["--fused-chunk-rows", str(args.fused_chunk_rows)]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    if completed.returncode != 0:
-        raise SystemExit(f"benchmark case {case!r} at {tokens} tokens failed:\n{completed.stderr}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+        arguments += ["--fused-chunk-rows", str(args.fused_chunk_rows)]
+    return run_case_process("bench.kl_head", f"benchmark case {case!r} at {tokens} tokens",
+                            arguments)
 
 
 if __name__ == "__main__":

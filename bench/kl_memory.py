@@ -138,11 +138,18 @@ def main() -> None:
 
 
 def _run_child(name: str, args: argparse.Namespace) -> dict:
-    command = [sys.executable, "-m", "bench.kl_memory", "--case", name, "--tokens",
-               str(args.tokens), "--vocab", str(args.vocab), "--repeats", str(args.repeats)]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    return run_case_process("bench.kl_memory", f"benchmark case {name!r}", [
+        "--case", name, "--tokens", str(args.tokens), "--vocab", str(args.vocab),
+        "--repeats", str(args.repeats)])
+
+
+def run_case_process(module: str, what: str, arguments: list[str]) -> dict:
+    """Run one case as `python -m module arguments` in its own process (so its peak resident
+    memory is its own) and return the JSON object it prints last."""
+    completed = subprocess.run([sys.executable, "-m", module, *arguments], capture_output=True,
+                               text=True, check=False)
     if completed.returncode != 0:
-        raise SystemExit(f"benchmark case {name!r} failed:\n{completed.stderr}")
+        raise SystemExit(f"{what} failed:\n{completed.stderr}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
