@@ -9,8 +9,10 @@ Rows (sections, in order; ``--sections`` picks some):
 - loss: forward and reverse KL, forward+backward, on random logits at V = 151,936 for T = 1,024
   up to 32,768 tokens, for each case in ``bench.kl_memory.CASES`` whose implementation this
   script knows (others are listed as skipped): seconds (median of 3 after one) and the peak GPU
-  memory beyond the two logits tensors. A case that runs out of memory says so and skips its
-  longer T.
+  memory beyond the two logits tensors. Then the fused case: distill_core.fused_kl_loss
+  (λ = 0.5) on bf16 hidden states (T, 1,024) and heads (V, 1,024) of both models, no logits
+  tensor: seconds and peak memory beyond its inputs, also as a multiple of one fp32 student
+  logits tensor. A case that runs out of memory says so and skips its longer T.
 - rollout: HF ``generate`` on the GPU vs vLLM (``tasks.vllm_backend`` in the environment named
   by ``DISTILL_LAB_VLLM_PYTHON``; skipped with a note when unset) on SmolLM2-135M-Instruct from
   the real-weights bootstrap: generated tokens/s, greedy and at temperature 1 (bench.rollout_vllm).
@@ -59,6 +61,7 @@ class Sizes:
     max_new_tokens: int = 96
     loss_vocab: int = 151_936
     loss_tokens: tuple[int, ...] = (1_024, 4_096, 16_384, 32_768)
+    loss_width: int = 1_024  # hidden width D of the fused case (Qwen3-0.6B's)
     loss_repeats: int = 3
     rollout_prompts: int = 32
     rollout_new_tokens: int = 64
@@ -67,9 +70,8 @@ class Sizes:
 
 GPU = Sizes(device="cuda")
 SMOKE = Sizes(device="cpu", train_steps=2, batch_size=4, train_problems=16, max_new_tokens=8,
-              loss_vocab=4_096,
-              loss_tokens=(64, 256), loss_repeats=1, rollout_prompts=2, rollout_new_tokens=4,
-              toy_bootstrap=True)
+              loss_vocab=4_096, loss_tokens=(64, 256), loss_width=64, loss_repeats=1,
+              rollout_prompts=2, rollout_new_tokens=4, toy_bootstrap=True)
 
 
 @dataclass
@@ -216,10 +218,42 @@ def _time_loss(step: Callable, reverse_weight: float, tokens: int, vocab: int, s
     teacher = torch.randn(1, tokens, vocab, device=sizes.device, generator=generator)
     mask = torch.ones(1, tokens, device=sizes.device)
 
-    def once() -> float:
-        start = time.perf_counter()
+    def once() -> None:
         step(student, teacher, mask, reverse_weight).backward()
         student.grad = None
+
+    return _timed(once, sizes)
+
+
+def _time_fused(tokens: int, sizes: Sizes):
+    """(median seconds, PeakMemory) of the fused loss's forward+backward (λ = 0.5) on bf16
+    hidden states (tokens, D) and heads (V, D) of both models; memory beyond those inputs."""
+    import distill_core as dc
+
+    generator = torch.Generator(device=sizes.device).manual_seed(0)
+
+    def bf16(rows: int, scale: float = 1.0) -> torch.Tensor:
+        values = torch.randn(rows, sizes.loss_width, device=sizes.device, generator=generator)
+        return (values * scale).to(torch.bfloat16)
+
+    head_scale = sizes.loss_width ** -0.5
+    student = dc.HiddenStates(bf16(tokens).requires_grad_(True),
+                              bf16(sizes.loss_vocab, head_scale).requires_grad_(True))
+    teacher = dc.HiddenStates(bf16(tokens), bf16(sizes.loss_vocab, head_scale))
+    mask = torch.ones(tokens, device=sizes.device)
+
+    def once() -> None:
+        dc.fused_kl_loss(student, teacher, mask, 0.5).loss.backward()
+        student.hidden_BTD.grad = student.head_weight_VD.grad = None
+
+    return _timed(once, sizes)
+
+
+def _timed(step: Callable[[], None], sizes: Sizes):
+    """(median seconds of sizes.loss_repeats runs after a first one, PeakMemory of the first)."""
+    def once() -> float:
+        start = time.perf_counter()
+        step()
         if sizes.device == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -254,6 +288,26 @@ def loss_rows(report: Report, sizes: Sizes) -> None:
             report.add(Row("loss", setting, f"{seconds:.3f} s fwd+bwd", peak.text(),
                            "memory beyond the two logits tensors"))
             _free_memory()
+    fused_rows(report, sizes)
+
+
+def fused_rows(report: Report, sizes: Sizes) -> None:
+    """The fused case per T: no logits tensor, so its peak is compared with one."""
+    for tokens in sizes.loss_tokens:
+        setting = (f"fused λ=0.5, V={sizes.loss_vocab:,}, D={sizes.loss_width:,}, "
+                   f"T={tokens:,}, bf16")
+        try:
+            seconds, peak = _time_fused(tokens, sizes)
+        except torch.OutOfMemoryError:
+            _free_memory()
+            report.add(Row("loss", setting, "out of memory", note="longer T skipped"))
+            break
+        logits_bytes = tokens * sizes.loss_vocab * 4
+        ratio = (f" = {peak.bytes / logits_bytes:.2f}× one fp32 student logits tensor"
+                 if peak.cuda else "")
+        report.add(Row("loss", setting, f"{seconds:.3f} s fwd+bwd", peak.text(),
+                       f"memory beyond hidden states and heads{ratio}"))
+        _free_memory()
 
 
 def rollout_rows(report: Report, sizes: Sizes, root: Path) -> None:

@@ -10,7 +10,10 @@ the process's high-water mark during one forward+backward minus its resident siz
 after that first one.
 
     python -m bench.kl_memory                      # the issue's setting: V=151,936, 1,024 tokens
-    python -m bench.kl_memory --tokens 256 --vocab 32768 --repeats 2   # a quick look
+    python -m bench.kl_memory --tokens 256 --vocab 32768 --repeats 2 --skip-head  # a quick look
+
+Then, unless --skip-head, bench.kl_head: the same loss with the LM head matmuls included, for TRL,
+the chunked path and the fused path at 1,024 / 4,096 / 8,192 tokens (its docstring says how).
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--vocab", type=int, default=151_936)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-head", action="store_true",
+                        help="only this logits table, not bench.kl_head's (head matmuls included)")
     parser.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:  # child process
@@ -126,14 +131,25 @@ def main() -> None:
               f"{result['peak_extra_x_logits']:.2f}× | {seconds:.2f} s | "
               f"{seconds / results['textbook ' + direction]['median_seconds']:.2f}× | "
               f"{seconds / results['straightforward ' + direction]['median_seconds']:.2f}× |")
+    if not args.skip_head:  # the head-included comparison: TRL, chunked + head matmuls, fused
+        print(flush=True)
+        subprocess.run([sys.executable, "-m", "bench.kl_head", "--repeats", str(args.repeats)],
+                       check=True)
 
 
 def _run_child(name: str, args: argparse.Namespace) -> dict:
-    command = [sys.executable, "-m", "bench.kl_memory", "--case", name, "--tokens",
-               str(args.tokens), "--vocab", str(args.vocab), "--repeats", str(args.repeats)]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    return run_case_process("bench.kl_memory", f"benchmark case {name!r}", [
+        "--case", name, "--tokens", str(args.tokens), "--vocab", str(args.vocab),
+        "--repeats", str(args.repeats)])
+
+
+def run_case_process(module: str, what: str, arguments: list[str]) -> dict:
+    """Run one case as `python -m module arguments` in its own process (so its peak resident
+    memory is its own) and return the JSON object it prints last."""
+    completed = subprocess.run([sys.executable, "-m", module, *arguments], capture_output=True,
+                               text=True, check=False)
     if completed.returncode != 0:
-        raise SystemExit(f"benchmark case {name!r} failed:\n{completed.stderr}")
+        raise SystemExit(f"{what} failed:\n{completed.stderr}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 

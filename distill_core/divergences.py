@@ -8,6 +8,9 @@ Notation: p = p_teacher = softmax(teacher_logits / τ), q = q_student = softmax(
 The teacher side is always detached: no gradient ever reaches the teacher's logits.
 Computation happens in float32 whatever the input dtype (bf16 log-softmax is too coarse for KL).
 Vocabulary entries whose logit is -inf in both models (padded rows) contribute exactly 0.
+
+``mix_kl`` is the one place the two directions are mixed by λ: every loss in distill_core calls
+it. ``masked_mean`` / ``token_weights`` are the one masked, globally normalised reduction.
 """
 
 from __future__ import annotations
@@ -71,19 +74,14 @@ def reverse_kl(
     return (log_q.exp() * (log_q - log_p)).sum(dim=-1)
 
 
-def mixed_kl(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    reverse_weight: float,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """λ · KL(q_student ‖ p_teacher) + (1 − λ) · KL(p_teacher ‖ q_student), per token.
+def mix_kl(forward, reverse, reverse_weight: float):
+    """The λ-mix L_λ = λ · KL(q_student ‖ p_teacher) + (1 − λ) · KL(p_teacher ‖ q_student).
 
-    reverse_weight: λ ∈ [0, 1]; 0 is pure forward KL, 1 pure reverse KL.
-    student_logits, teacher_logits: (B, T, V), same shape. Returns (B, T) float32.
+    forward: KL(p_teacher ‖ q_student), reverse: KL(q_student ‖ p_teacher) — per-token tensors of
+    any one shape, or batch means (tensors or floats). reverse_weight: λ ∈ [0, 1]; 0 is pure
+    forward KL, 1 pure reverse KL. Every loss in distill_core mixes its two directions here.
     """
     check_reverse_weight(reverse_weight)
-    forward, reverse, _ = kl_terms(student_logits, teacher_logits, temperature)
     return reverse_weight * reverse + (1.0 - reverse_weight) * forward
 
 
@@ -139,3 +137,19 @@ def masked_mean(
         count = count.to(total.dtype)
         return total / torch.where(count > 0, count, torch.ones_like(count))
     return total / (float(count) if count > 0 else 1.0)
+
+
+def token_weights(
+    mask: torch.Tensor, num_valid_tokens: float | int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-token weights mask / num_valid_tokens as float32, the same shape as mask.
+
+    Σ weights · values is masked_mean(values, mask, num_valid_tokens): the chunked and fused paths
+    carry these weights row by row. A count of 0 gives all-zero weights.
+    """
+    check_num_valid_tokens(num_valid_tokens)
+    mask = mask.to(torch.float32)
+    count = mask.sum() if num_valid_tokens is None else torch.as_tensor(
+        num_valid_tokens, dtype=torch.float32, device=mask.device
+    )
+    return mask / torch.where(count > 0, count, torch.ones_like(count))

@@ -1,17 +1,31 @@
-"""The distillation loss over a batch: λ-mixed token-level KL, masked and globally normalised.
+"""The distillation losses by name: λ-mixed token-level KL, masked and globally normalised.
 
     loss = Σ_tokens mask · [λ · KL(q_student ‖ p_teacher) + (1 − λ) · KL(p_teacher ‖ q_student)]
            / num_valid_tokens
 
-Two implementations with the same values and gradients, picked by ``chunk_size``:
-- ``None``: straightforward autograd over the whole (B, T, V) tensor (distill_core.divergences);
-- an int or ``"auto"``: the chunked custom-autograd path (distill_core.chunked), which never
-  holds more than one chunk of full-vocabulary probabilities and skips masked rows.
+``LOSSES`` maps a name to a ``LossEntry``: the loss function, all with one signature,
+
+    LOSSES[name](student, teacher, response_mask_BT, objective, *, temperature=1.0,
+                 num_valid_tokens=None, response_ids_BT=None, chunk_size="auto") -> KLLoss
+
+plus what the loss needs and allows, as data a config checks before training
+(``check_loss_choice``):
+- ``exact``: full-vocabulary KL against ``TeacherLogits`` (or the fused path when the student and
+  teacher come as ``HiddenStates``);
+- ``sparse``: KL between (k + 1)-bucket distributions against a ``TeacherTopK`` cache (fused too);
+- ``sampled``: REINFORCE surrogate for the reverse-KL part on the sampled response tokens, exact
+  forward KL for the rest — valid only on tokens the student sampled at the loss temperature.
+
+``kl_loss`` is the exact loss on logits with λ as a float; ``chunk_size`` picks its path:
+``None`` is straightforward autograd over the whole (B, T, V) tensor (distill_core.divergences),
+an int or ``"auto"`` the chunked custom-autograd path (distill_core.chunked).
 """
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -23,20 +37,14 @@ from distill_core._checks import (
     check_temperature,
 )
 from distill_core.chunked import chunked_mixed_kl
-from distill_core.divergences import kl_terms, masked_mean
+from distill_core.divergences import kl_terms, masked_mean, mix_kl, token_entropy, token_weights
+from distill_core.fused import fused_kl_loss
+from distill_core.loss_types import HiddenStates, KLLoss, TeacherLogits, TeacherTopK
+from distill_core.objective import Objective
+from distill_core.policy_gradient import reverse_kl_surrogate, sampled_token_logprobs
+from distill_core.sparse import sparse_kl_terms
 
-
-class KLLoss(NamedTuple):
-    """The scalar loss (differentiable w.r.t. the student logits) and detached per-token stats.
-
-    forward_kl_BT = KL(p_teacher ‖ q_student), reverse_kl_BT = KL(q_student ‖ p_teacher),
-    student_entropy_BT = H(q_student); all (B, T) float32 and 0 at masked positions.
-    """
-
-    loss: torch.Tensor
-    forward_kl_BT: torch.Tensor
-    reverse_kl_BT: torch.Tensor
-    student_entropy_BT: torch.Tensor
+ChunkSize = int | Literal["auto"] | None
 
 
 def kl_loss(
@@ -47,7 +55,7 @@ def kl_loss(
     *,
     temperature: float = 1.0,
     num_valid_tokens: float | int | torch.Tensor | None = None,
-    chunk_size: int | Literal["auto"] | None = "auto",
+    chunk_size: ChunkSize = "auto",
 ) -> KLLoss:
     """Masked mean of λ · KL(q_student ‖ p_teacher) + (1 − λ) · KL(p_teacher ‖ q_student).
 
@@ -71,44 +79,231 @@ def kl_loss(
     check_temperature(temperature)
     check_num_valid_tokens(num_valid_tokens)
     if chunk_size is None:
-        return _straightforward(
-            student_logits_BTV, teacher_logits_BTV, response_mask_BT,
-            float(reverse_weight), temperature, num_valid_tokens,
+        forward_BT, reverse_BT, entropy_BT = kl_terms(
+            student_logits_BTV, teacher_logits_BTV, temperature
         )
+        loss = masked_mean(mix_kl(forward_BT, reverse_BT, reverse_weight), response_mask_BT,
+                           num_valid_tokens)
+        return _with_detached_stats(loss, response_mask_BT, forward_BT, reverse_BT, entropy_BT)
     if chunk_size != "auto" and not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive int, 'auto' or None")
-    weights_BT = _token_weights(response_mask_BT, num_valid_tokens)
     loss, stats = chunked_mixed_kl(
-        student_logits_BTV, teacher_logits_BTV, weights_BT, float(reverse_weight), temperature,
-        chunk_rows=None if chunk_size == "auto" else chunk_size,
+        student_logits_BTV, teacher_logits_BTV, token_weights(response_mask_BT, num_valid_tokens),
+        float(reverse_weight), temperature, chunk_rows=None if chunk_size == "auto" else chunk_size,
     )
     return KLLoss(loss, stats[0], stats[1], stats[2])
 
 
-def _token_weights(
-    mask_BT: torch.Tensor, num_valid_tokens: float | int | torch.Tensor | None
-) -> torch.Tensor:
-    """mask / count as float32, 0 everywhere when the count is 0."""
-    mask_BT = mask_BT.to(torch.float32)
-    count = mask_BT.sum() if num_valid_tokens is None else torch.as_tensor(
-        num_valid_tokens, dtype=torch.float32, device=mask_BT.device
-    )
-    return mask_BT / torch.where(count > 0, count, torch.ones_like(count))
-
-
-def _straightforward(
-    student_logits_BTV: torch.Tensor,
-    teacher_logits_BTV: torch.Tensor,
-    mask_BT: torch.Tensor,
-    reverse_weight: float,
-    temperature: float,
-    num_valid_tokens: float | int | torch.Tensor | None,
+def _with_detached_stats(
+    loss: torch.Tensor, mask_BT: torch.Tensor, *stats_BT: torch.Tensor
 ) -> KLLoss:
-    forward_BT, reverse_BT, entropy_BT = kl_terms(
-        student_logits_BTV, teacher_logits_BTV, temperature
-    )
-    mixed_BT = reverse_weight * reverse_BT + (1.0 - reverse_weight) * forward_BT
-    loss = masked_mean(mixed_BT, mask_BT, num_valid_tokens)
+    """KLLoss with the per-token stats detached and 0 at masked positions."""
     keep = mask_BT != 0
-    stats = [torch.where(keep, x.detach(), 0.0) for x in (forward_BT, reverse_BT, entropy_BT)]
-    return KLLoss(loss, *stats)
+    return KLLoss(loss, *(torch.where(keep, x.detach().float(), 0.0) for x in stats_BT))
+
+
+# ----------------------------------------------------------------------------- losses by name
+
+Student = torch.Tensor | HiddenStates
+Teacher = TeacherLogits | TeacherTopK | HiddenStates
+
+
+def exact_loss(
+    student: Student,
+    teacher: Teacher,
+    response_mask_BT: torch.Tensor,
+    objective: Objective,
+    *,
+    temperature: float = 1.0,
+    num_valid_tokens: float | int | torch.Tensor | None = None,
+    response_ids_BT: torch.Tensor | None = None,
+    chunk_size: ChunkSize = "auto",
+) -> KLLoss:
+    """Masked mean of λ · KL(q_student ‖ p_teacher) + (1 − λ) · KL(p_teacher ‖ q_student), full
+    vocabulary, p = softmax(teacher / τ), q = softmax(student / τ); λ = objective.reverse_weight.
+
+    student: logits (B, T, V) → kl_loss (chunked unless chunk_size=None); or HiddenStates (B, T, D)
+        with its head → the fused path (distill_core.fused), teacher as TeacherLogits or
+        HiddenStates. response_ids_BT is not used.
+    """
+    _check_teacher("exact", teacher, _FULL_VOCABULARY)
+    if isinstance(student, HiddenStates):
+        return fused_kl_loss(student, teacher, response_mask_BT, _reverse_weight(objective),
+                             temperature=temperature, num_valid_tokens=num_valid_tokens,
+                             chunk_size=chunk_size)
+    _check_logits_student("exact", student, teacher)
+    return kl_loss(student, teacher.logits_BTV, response_mask_BT, _reverse_weight(objective),
+                   temperature=temperature, num_valid_tokens=num_valid_tokens,
+                   chunk_size=chunk_size)
+
+
+def sparse_loss(
+    student: Student,
+    teacher: Teacher,
+    response_mask_BT: torch.Tensor,
+    objective: Objective,
+    *,
+    temperature: float = 1.0,
+    num_valid_tokens: float | int | torch.Tensor | None = None,
+    response_ids_BT: torch.Tensor | None = None,
+    chunk_size: ChunkSize = "auto",
+) -> KLLoss:
+    """Masked mean of λ · KL(Q_student ‖ P_teacher) + (1 − λ) · KL(P_teacher ‖ Q_student) between
+    the (k + 1)-bucket distributions of a TeacherTopK cache (distill_core.sparse).
+
+    τ applies to the student only (the cache holds log-probs at its own temperature). Stats:
+    the bucketed KLs and the student's full-vocabulary entropy. student: logits (B, T, V), or
+    HiddenStates for the fused path (chunk_size applies only there). response_ids_BT is not used.
+    """
+    _check_teacher("sparse", teacher, (TeacherTopK,))
+    if isinstance(student, HiddenStates):
+        return fused_kl_loss(student, teacher, response_mask_BT, _reverse_weight(objective),
+                             temperature=temperature, num_valid_tokens=num_valid_tokens,
+                             chunk_size=chunk_size)
+    check_mask(response_mask_BT, student.shape[:-1], name="response_mask_BT")
+    forward_BT, reverse_BT = sparse_kl_terms(student, teacher.logprobs_BTK, teacher.ids_BTK,
+                                             temperature)
+    entropy_BT = token_entropy(student.detach(), temperature)
+    mixed_BT = mix_kl(forward_BT, reverse_BT, _reverse_weight(objective))
+    loss = masked_mean(mixed_BT, response_mask_BT, num_valid_tokens)
+    return _with_detached_stats(loss, response_mask_BT, forward_BT, reverse_BT, entropy_BT)
+
+
+def sampled_loss(
+    student: Student,
+    teacher: Teacher,
+    response_mask_BT: torch.Tensor,
+    objective: Objective,
+    *,
+    temperature: float = 1.0,
+    num_valid_tokens: float | int | torch.Tensor | None = None,
+    response_ids_BT: torch.Tensor | None = None,
+    chunk_size: ChunkSize = "auto",
+) -> KLLoss:
+    """λ · (masked mean of the REINFORCE surrogate −r_t · log q(y_t), r_t = log p(y_t) − log q(y_t)
+    detached) + (1 − λ) · masked mean of the exact KL(p_teacher ‖ q_student).
+
+    The surrogate's gradient is an unbiased estimate of ∇ KL(q_student ‖ p_teacher) only when
+    response_ids_BT (B, T) were sampled from the student at this temperature
+    (requires_student_samples: check_loss_choice refuses the rest). Stats are exact (chunked path,
+    chunk_size as in kl_loss). student: logits (B, T, V); no fused form.
+    """
+    _check_teacher("sampled", teacher, (TeacherLogits,))
+    _check_logits_student("sampled", student, teacher)
+    if response_ids_BT is None:
+        raise ValueError("the sampled loss needs response_ids_BT: the (B, T) tokens the student "
+                         "sampled, whose log-probs its REINFORCE surrogate uses")
+    teacher_logits_BTV = teacher.logits_BTV.detach()
+    forward = kl_loss(student, teacher_logits_BTV, response_mask_BT, 0.0,
+                      temperature=temperature, num_valid_tokens=num_valid_tokens,
+                      chunk_size=chunk_size)
+    surrogate_BT, _ = reverse_kl_surrogate(
+        sampled_token_logprobs(student, response_ids_BT, temperature),
+        sampled_token_logprobs(teacher_logits_BTV, response_ids_BT, temperature),
+    )
+    reverse_estimate = masked_mean(surrogate_BT, response_mask_BT, num_valid_tokens)
+    return forward._replace(loss=mix_kl(forward.loss, reverse_estimate, _reverse_weight(objective)))
+
+
+_FULL_VOCABULARY = (TeacherLogits, HiddenStates)
+
+
+def _check_teacher(name: str, teacher: object, allowed: tuple[type, ...]) -> None:
+    if not isinstance(teacher, allowed):
+        raise ValueError(
+            f"the {name!r} loss takes the teacher as {' or '.join(t.__name__ for t in allowed)}, "
+            f"got {type(teacher).__name__}; a top-k score cache (TeacherTopK) goes with 'sparse', "
+            "full teacher logits (TeacherLogits) with 'exact' or 'sampled'"
+        )
+
+
+def _check_logits_student(name: str, student: object, teacher: object) -> None:
+    if isinstance(student, HiddenStates) or isinstance(teacher, HiddenStates):
+        raise ValueError(
+            f"the {name!r} loss needs the student's logits (B, T, V) and TeacherLogits here; "
+            "HiddenStates (the fused path) go with 'exact' or 'sparse', the student and a "
+            "full teacher both as HiddenStates"
+        )
+
+
+def _reverse_weight(objective: Objective) -> float:
+    if not isinstance(objective, Objective):
+        raise ValueError(f"objective={objective!r} must be a distill_core.Objective, e.g. "
+                         "Objective.parse('opd'), parsed once from the config")
+    return objective.reverse_weight
+
+
+LossFunction = Callable[..., KLLoss]
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    """One loss by name and what it needs and allows, as data a config checks up front.
+
+    teachers: the teacher values it takes. hidden_states: it has a fused form (student as
+    HiddenStates). needs_response_ids: it reads response_ids_BT.
+    requires_student_samples: its gradient of KL(q_student ‖ p_teacher) is a REINFORCE estimate,
+    unbiased only when the response tokens were sampled from the student at the loss
+    temperature (when λ > 0).
+    """
+
+    function: LossFunction
+    teachers: tuple[type, ...]
+    hidden_states: bool
+    needs_response_ids: bool
+    requires_student_samples: bool
+
+    def __call__(self, student, teacher, response_mask_BT, objective, **options) -> KLLoss:
+        return self.function(student, teacher, response_mask_BT, objective, **options)
+
+
+LOSSES: dict[str, LossEntry] = {
+    "exact": LossEntry(exact_loss, _FULL_VOCABULARY, hidden_states=True,
+                       needs_response_ids=False, requires_student_samples=False),
+    "sparse": LossEntry(sparse_loss, (TeacherTopK,), hidden_states=True,
+                        needs_response_ids=False, requires_student_samples=False),
+    "sampled": LossEntry(sampled_loss, (TeacherLogits,), hidden_states=False,
+                         needs_response_ids=True, requires_student_samples=True),
+}
+
+
+def check_loss_choice(
+    name: str,
+    objective: Objective,
+    *,
+    temperature: float,
+    sampling_temperature: float,
+    hidden_states: bool = False,
+) -> LossEntry:
+    """The entry LOSSES[name], after refusing a combination its estimator does not support.
+
+    temperature: the loss's τ; sampling_temperature: the rollouts' (the student's on-policy
+    samples). hidden_states: the trainer will pass HiddenStates (the fused path).
+    """
+    if name not in LOSSES:
+        raise ValueError(f"loss={name!r} is not one of {tuple(LOSSES)}")
+    entry = LOSSES[name]
+    if hidden_states and not entry.hidden_states:
+        raise ValueError(f"loss={name!r} has no fused form: give it the student's logits, or "
+                         f"use one of {tuple(n for n, e in LOSSES.items() if e.hidden_states)}")
+    if entry.requires_student_samples and _reverse_weight(objective) > 0:
+        _check_student_samples(name, objective, temperature, sampling_temperature)
+    return entry
+
+
+def _check_student_samples(name: str, objective: Objective, temperature: float,
+                           sampling_temperature: float) -> None:
+    if not objective.on_policy:
+        raise ValueError(
+            f"loss={name!r} with objective {objective.name!r}: its REINFORCE estimate of "
+            "∇KL(q_student ‖ p_teacher) needs response tokens sampled from the student, and "
+            "teacher-written prefixes are not (the estimate is biased); use loss='exact' or "
+            "'sparse' for teacher-prefix objectives"
+        )
+    if sampling_temperature != temperature:
+        raise ValueError(
+            f"loss={name!r} with sampling temperature {sampling_temperature} but loss "
+            f"temperature {temperature}: the REINFORCE estimate of ∇KL(q_student ‖ p_teacher) "
+            "is unbiased only for tokens drawn from softmax(logits / τ) at the loss's τ; set the "
+            "two equal or use loss='exact'"
+        )

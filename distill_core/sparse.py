@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import torch
 
-from distill_core._checks import check_reverse_weight, check_temperature, unravel
+from distill_core._checks import check_temperature, unravel
+from distill_core.chunked import chunk_log_softmax
+from distill_core.divergences import mix_kl
 
 TAIL_FLOOR = 1e-12
 _SUM_TOLERANCE = 1e-3  # top-k probabilities may exceed 1 by this much (rounding in the cache)
@@ -46,12 +48,30 @@ def sparse_kl_terms(
     teacher_topk_ids_BTK: (B, T, K) int token ids of those log-probs, distinct per position.
     Differentiable w.r.t. the student logits; float64 bucket arithmetic.
     """
-    _check_sparse_inputs(student_logits_BTV, teacher_topk_logprobs_BTK, teacher_topk_ids_BTK)
+    if student_logits_BTV.dim() != 3:
+        raise ValueError(
+            f"student_logits_BTV has shape {tuple(student_logits_BTV.shape)}; expected (B, T, V)"
+        )
+    check_sparse_teacher(teacher_topk_logprobs_BTK, teacher_topk_ids_BTK,
+                         student_logits_BTV.shape[:-1], student_logits_BTV.shape[-1])
     check_temperature(temperature)
     scaled = student_logits_BTV.float() / temperature
     log_normaliser = torch.logsumexp(scaled, dim=-1, keepdim=True)
-    student_topk = (scaled.gather(-1, teacher_topk_ids_BTK.long()) - log_normaliser).double()
-    teacher_topk = teacher_topk_logprobs_BTK.detach().double()
+    student_topk = scaled.gather(-1, teacher_topk_ids_BTK.long()) - log_normaliser
+    return bucket_kl_terms(student_topk, teacher_topk_logprobs_BTK)
+
+
+def bucket_kl_terms(
+    student_topk_logprobs: torch.Tensor, teacher_topk_logprobs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KL(P_teacher ‖ Q_student), KL(Q_student ‖ P_teacher)) between (k + 1)-bucket distributions.
+
+    student_topk_logprobs: (..., K) log q_student of the teacher's top-k tokens (differentiable).
+    teacher_topk_logprobs: (..., K) the teacher's cached log-probs of the same tokens (detached).
+    The tail buckets are 1 − Σ_k of each. Returns two (...) float32 tensors; float64 inside.
+    """
+    student_topk = student_topk_logprobs.double()
+    teacher_topk = teacher_topk_logprobs.detach().double()
     # The floor keeps 0 · log 0 at 0 (a -inf padded top-k entry, a student logit of -inf).
     floor = torch.finfo(torch.float32).min
     log_Q = torch.cat([student_topk, _log_tail(student_topk)], dim=-1).clamp(min=floor)
@@ -62,22 +82,40 @@ def sparse_kl_terms(
     return forward.float(), reverse.float()
 
 
-def sparse_mixed_kl(
-    student_logits_BTV: torch.Tensor,
-    teacher_topk_logprobs_BTK: torch.Tensor,
-    teacher_topk_ids_BTK: torch.Tensor,
+def sparse_chunk(
+    student_rows: torch.Tensor,  # (C, V) logits
+    topk_logprobs: torch.Tensor,  # (C, K)
+    topk_ids: torch.Tensor,  # (C, K)
+    row_weights: torch.Tensor,  # (C,) float32
     reverse_weight: float,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """λ · KL(Q_student ‖ P_teacher) + (1 − λ) · KL(P_teacher ‖ Q_student) on k + 1 buckets.
+    temperature: float,
+    needs_grad: bool,
+    buffers: tuple[torch.Tensor, ...],  # chunked.ChunkBuffers.take: four (C, V) float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Weighted loss, per-row [forward KL, reverse KL, H(q_student)] and ∂loss/∂logits of a chunk
+    (the gradient in buffers[2]: use it before the next chunk).
 
-    Same arguments as sparse_kl_terms plus reverse_weight λ ∈ [0, 1]; returns (B, T).
+    The bucket arithmetic is K + 1 numbers a row, so autograd differentiates it w.r.t. the
+    student's top-k log-probs (a_i = ∂loss/∂ log q_i); the vocabulary-wide part is analytic:
+    log q_i = s_{id_i} − logsumexp(s), s = z / τ, hence
+        ∂loss/∂z_v = (Σ_i a_i [v = id_i] − q_v Σ_i a_i) / τ.
     """
-    check_reverse_weight(reverse_weight)
-    forward, reverse = sparse_kl_terms(
-        student_logits_BTV, teacher_topk_logprobs_BTK, teacher_topk_ids_BTK, temperature
-    )
-    return reverse_weight * reverse + (1.0 - reverse_weight) * forward
+    log_q = chunk_log_softmax(student_rows, temperature, out=buffers[0])  # (C, V) float32
+    q = torch.exp(log_q, out=buffers[2])
+    entropy = -torch.einsum("cv,cv->c", q, log_q)
+    ids = topk_ids.long()
+    with torch.enable_grad():
+        student_topk = log_q.gather(-1, ids).requires_grad_(needs_grad)
+        forward, reverse = bucket_kl_terms(student_topk, topk_logprobs)
+        chunk_loss = (mix_kl(forward, reverse, reverse_weight).double()
+                      * row_weights.double()).sum()
+        grad = None
+        if needs_grad:
+            (a,) = torch.autograd.grad(chunk_loss, student_topk)
+            grad = q.mul_(-a.sum(dim=-1, keepdim=True)).scatter_add_(-1, ids, a)
+            grad.div_(temperature)
+    stats = torch.stack([forward.detach(), reverse.detach(), entropy])
+    return chunk_loss.detach(), stats, grad
 
 
 def _log_tail(topk_logprobs: torch.Tensor) -> torch.Tensor:
@@ -92,20 +130,18 @@ def _log_tail(topk_logprobs: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _check_sparse_inputs(
-    student_logits_BTV: torch.Tensor, topk_logprobs_BTK: torch.Tensor, topk_ids_BTK: torch.Tensor
+def check_sparse_teacher(
+    topk_logprobs_BTK: torch.Tensor,
+    topk_ids_BTK: torch.Tensor,
+    token_shape: torch.Size,
+    vocab_size: int,
 ) -> None:
-    if student_logits_BTV.dim() != 3:
-        raise ValueError(
-            f"student_logits_BTV has shape {tuple(student_logits_BTV.shape)}; expected (B, T, V)"
-        )
-    token_shape = student_logits_BTV.shape[:-1]
+    """A top-k teacher fits the student's token positions (B, T) and vocabulary [0, V)."""
     if topk_logprobs_BTK.shape != topk_ids_BTK.shape or topk_logprobs_BTK.shape[:-1] != token_shape:
         raise ValueError(
             f"teacher_topk_logprobs_BTK {tuple(topk_logprobs_BTK.shape)} and teacher_topk_ids_BTK "
             f"{tuple(topk_ids_BTK.shape)} must both be (B, T, K) with (B, T) = {tuple(token_shape)}"
         )
-    vocab_size = student_logits_BTV.shape[-1]
     if topk_ids_BTK.is_floating_point() or topk_ids_BTK.numel() and (
         int(topk_ids_BTK.min()) < 0 or int(topk_ids_BTK.max()) >= vocab_size
     ):

@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+import distill_core as dc
 from tasks.progress import quiet_library_progress
 
 quiet_library_progress()  # transformers' own bars ("Loading weights") only fill logs
@@ -141,6 +142,23 @@ def non_embedding_parameters_of(config) -> int:
     attention = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden
     mlp = 3 * hidden * config.intermediate_size
     return layers * (attention + mlp + 2 * hidden) + hidden
+
+
+def fused_head(model: PreTrainedModel) -> tuple[torch.Tensor, dc.HeadFacts]:
+    """The LM head's weight (V_head, D) and the facts distill_core.check_fused_head judges.
+
+    Facts read from the model: a bias on the head, the config's final_logit_softcapping
+    (Gemma 2), logit_scale (Cohere: logits × scale) and logits_scaling (Granite: logits ÷ it).
+    With tied embeddings the weight is the input embedding matrix itself (one Parameter).
+    """
+    head = model.get_output_embeddings()
+    config = model.config.get_text_config()
+    scale = float(getattr(config, "logit_scale", None) or 1.0)
+    scale /= float(getattr(config, "logits_scaling", None) or 1.0)
+    facts = dc.HeadFacts(bias=getattr(head, "bias", None) is not None,
+                         logit_softcap=getattr(config, "final_logit_softcapping", None),
+                         logit_scale=scale)
+    return head.weight, facts
 
 
 def smollm2_gguf_path() -> Path:

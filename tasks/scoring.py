@@ -111,6 +111,23 @@ def response_logits(
     return logits_BLV.gather(1, index)
 
 
+def response_hidden_states(model: PreTrainedModel, batch: ResponseBatch) -> torch.Tensor:
+    """(B, T, D) final hidden states (after the final norm: what the LM head reads) at the
+    positions predicting each response token — the fused loss's input instead of logits.
+
+    The model's own forward runs (so a DDP wrapper's hooks see it) with logits_to_keep=1: its
+    head then computes one position per sequence, never (B, L, V). Transformers returns the
+    final-norm output as the last of hidden_states. Mask rows past a response's end.
+    """
+    device = model.device
+    outputs = model(input_ids=batch.input_ids_BL.to(device),
+                    attention_mask=batch.attention_mask_BL.to(device),
+                    logits_to_keep=1, output_hidden_states=True)
+    hidden_BLD = outputs.hidden_states[-1]
+    index = batch.positions_BT.to(device).unsqueeze(-1).expand(-1, -1, hidden_BLD.shape[-1])
+    return hidden_BLD.gather(1, index)
+
+
 @torch.no_grad()
 def score_live(teacher: PreTrainedModel, batch: ResponseBatch, vocab_size: int | None = None,
                meter: ComputeMeter | None = None) -> torch.Tensor:

@@ -45,6 +45,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -66,7 +67,13 @@ from tasks.loop import (
     sampling_seed,
     shard,
 )
-from tasks.models import check_pair, load_model, load_tokenizer, non_embedding_parameters
+from tasks.models import (
+    check_pair,
+    fused_head,
+    load_model,
+    load_tokenizer,
+    non_embedding_parameters,
+)
 from tasks.progress import Progress
 from tasks.rollout import (
     PROMPT_TEMPLATES,
@@ -83,10 +90,11 @@ from tasks.scoring import (
     SparseTeacherScores,
     build_score_cache,
     response_batch,
+    response_hidden_states,
     response_logits,
 )
 
-LOSSES = ("exact", "sparse", "sampled")
+FUSED_LOSS_CHOICES = ("auto", "on", "off")
 OVERLAP_K = 20
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteError", "train", "teacher_prefixes",
            "teacher_scores"]
@@ -108,8 +116,12 @@ class TrainConfig:
     seed: data order and the student's sampling; rollout_seed: the teacher rollouts' sampling
         (shared by every seed of a study, so all its teacher-prefix runs reuse one set).
     keep_steps: steps whose checkpoints are kept (evaluated later), beyond the newest few.
-    loss: "exact", "sparse" (needs cache_k) or "sampled".
+    loss: "exact", "sparse" (needs cache_k) or "sampled" (distill_core.LOSSES).
     cache_k: > 0 trains teacher-prefix cells from a top-k score cache.
+    fused_loss: "auto" computes the loss fused with the LM heads (distill_core.fused: no
+        (B, T, V) logits; the models' forwards stop at their final hidden states) where it
+        applies — exact or sparse loss, plain linear heads — and from logits otherwise;
+        "on" refuses a run where it does not apply; "off" always uses logits.
     """
 
     objective: str
@@ -139,6 +151,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     keep_steps: tuple[int, ...] = ()
     mixed_precision: str = "no"
+    fused_loss: str = "auto"
     artifacts_root: str | None = None
 
     def __post_init__(self) -> None:
@@ -150,15 +163,16 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.micro_batch_size is not None and not 1 <= self.micro_batch_size:
             raise ValueError(f"micro_batch_size={self.micro_batch_size} must be >= 1")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss={self.loss!r} is not one of {LOSSES}")
+        if self.fused_loss not in FUSED_LOSS_CHOICES:
+            raise ValueError(f"fused_loss={self.fused_loss!r} is not one of {FUSED_LOSS_CHOICES}")
+        dc.check_loss_choice(self.loss, self.parsed_objective, temperature=self.temperature,
+                             sampling_temperature=self.rollout_temperature,
+                             hidden_states=self.fused_loss == "on")
         if (self.loss == "sparse") != (self.cache_k >= 1):
             raise ValueError(f"loss={self.loss!r} with cache_k={self.cache_k}: the sparse loss "
                              "and only it trains from the top-k score cache (cache_k >= 1)")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate={self.learning_rate} must be a finite number > 0")
-        if self.loss == "sampled":
-            self._check_sampled()
         if self.cache_k and self.parsed_objective.on_policy:
             raise ValueError(f"cache_k={self.cache_k}: a score cache serves teacher-prefix "
                              f"cells only; {self.objective!r} samples student prefixes")
@@ -174,22 +188,9 @@ class TrainConfig:
         if self.mixed_precision not in {"no", "fp16", "bf16"}:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}: use no, fp16 or bf16")
 
-    def _check_sampled(self) -> None:
-        """The sampled loss's REINFORCE estimate of ∇KL(q_student ‖ p_teacher) holds only for
-        tokens the student itself sampled, at the temperature the loss uses."""
-        if not self.parsed_objective.on_policy:
-            raise ValueError(
-                f"loss='sampled' with objective {self.objective!r}: the sampled reverse-KL "
-                "estimate needs tokens sampled from the student, and teacher-prefix cells train "
-                "on the teacher's tokens (a biased gradient); use loss='exact' or 'sparse'")
-        if self.rollout_temperature != self.temperature:
-            raise ValueError(
-                f"loss='sampled' with rollout_temperature={self.rollout_temperature} and "
-                f"temperature={self.temperature}: the estimate is only unbiased when the student "
-                "samples at the loss's temperature; set them equal or use loss='exact'")
-
-    @property
+    @cached_property
     def parsed_objective(self) -> dc.Objective:
+        """The objective, parsed once per config; this value travels to the loss."""
         return dc.Objective.parse(self.objective)
 
     @property
@@ -235,6 +236,7 @@ class _Run:
     entropy_prompts: list[str]
     curriculum: dc.EntropyGatedLengthCurriculum | None
     cursor: DataCursor
+    fused: bool  # the loss fused with the LM heads (no logits); see _fused_path
 
 
 def _learning_rate_lambda(config: TrainConfig) -> Callable[[int], float]:
@@ -296,6 +298,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
     loop = TrainingLoop(config.output_dir, config.fingerprint(), config.steps,
                         config.checkpoint_every, log, keep_steps=config.keep_steps)
     run = _set_up(config, loop)
+    loop.log(f"  loss: {config.loss}, " + ("fused with the LM heads" if run.fused
+                                             else "from the models' logits"))
     loop.restore(run.accelerator, run.cursor)
     metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
@@ -372,7 +376,26 @@ def _set_up(config: TrainConfig, loop: TrainingLoop) -> _Run:
     return _Run(config, objective, accelerator, tokenizer, student, teacher, vocab, optimizer,
                 scheduler, meter, render_prompts(tokenizer, problems, config.prompt_template),
                 rollouts, scores, _entropy_prompts(config, tokenizer), curriculum,
-                DataCursor(len(problems), config.seed))
+                DataCursor(len(problems), config.seed),
+                _fused_path(config, accelerator.unwrap_model(student), teacher, loop.log))
+
+
+def _fused_path(config: TrainConfig, student, teacher, log: Callable[[str], None]) -> bool:
+    """Whether the loss is computed fused with the LM heads: the loss has a fused form and both
+    heads are plain (no bias, soft-capping or logit scale). fused_loss='on' refuses otherwise,
+    'auto' falls back to logits and says why."""
+    if config.fused_loss == "off" or not dc.LOSSES[config.loss].hidden_states:
+        return False
+    try:
+        dc.check_fused_head(fused_head(student)[1], "student")
+        if teacher is not None:  # None: the sparse loss reads a score cache, not a teacher
+            dc.check_fused_head(fused_head(teacher)[1], "teacher")
+    except ValueError as refusal:
+        if config.fused_loss == "on":
+            raise ValueError(f"fused_loss='on': {refusal} (or set fused_loss='auto')") from None
+        log(f"  fused_loss='auto' computes this run's loss from logits: {refusal}")
+        return False
+    return True
 
 
 def _entropy_prompts(config: TrainConfig, tokenizer) -> list[str]:
@@ -469,9 +492,9 @@ def _train_step(run: _Run, samples: list[Sample], indices: list[int]
         sync = number == len(parts) - 1
         context = accelerator.no_sync(run.student) if not sync else contextlib.nullcontext()
         with context, accelerator.autocast():
-            student_logits = response_logits(run.student, batch, run.vocab)
+            student_side = _student_side(run, batch)
             began = time.perf_counter()
-            loss, terms, overlap = _loss(run, batch, part_indices, student_logits, mask,
+            loss, terms, overlap = _loss(run, batch, part_indices, student_side, mask,
                                          global_tokens)
             score_seconds += time.perf_counter() - began
             accelerator.backward(loss * scale)
@@ -479,7 +502,8 @@ def _train_step(run: _Run, samples: list[Sample], indices: list[int]
         sums["loss"] += float(loss.detach())
         for name in ("forward_kl", "reverse_kl", "entropy"):
             sums[name] += float((terms[name] * mask).sum()) / max(global_tokens, 1.0)
-        sums["overlap"] += float((overlap * mask).sum()) / max(global_tokens, 1.0)
+        if overlap is not None:
+            sums["overlap"] += float((overlap * mask).sum()) / max(global_tokens, 1.0)
     grad_norm = accelerator.clip_grad_norm_(run.student.parameters(), 1.0)  # of the global grad
     # Each process's sums are already divided by the global token count: summed, they are the
     # step's; so are the counts behind the means.
@@ -487,12 +511,13 @@ def _train_step(run: _Run, samples: list[Sample], indices: list[int]
                                      "truncated": sum(s.truncated for s in samples)})
     longest = accelerator.reduce(torch.tensor(float(max(s.length for s in samples)),
                                               device=accelerator.device), "max")
+    overlap = {} if run.fused else {"train/teacher_topk_mass": sums["overlap"]}
     return {
         "train/loss": sums["loss"],
         "train/forward_kl": sums["forward_kl"],
         "train/reverse_kl": sums["reverse_kl"],
         "train/entropy": sums["entropy"],
-        "train/teacher_topk_mass": sums["overlap"],
+        **overlap,
         "train/response_length": global_tokens / sums["responses"],
         "train/response_length_max": float(longest),
         "train/truncation_rate": sums["truncated"] / sums["responses"],
@@ -501,42 +526,46 @@ def _train_step(run: _Run, samples: list[Sample], indices: list[int]
     }, score_seconds
 
 
-def _loss(run: _Run, batch: ResponseBatch, indices: list[int], student_logits: torch.Tensor,
-          mask: torch.Tensor, global_tokens: float):
-    """(loss for backward, detached per-token terms, student mass on the teacher's top-k)."""
-    config, lam = run.config, run.objective.reverse_weight
-    entropy = dc.token_entropy(student_logits.detach(), config.temperature)
+def _student_side(run: _Run, batch: ResponseBatch) -> torch.Tensor | dc.HiddenStates:
+    """The student's input to the loss: its (B, T, V) logits, or on the fused path its final
+    hidden states and LM head (tied: the embedding Parameter), with no logits formed."""
+    if not run.fused:
+        return response_logits(run.student, batch, run.vocab)
+    head_weight, _ = fused_head(run.accelerator.unwrap_model(run.student))
+    return dc.HiddenStates(response_hidden_states(run.student, batch), head_weight, run.vocab)
+
+
+@torch.no_grad()
+def _teacher_side(run: _Run, batch: ResponseBatch) -> dc.TeacherLogits | dc.HiddenStates:
+    """The live teacher's input to the loss: its logits, or on the fused path its forward
+    stopped before the head (hidden states and head weight)."""
+    run.meter.teacher_forward(batch.num_tokens)
+    if not run.fused:
+        return dc.TeacherLogits(response_logits(run.teacher, batch, run.vocab))
+    head_weight, _ = fused_head(run.teacher)
+    return dc.HiddenStates(response_hidden_states(run.teacher, batch), head_weight, run.vocab)
+
+
+def _loss(run: _Run, batch: ResponseBatch, indices: list[int],
+          student: torch.Tensor | dc.HiddenStates, mask: torch.Tensor, global_tokens: float):
+    """(loss for backward, detached per-token terms, student mass on the teacher's top-k — None
+    on the fused path, which forms no full logits to read it from)."""
+    config, device = run.config, mask.device
     if config.loss == "sparse":
         topk_logprobs, topk_ids = run.scores.batch(indices, batch)
-        topk_logprobs = topk_logprobs.to(student_logits.device)
-        topk_ids = topk_ids.to(student_logits.device)
-        forward, reverse = dc.sparse_kl_terms(student_logits, topk_logprobs, topk_ids,
-                                              config.temperature)
-        loss = ((lam * reverse + (1 - lam) * forward) * mask).sum() / max(global_tokens, 1.0)
-        overlap = _topk_mass(student_logits.detach(), topk_ids)
-        return loss, {"forward_kl": forward.detach(), "reverse_kl": reverse.detach(),
-                      "entropy": entropy}, overlap
-    with torch.no_grad():
-        teacher_logits = response_logits(run.teacher, batch, run.vocab)
-    run.meter.teacher_forward(batch.num_tokens)
-    overlap = _topk_mass(student_logits.detach(),
-                         teacher_logits.topk(min(OVERLAP_K, run.vocab), dim=-1).indices)
-    if config.loss == "exact":
-        out = dc.kl_loss(student_logits, teacher_logits, mask, lam,
-                         temperature=config.temperature, num_valid_tokens=global_tokens)
-        return out.loss, {"forward_kl": out.forward_kl_BT, "reverse_kl": out.reverse_kl_BT,
-                          "entropy": out.student_entropy_BT}, overlap
-    # sampled: REINFORCE on the sampled tokens for the reverse part, exact forward KL for the rest
-    forward, reverse, _ = dc.kl_terms(student_logits, teacher_logits, config.temperature)
-    student_lp = dc.sampled_token_logprobs(student_logits, batch.response_ids_BT.to(
-        student_logits.device), config.temperature)
-    teacher_lp = dc.sampled_token_logprobs(teacher_logits, batch.response_ids_BT.to(
-        teacher_logits.device), config.temperature)
-    surrogate, _ = dc.reverse_kl_surrogate(student_lp, teacher_lp)
-    per_token = lam * surrogate + (1 - lam) * forward
-    loss = (per_token * mask).sum() / max(global_tokens, 1.0)
-    return loss, {"forward_kl": forward.detach(), "reverse_kl": reverse.detach(),
-                  "entropy": entropy}, overlap
+        teacher = dc.TeacherTopK(topk_logprobs.to(device), topk_ids.to(device))
+    else:
+        teacher = _teacher_side(run, batch)
+    out = dc.LOSSES[config.loss](student, teacher, mask, run.objective,
+                                 temperature=config.temperature, num_valid_tokens=global_tokens,
+                                 response_ids_BT=batch.response_ids_BT.to(device))
+    terms = {"forward_kl": out.forward_kl_BT, "reverse_kl": out.reverse_kl_BT,
+             "entropy": out.student_entropy_BT}
+    if run.fused:
+        return out.loss, terms, None
+    overlap_ids = (teacher.ids_BTK if isinstance(teacher, dc.TeacherTopK) else
+                   teacher.logits_BTV.topk(min(OVERLAP_K, run.vocab), dim=-1).indices)
+    return out.loss, terms, _topk_mass(student.detach(), overlap_ids)
 
 
 def _topk_mass(student_logits: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:

@@ -22,9 +22,10 @@ def test_without_cuda_it_says_so_in_one_line_and_exits_2():
     assert len(lines) == 1 and "no CUDA device" in lines[0] and "--cpu-smoke" in lines[0], lines
 
 
-def test_loss_section_measures_every_case_of_kl_memory_at_toy_size():
+def test_loss_section_measures_every_case_of_kl_memory_and_the_fused_loss_at_toy_size():
     report = Report()
     loss_rows(report, replace(SMOKE, loss_vocab=64, loss_tokens=(8,)))
-    assert len(report.rows) == 6 and not report.failed
+    assert len(report.rows) == 6 + 1 and not report.failed
     assert all(row.result.endswith("s fwd+bwd") for row in report.rows), report.table()
-    assert report.table().count("\n") == 6 + 1  # header, separator, one line per row
+    assert report.rows[-1].setting.startswith("fused λ=0.5") and "bf16" in report.rows[-1].setting
+    assert report.table().count("\n") == 7 + 1  # header, separator, one line per row

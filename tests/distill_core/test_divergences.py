@@ -11,7 +11,7 @@ from distill_core import (
     kl_loss,
     kl_terms,
     masked_mean,
-    mixed_kl,
+    mix_kl,
     reverse_kl,
     token_entropy,
 )
@@ -53,18 +53,28 @@ def test_entropy_by_hand():
 def test_identical_inputs_give_zero():
     logits = torch.randn(3, 4, 50) * 3
     for value in (forward_kl(logits, logits), reverse_kl(logits, logits),
-                  mixed_kl(logits, logits, 0.4)):
-        torch.testing.assert_close(value, torch.zeros(3, 4), atol=1e-6, rtol=0)
+                  kl_loss(logits, logits, torch.ones(3, 4), 0.4, chunk_size=None).loss):
+            torch.testing.assert_close(value, torch.zeros_like(value), atol=1e-6, rtol=0)
 
 
-def test_mixture_endpoints():
+@pytest.mark.parametrize("chunk_size", [None, "auto"])
+def test_mixture_endpoints(chunk_size):
     student, teacher = torch.randn(2, 5, 9), torch.randn(2, 5, 9)
-    torch.testing.assert_close(mixed_kl(student, teacher, 0.0), forward_kl(student, teacher))
-    torch.testing.assert_close(mixed_kl(student, teacher, 1.0), reverse_kl(student, teacher))
-    middle = mixed_kl(student, teacher, 0.3)
-    torch.testing.assert_close(
-        middle, 0.3 * reverse_kl(student, teacher) + 0.7 * forward_kl(student, teacher)
-    )
+    mask = torch.ones(2, 5)
+    forward = forward_kl(student, teacher).mean()
+    reverse = reverse_kl(student, teacher).mean()
+    for weight, expected in ((0.0, forward), (1.0, reverse), (0.3, 0.3 * reverse + 0.7 * forward)):
+        loss = kl_loss(student, teacher, mask, weight, chunk_size=chunk_size).loss
+        torch.testing.assert_close(loss, expected)
+
+
+def test_mix_kl_is_the_lambda_mix_and_checks_lambda():
+    forward, reverse = torch.tensor([1.0, 2.0]), torch.tensor([10.0, 20.0])
+    torch.testing.assert_close(mix_kl(forward, reverse, 0.25), torch.tensor([3.25, 6.5]))
+    torch.testing.assert_close(mix_kl(forward, reverse, 0.0), forward)
+    assert mix_kl(1.0, 3.0, 1.0) == 3.0  # batch means mix the same way
+    with pytest.raises(ValueError, match="reverse_weight=1.5"):
+        mix_kl(forward, reverse, 1.5)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
@@ -154,7 +164,7 @@ def test_masked_mean_bad_count(count):
 def test_mismatched_vocabularies_are_refused_not_broadcast():
     student = torch.zeros(1, 1, 151_936)
     teacher = torch.zeros(1, 1, 151_665)
-    for function in (forward_kl, reverse_kl, lambda s, t: mixed_kl(s, t, 0.5)):
+    for function in (forward_kl, reverse_kl, kl_terms):
         with pytest.raises(ValueError, match=r"student_logits has shape \(1, 1, 151936\).*"
                                              r"teacher_logits has shape \(1, 1, 151665\)"):
             function(student, teacher)
@@ -192,7 +202,7 @@ def test_nan_teacher_error_names_the_position(chunk_size):
 def test_reverse_weight_outside_unit_interval(weight):
     logits = torch.randn(1, 2, 4)
     with pytest.raises(ValueError, match="reverse_weight="):
-        mixed_kl(logits, logits, weight)
+        mix_kl(logits, logits, weight)
     with pytest.raises(ValueError, match="reverse_weight="):
         kl_loss(logits, logits, torch.ones(1, 2), weight)
 

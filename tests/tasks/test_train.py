@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 
 from tasks.checkpoints import latest_checkpoint
 from tasks.data import write_problems
-from tasks.train import NonFiniteError, TrainConfig, train
+from tasks.models import load_model
+from tasks.train import NonFiniteError, TrainConfig, _fused_path, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +53,7 @@ def test_every_cell_lowers_its_loss(base, tmp_path, objective, test_seed):
     assert result.checkpoint == tmp_path / "checkpoint-000030"
     metrics = result.metrics
     for key in ("train/forward_kl", "train/reverse_kl", "train/entropy", "train/grad_norm",
-                "train/learning_rate", "train/truncation_rate", "train/teacher_topk_mass",
+                "train/learning_rate", "train/truncation_rate",
                 "train/response_length_max", "time/generate", "train/total_flops"):
         assert key in metrics and metrics[key] == metrics[key], key  # present, not NaN
     on_policy = objective in {"dagger", "opd", "student:0.5"}
@@ -88,6 +89,40 @@ import sys, json
 from tasks.train import TrainConfig, train
 train(TrainConfig(**json.loads(sys.argv[1])), log=lambda line: print(line, flush=True))
 """
+
+
+@pytest.mark.parametrize("change", [{"objective": "sft"}, {"objective": "opd"},
+                                    {"objective": "student:0.5"},
+                                    {"loss": "sparse", "cache_k": 8}])
+def test_fused_loss_trains_to_the_weights_the_logits_path_reaches(base, tmp_path, change):
+    """The default fused path (no logits; both forwards stop at the final hidden states) and
+    fused_loss='off' give the same training: same metrics, same weights after 3 steps."""
+    config = replace(base, steps=3, checkpoint_every=3, **change)
+    lines: list[str] = []
+    fused = train(replace(config, output_dir=str(tmp_path / "fused")), log=lines.append)
+    logits = train(replace(config, fused_loss="off", output_dir=str(tmp_path / "logits")),
+                   log=lambda line: None)
+    assert any("fused with the LM heads" in line for line in lines)
+    assert "train/teacher_topk_mass" not in fused.metrics  # no full logits to read it from
+    assert "train/teacher_topk_mass" in logits.metrics
+    for key in ("train/loss", "train/forward_kl", "train/reverse_kl", "train/entropy"):
+        assert fused.metrics[key] == pytest.approx(logits.metrics[key], rel=1e-4, abs=1e-6), key
+    a = load_file(str(fused.checkpoint / "model.safetensors"))
+    b = load_file(str(logits.checkpoint / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
+
+
+def test_a_head_the_fused_loss_cannot_compute(base, tiny_pair):
+    """fused_loss='on' refuses a head with a bias in one line; 'auto' falls back to logits."""
+    student = load_model(str(tiny_pair[1]))
+    student.lm_head = torch.nn.Linear(student.config.hidden_size, student.config.vocab_size,
+                                      bias=True)
+    with pytest.raises(ValueError, match=r"^fused_loss='on': the student's LM head has a bias"):
+        _fused_path(replace(base, fused_loss="on"), student, None, print)
+    lines: list[str] = []
+    assert not _fused_path(base, student, None, lines.append)
+    assert len(lines) == 1 and "computes this run's loss from logits" in lines[0], lines
 
 
 def test_killed_run_resumes_to_the_same_weights(base, tmp_path):
@@ -140,8 +175,11 @@ def test_non_finite_step_stops_and_keeps_the_good_checkpoint(base, tmp_path):
     ({"curriculum": (8, 4), "stage_steps": 1}, "strictly increasing"),
     ({"loss": "sparse"}, "cache_k"),
     ({"cache_k": 8, "loss": "sparse", "objective": "opd"}, "teacher-prefix cells only"),
-    ({"loss": "sampled", "objective": "offline_rl"}, "needs tokens sampled from the student"),
-    ({"loss": "sampled", "objective": "opd", "temperature": 2.0}, "rollout_temperature=1.0"),
+    ({"loss": "sampled", "objective": "offline_rl"}, "needs response tokens sampled from the "),
+    ({"loss": "sampled", "objective": "opd", "temperature": 2.0},
+     "sampling temperature 1.0 but loss temperature 2.0"),
+    ({"loss": "sampled", "objective": "opd", "fused_loss": "on"}, "has no fused form"),
+    ({"fused_loss": "yes"}, "fused_loss='yes' is not one of"),
     ({"learning_rate": float("inf")}, "learning_rate=inf must be a finite number"),
 ])
 def test_bad_config_is_refused_on_construction(base, change, message):
