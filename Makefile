@@ -39,6 +39,7 @@ test-fast: $(STAMP)
 ## T = 1,024 / 4,096 / 8,192 (bench/kl_head.py; each case's CPU time is in docs/performance.md).
 bench: $(STAMP)
 	$(BIN)/python -m bench.kl_memory
+	$(BIN)/python -m bench.kl_head
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -372,17 +372,25 @@ def accelerate_row(report: Report, sizes: Sizes, root: Path, scratch: Path) -> N
                "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no",
                *device_flags, "-m", "tasks.train", "--config", str(path)]
     started = time.perf_counter()
+    path_entries = [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
     completed = subprocess.run(command, capture_output=True, text=True, check=False,
-                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                               env={**os.environ,
+                                    "PYTHONPATH": os.pathsep.join(filter(None, path_entries))})
     seconds = time.perf_counter() - started
     setting = (f"accelerate launch --num_processes 1 -m tasks.train (sft, bf16, "
                f"{config.steps} steps)")
     if completed.returncode != 0:
-        raise RuntimeError(f"exit {completed.returncode}: "
-                           f"{(completed.stderr or completed.stdout).strip().splitlines()[-1]}")
+        raise RuntimeError(f"exit {completed.returncode}: {_first_error(completed)}")
     metrics = json.loads((scratch / "launched" / "final_metrics.json").read_text())
     report.add(Row("accelerate", setting, f"{seconds:.1f} s wall, exit 0", "- (own process)",
                    note=f"final loss {metrics['train/loss']:.4f} (wall includes start-up)"))
+
+
+def _first_error(completed: subprocess.CompletedProcess) -> str:
+    """The launched process's own error line (the launcher's CalledProcessError comes after)."""
+    lines = (completed.stderr or completed.stdout or "").strip().splitlines() or ["no output"]
+    errors = [line for line in lines if "Error" in line and not line.startswith(" ")]
+    return errors[0] if errors else lines[-1]
 
 
 # ----------------------------------------------------------------------------- main

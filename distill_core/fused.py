@@ -159,18 +159,11 @@ class _FusedHeadKL(torch.autograd.Function):
         stats_3N = torch.zeros(3, weights_N.numel(), dtype=torch.float32, device=weights_N.device)
         loss = torch.zeros((), dtype=torch.float64, device=weights_N.device)
         buffers = ChunkBuffers(weights_N, chunk_rows, vocab)
-        for rows in valid_row_chunks(weights_N, chunk_rows):
-            hidden_CD, chunk_buffers = hidden_ND[rows], buffers.take(rows)
-            chunk_loss, chunk_stats, grad_CV = kernel(
-                _logits(hidden_CD, head_VD, chunk_buffers[2]), rows, weights_N[rows],
-                needs_hidden or needs_weight, chunk_buffers,
-            )
-            loss += chunk_loss
-            stats_3N[:, rows] = chunk_stats
-            if grad_hidden is not None:
-                grad_hidden[rows] = (grad_CV.to(head_VD.dtype) @ head_VD).to(grad_hidden.dtype)
-            if grad_weight is not None:
-                grad_weight[:vocab].addmm_(grad_CV.T, hidden_CD.float())
+        # The kernels choose every dtype themselves: under a mixed-precision autocast the chunk
+        # logits would come out bf16 and their statistics with them.
+        with torch.autocast(hidden_ND.device.type, enabled=False):
+            _fill_chunks(hidden_ND, head_VD, weights_N, vocab, kernel, chunk_rows, buffers,
+                         loss, stats_3N, grad_hidden, grad_weight)
         if grad_weight is not None and grad_weight.dtype != weight_VD.dtype:
             grad_weight = grad_weight.to(weight_VD.dtype)
         ctx.save_for_backward(grad_hidden, grad_weight)
@@ -184,9 +177,30 @@ class _FusedHeadKL(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None, None
 
 
+def _fill_chunks(hidden_ND, head_VD, weights_N, vocab, kernel, chunk_rows, buffers, loss,
+                 stats_3N, grad_hidden, grad_weight) -> None:
+    """The forward's loop over row chunks: adds each chunk's loss into loss, writes its
+    statistics and (when asked) its gradients into the preallocated tensors."""
+    needs_grad = grad_hidden is not None or grad_weight is not None
+    for rows in valid_row_chunks(weights_N, chunk_rows):
+        hidden_CD, chunk_buffers = hidden_ND[rows], buffers.take(rows)
+        chunk_loss, chunk_stats, grad_CV = kernel(
+            _logits(hidden_CD, head_VD, chunk_buffers[2]), rows, weights_N[rows], needs_grad,
+            chunk_buffers,
+        )
+        loss += chunk_loss
+        stats_3N[:, rows] = chunk_stats.to(stats_3N.dtype)
+        if grad_hidden is not None:
+            grad_hidden[rows] = (grad_CV.to(head_VD.dtype) @ head_VD).to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight[:vocab].addmm_(grad_CV.T.float(), hidden_CD.float())
+
+
 def _logits(hidden_CD: torch.Tensor, head_VD: torch.Tensor, scratch_CV: torch.Tensor):
     """hidden · headᵀ, written into a float32 chunk buffer when the inputs are float32 (the
     kernels read their logits from it before reusing it)."""
+    if hidden_CD.dtype != head_VD.dtype:  # bf16 activations of an fp32 model: the head's dtype
+        hidden_CD = hidden_CD.to(head_VD.dtype)
     if hidden_CD.dtype == head_VD.dtype == scratch_CV.dtype:
         return torch.mm(hidden_CD, head_VD.T, out=scratch_CV)
     return hidden_CD @ head_VD.T

@@ -269,3 +269,29 @@ def test_heads_the_fused_path_cannot_compute_are_refused(facts, attribute):
 def test_a_plain_head_passes():
     check_fused_head(HeadFacts())
     check_fused_head(HeadFacts(bias=False, logit_softcap=None, logit_scale=1.0))
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 1.0])
+def test_bf16_activations_of_an_fp32_model_under_autocast(lam):
+    """What accelerate's bf16 mixed precision hands the loss: bf16 hidden states, fp32 heads,
+    an autocast region around the call. On a GPU this stopped training with 'Index put requires
+    the source and destination dtypes match' (bf16 chunk statistics into float32 ones); the
+    fused path now computes in the heads' dtype, as float32 arithmetic on the rounded hidden
+    states does."""
+    student, teacher, mask = _pair()
+    student16 = HiddenStates(student.hidden_BTD.detach().bfloat16().requires_grad_(True),
+                             student.head_weight_VD)
+    teacher16 = HiddenStates(teacher.hidden_BTD.bfloat16(), teacher.head_weight_VD)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = _fused("exact", student16, teacher16, mask, lam, temperature=0.7, chunk_size=3)
+    rounded = HiddenStates(student16.hidden_BTD.detach().float().requires_grad_(True),
+                           student.head_weight_VD)
+    teacher32 = HiddenStates(teacher16.hidden_BTD.float(), teacher.head_weight_VD)
+    reference = _logits_path("exact", rounded, teacher32, mask, lam, temperature=0.7)
+    (out, (grad_h, grad_w)), (ref, (ref_h, ref_w)) = fused, reference
+    torch.testing.assert_close(out.loss, ref.loss, rtol=1e-5, atol=1e-6)
+    assert grad_h.dtype == torch.bfloat16  # ∂L/∂h in the activations' dtype: bf16 rounding
+    torch.testing.assert_close(grad_h.float(), ref_h, rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(grad_w, ref_w, rtol=1e-4, atol=1e-6)
+    for name in ("forward_kl_BT", "reverse_kl_BT", "student_entropy_BT"):
+        torch.testing.assert_close(getattr(out, name), getattr(ref, name), rtol=1e-5, atol=1e-6)
