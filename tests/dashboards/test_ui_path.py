@@ -142,9 +142,15 @@ class Prefect:
 
     def _call(self, method: str, path: str, body: dict | None = None):
         """One API call, retried as Prefect's own client does when the server answers 503
-        (its SQLite database busy: a loaded machine) or 429."""
+        (its SQLite database busy: a loaded machine) or 429, and when it does not answer in
+        30 s (at load 22 a poll of a running study's state did not)."""
         for attempt in range(6):
-            response = httpx.request(method, f"{self.api}{path}", json=body, timeout=30)
+            try:
+                response = httpx.request(method, f"{self.api}{path}", json=body, timeout=30)
+            except httpx.TimeoutException:
+                if attempt == 5:
+                    raise
+                continue
             if response.status_code not in (429, 503):
                 break
             time.sleep(2 ** attempt / 2)
