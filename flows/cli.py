@@ -6,6 +6,7 @@
     distill rl [--config YAML]         GRPO from every student of the newest grid study
     distill bootstrap [--real-weights] / distill prepare CONFIG
     distill serve [--cron "0 2 * * *"] [--timezone UTC]
+                                       the flows as Prefect deployments (the UI's forms)
     distill up / down / status         local Prefect + MLflow servers (SQLite) on 127.0.0.1
     distill up --postgres DSN          the same on PostgreSQL, with the rollout store
     distill report [--experiment NAME] [--run ID] [--html OUT [--attach]]
@@ -46,32 +47,52 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("config", type=Path, help=f"YAML file of {model} fields "
                                                     "(tasks/configs.py)")
-    evaluate = commands.add_parser("eval", help="evaluate models (the evaluate flow)")
+    evaluate = commands.add_parser("eval", help="evaluate models (the evaluate flow)",
+                                   description="Evaluate models with the study's evaluation "
+                                   "procedure: one parent MLflow run, a child per model.")
     evaluate.add_argument("--config", type=Path, help="YAML file of EvaluateFlowConfig fields")
     evaluate.add_argument("--model", action="append", default=[],
                           help="model directory (repeatable; none: newest registered students)")
     evaluate.add_argument("--benchmark", action="append", default=[],
                           help="'default', a file, or name=path (repeatable)")
     rl = commands.add_parser("rl", help="GRPO after distillation (the rl_after_distill flow)")
-    rl.add_argument("--config", type=Path, help="YAML file of RLFlowConfig fields")
+    rl.add_argument("--config", type=Path, help="YAML file of RLFlowConfig fields (default: "
+                    "GRPO from every student of the newest 'demo' study)")
     boot = commands.add_parser("bootstrap", help="build the default (or real-weights) models")
-    boot.add_argument("--real-weights", action="store_true")
-    serve = commands.add_parser("serve", help="serve the flows as Prefect deployments")
-    serve.add_argument("--cron", default="0 2 * * *", help="nightly evaluation schedule")
-    serve.add_argument("--timezone", default="UTC")
-    up = commands.add_parser("up", help="start local Prefect and MLflow servers")
-    up.add_argument("--prefect-port", type=int, default=4200)
-    up.add_argument("--mlflow-port", type=int, default=5000)
+    boot.add_argument("--real-weights", action="store_true",
+                      help="the SmolLM2-135M profile instead of the embedded default")
+    serve = commands.add_parser(
+        "serve", help="serve the flows as Prefect deployments",
+        description="Register the deployments (distill, grid, bootstrap, rl-after-distill, and "
+        "nightly-evaluate on a schedule) with the Prefect server of $PREFECT_API_URL and run "
+        "their flow runs here until stopped (Ctrl-C, or `distill down`). Stopping leaves the "
+        "deployments and the nightly schedule as they are.")
+    serve.add_argument("--cron", default="0 2 * * *",
+                       help="the nightly evaluation's cron schedule (default: %(default)s)")
+    serve.add_argument("--timezone", default="UTC",
+                       help="time zone of --cron, e.g. Europe/Paris (default: %(default)s)")
+    up = commands.add_parser("up", help="start local Prefect and MLflow servers",
+                             description="Start a Prefect server (with its UI) and an MLflow "
+                             "server on 127.0.0.1 in the background; they keep running until "
+                             "`distill down`. Prints the two UI addresses and the variables "
+                             "to export.")
+    up.add_argument("--prefect-port", type=int, default=4200,
+                    help="the Prefect server's port (default: %(default)s)")
+    up.add_argument("--mlflow-port", type=int, default=5000,
+                    help="the MLflow server's port (default: %(default)s)")
     up.add_argument("--postgres", metavar="DSN",
                     help="postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE: Prefect, MLflow and "
                          "the rollout store keep their state there, in databases DATABASE_prefect, "
                          "_mlflow and _store (created if missing); default $DISTILL_LAB_POSTGRES, "
                          "else SQLite files")
-    commands.add_parser("down", help="stop the servers `distill up` started")
-    commands.add_parser("status", help="show the servers `distill up` started")
+    commands.add_parser("down", help="stop the servers `distill up` started (and a `distill "
+                        "serve` that serves them)")
+    commands.add_parser("status", help="show the servers `distill up` started and a running "
+                        "`distill serve`")
     commands.add_parser("replay", help="send what runs could not send to MLflow (spill files)")
     report = commands.add_parser("report", help="a grid's results table, or its HTML report")
-    report.add_argument("--experiment", default="demo")
+    report.add_argument("--experiment", default="demo",
+                        help="MLflow experiment of the grid study (default: %(default)s)")
     report.add_argument("--run", help="parent run id (default: the experiment's newest grid)")
     report.add_argument("--html", type=Path, metavar="OUT",
                         help="write the tradeoff report (plots, tables, samples) to this file")
@@ -122,6 +143,7 @@ def _with_temporary_server(command, args) -> int:
     """Run a flow command against a temporary Prefect server that dies with this process."""
     from tasks.services import temporary_prefect_server
 
+    args.temporary_prefect = True  # what the flows ran on is gone afterwards: no UI link
     with temporary_prefect_server():
         try:
             return command(args) or 0
@@ -181,15 +203,18 @@ def _grid(args) -> None:
     config = args.experiment
     result = grid_flow(config)
     print(f"\n{result['table']}\n")
-    _where_to_look(result["tracking_uri"], config.name)
+    _where_to_look(args, result)
 
 
 def _run(args) -> None:
     from flows.distill import distill_flow
+    from tasks.tables import results_table
 
     config = args.experiment
     result = distill_flow(config)
-    print({k: v for k, v in result.items() if k != "train"})
+    print(f"\n{results_table([result], config.eval_ks)}\n")
+    print(f"student: {result['checkpoint']}")
+    _where_to_look(args, result)
 
 
 def _prepare(args) -> None:
@@ -207,9 +232,12 @@ def _eval(args) -> None:
     if args.benchmark:
         updates["benchmarks"] = args.benchmark
     config = EvaluateFlowConfig(**{**config.model_dump(), **updates})
-    for label, result in evaluate_flow(config).items():
+    results = evaluate_flow(config)
+    for label, result in results.items():
         print(label, {k: round(v, 4) for k, v in result["metrics"].items()
                       if k.startswith("eval/overall/")})
+    if results:
+        _where_to_look(args, next(iter(results.values())))
 
 
 def _rl(args) -> None:
@@ -230,12 +258,18 @@ def _bootstrap(args) -> None:
 
 def _serve(args) -> None:
     from flows.serve import serve
+    from tasks.services import serving
 
-    if not os.environ.get("PREFECT_API_URL"):
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
         print("PREFECT_API_URL is not set: deployments need a running server (`distill up`, "
               "then export the PREFECT_API_URL it prints)", file=sys.stderr)
         raise SystemExit(2)
-    serve(args.cron, args.timezone)
+    with serving(_services_dir(), api_url):
+        serve(args.cron, args.timezone)
+    print("distill serve stopped. The deployments and the nightly schedule stay as they were; "
+          "until `distill serve` runs again, scheduled runs wait as Late (pause the schedule in "
+          "the Prefect UI to skip them).")
 
 
 def _services_dir() -> Path:
@@ -249,6 +283,9 @@ def _up(args) -> None:
 
     info = up(_services_dir(), prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
               postgres=args.postgres or os.environ.get(POSTGRES_ENV) or None)
+    if info["already_running"]:
+        print("The servers already run (pids " + ", ".join(
+            f"{name} {pid}" for name, pid in info["pids"].items()) + "); nothing started.")
     print(f"Prefect UI: {info['prefect_ui']}\nMLflow UI:  {info['mlflow_ui']}\n"
           f"State:      {info['database']}\nexport "
           + " ".join(f"{k}={shlex.quote(v)}" for k, v in info["env"].items()))
@@ -257,13 +294,15 @@ def _up(args) -> None:
 def _down(args) -> None:
     from tasks.services import down
 
-    print("\n".join(down(_services_dir())) or "nothing was running")
+    stopped = down(_services_dir())
+    print("\n".join(f"stopped {line}" if not line.endswith("not these servers") else line
+                    for line in stopped) or "nothing was running")
 
 
 def _status(args) -> None:
-    from tasks.services import status
+    from tasks.services import describe_status
 
-    print(status(_services_dir()))
+    print("\n".join(describe_status(_services_dir())))
 
 
 def _report(args) -> int:
@@ -282,13 +321,18 @@ def _report(args) -> int:
     return report_main(argv + (["--attach"] if args.attach else []))
 
 
-def _where_to_look(tracking_uri: str, experiment: str) -> None:
-    print(f"MLflow: experiment {experiment!r} at {tracking_uri}")
-    if tracking_uri.startswith("sqlite:"):
-        print(f"  browse: mlflow ui --backend-store-uri {tracking_uri} --workers 1  "
-              "(or `distill up` and set MLFLOW_TRACKING_URI)")
-    print("Prefect: " + (os.environ.get("PREFECT_API_URL") or "ran on a temporary local server; "
-                         "`distill up` keeps one with a UI, then export PREFECT_API_URL"))
+def _where_to_look(args, result: dict) -> None:
+    """Where to look next: the flow's MLflow links (training view) and its Prefect run."""
+    from flows.common import LINK_NAMES
+
+    print("Where to look:")
+    for name, url in result.get("links", {}).items():
+        print(f"  {LINK_NAMES.get(name, name)}: {url.strip('`')}")
+    if getattr(args, "temporary_prefect", False):
+        print("  Prefect: the flow ran on a temporary local server, gone now; `distill up` "
+              "keeps one with a UI (then export the PREFECT_API_URL it prints)")
+    else:
+        print(f"  Prefect flow run: {result.get('prefect_run_url')}")
 
 
 def _replay(args) -> None:

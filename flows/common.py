@@ -1,11 +1,15 @@
 """What every flow shares: where things live, one cell's wiring (train → evaluate → register)
-and one reference evaluation, each as a tracked run that a rerun reuses or resumes."""
+and one reference evaluation, each as a tracked run that a rerun reuses or resumes; and what a
+flow run shows its user at the end: links into MLflow's training view and a Prefect markdown
+artifact with its results."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from dashboards.report import build_report
@@ -130,3 +134,52 @@ def study_report(where: Locations, parent_run_id: str, run_dir: str | Path) -> s
         print(f"warning: the report of run {parent_run_id} was not built ({error}); rebuild it "
               f"with `distill report --run {parent_run_id} --html report.html --attach`")
         return None
+
+
+# ----------------------------------------------------------------------------- what the user sees
+
+
+# The columns a study's or a night's runs table opens with in MLflow (it shows none by default).
+TABLE_METRICS = ("avg_at_{k}", "pass_at_{k}", "entropy", "response_length_mean",
+                 "truncation_rate")
+
+
+@task(name="mlflow-links", cache_policy=NO_CACHE, **IO_RETRIES)
+def links_task(tracking_uri: str, run_id: str, children_k: int | None = None) -> dict[str, str]:
+    """Links into MLflow's training view: ``run`` (this run's page). With children_k (a parent
+    run: a study, a night), also ``runs`` (its child runs as a table with their Avg@k, Pass@k,
+    entropy, length and truncation columns at k = children_k) and ``compare`` (MLflow's compare
+    page for them)."""
+    from tasks.tracking import Tracker, browse_hint
+
+    with Tracker(tracking_uri) as tracker:
+        links = {"run": tracker.run_link(run_id)}
+        children = [c.run_id for c in tracker.child_runs(run_id)] if children_k else []
+        if children:
+            metrics = [f"eval/overall/{m.format(k=children_k)}" for m in TABLE_METRICS]
+            links["runs"] = tracker.save_runs_view(run_id, metrics, tag_keys=("cell", "seed"))
+            links["compare"] = tracker.compare_link(children)
+    if browse_hint(tracking_uri):
+        links["serve the UI first"] = f"`{browse_hint(tracking_uri)}`"
+    return links
+
+
+LINK_NAMES = {"run": "MLflow run", "runs": "its runs, as a table with metric columns",
+              "compare": "compare them in MLflow", "report": "report",
+              "serve the UI first": "MLflow's UI (SQLite store): serve it first with"}
+
+
+def publish(key: str, title: str, links: dict[str, str], *sections: str) -> str:
+    """Print the links (one line each) and publish title, links and sections (Markdown tables)
+    as the flow run's Prefect markdown artifact under key (its Artifacts tab; the Artifacts page
+    keeps one per key with its history). Returns the Markdown."""
+    lines = []
+    for name, url in links.items():
+        label = LINK_NAMES.get(name, name)
+        print(f"{label}: {url.strip('`')}")
+        lines.append(f"- [{label}]({url})" if url.startswith(("http://", "https://"))
+                     else f"- {label}: {url}")
+    markdown = "\n\n".join([f"# {title}", "\n".join(lines), *sections])
+    create_markdown_artifact(markdown, key=re.sub(r"[^a-z0-9-]+", "-", key.lower()).strip("-"),
+                             description=title)
+    return markdown

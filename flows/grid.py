@@ -11,9 +11,12 @@ import time
 from datetime import UTC, datetime
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from flows.common import (
     evaluate_reference,
+    links_task,
+    publish,
     run_cell,
     run_grpo,
     study_report,
@@ -74,11 +77,16 @@ def grid_flow(config: StudyConfig = StudyConfig()) -> dict:
             parent.end.text.update({"results.md": outcome["table"] + "\n",
                                     "findings.md": outcome["findings"] + "\n"})
     print(outcome["table"] + "\n\n" + outcome["findings"])
+    links = links_task(where.tracking_uri, parent.ref.run_id, max(config.eval_ks))
     if report:
-        print(f"report: {report} (also report.html of the study's run in MLflow)")
+        links["report"] = f"{report} (also report.html in the study run's Artifacts tab)"
+    publish(f"study-{config.name}", f"Study {config.name}", links,
+            "## Results\n\n" + outcome["table"], "## Findings\n\n" + outcome["findings"])
     return {"parent_run_id": parent.ref.run_id, "rows": rows, "table": outcome["table"],
-            "findings": outcome["document"], "teacher_products": products,
-            "tracking_uri": where.tracking_uri, "run_dir": str(spec.run_dir), "report": report}
+            "findings": outcome["document"], "findings_table": outcome["findings"],
+            "teacher_products": products, "tracking_uri": where.tracking_uri,
+            "run_dir": str(spec.run_dir), "report": report, "links": links,
+            "prefect_run_url": flow_run.ui_url}
 
 
 def _cpus() -> int:

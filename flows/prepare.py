@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 
 from tasks.configs import BootstrapFlowConfig, ExperimentConfig
 from tasks.prefect_tasks import bootstrap_task, prepare_task
@@ -15,7 +16,13 @@ from tasks.runs import locations
 def bootstrap_flow(config: BootstrapFlowConfig = BootstrapFlowConfig()) -> dict:
     """Build (or reuse) the embedded default's tokenizer, teacher and student, or the
     real-weights profile; returns their paths."""
-    return bootstrap_task(config.profile, str(locations().root))
+    paths = bootstrap_task(config.profile, str(locations().root))
+    create_markdown_artifact("\n".join([f"# The {config.profile} profile", "",
+                                         "| what | where |", "|---|---|",
+                                         *(f"| {k} | `{v}` |" for k, v in paths.items())]),
+                             key=f"bootstrap-{config.profile}",
+                             description=f"the {config.profile} profile's models and problems")
+    return paths
 
 
 @flow(name="prepare", log_prints=True)

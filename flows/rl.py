@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import study_report
+from flows.common import links_task, publish, study_report
 from tasks.configs import RLFlowConfig
 from tasks.plan import eval_config, grpo_config, rl_source_spec, rl_spec
 from tasks.prefect_tasks import (
@@ -43,8 +43,11 @@ def rl_after_distill_flow(config: RLFlowConfig = RLFlowConfig()) -> dict:
                 log_text_task(RunRef(where.tracking_uri, study), table + "\n", "rl_results.md")
                 study_report(where, study, spec.run_dir)
     print(table)
+    links = links_task(where.tracking_uri, parent.ref.run_id, max(config.eval_ks))
+    publish(f"rl-{config.name}", f"GRPO after distillation ({config.name})", links,
+            "## Before → after GRPO\n\n" + table)
     return {"parent_run_id": parent.ref.run_id, "rows": rows, "table": table,
-            "run_dir": str(spec.run_dir)}
+            "run_dir": str(spec.run_dir), "links": links}
 
 
 def _grpo_from(config: RLFlowConfig, inputs, source: dict, where, study_dir,

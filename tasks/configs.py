@@ -236,26 +236,49 @@ class StudyConfig(_RunSettings):
         return list(dict.fromkeys(objectives))
 
 
+def _study(field_name: str):
+    """The study form's default of field_name: the nightly evaluation and the RL flow evaluate
+    with the study's procedure, so their numbers line up with the study's."""
+    return _RunSettings.model_fields[field_name].default
+
+
+PROFILE_HELP = "Where models and problems come from: default (the embedded arithmetic task) or " \
+    "real-weights (the SmolLM2-135M profile)."
+
+
 class EvaluateFlowConfig(_Config):
     """Evaluate models on benchmarks: given paths, or the newest version of each registered
-    student (the nightly schedule)."""
+    student (the nightly schedule). The evaluation defaults are the study's (eval_n, eval_ks,
+    eval_temperature, eval_max_new_tokens, eval_limit, eval_seed, prompt_template), so a
+    student's nightly numbers equal its study's."""
 
-    name: str = Field("nightly-evaluation", description="MLflow experiment for the results.")
+    name: str = Field("nightly-evaluation", description="MLflow experiment for the results: a "
+                      "parent run per night (tag night), a child run per model.")
     profile: Literal["default", "real-weights"] = Field(
-        DEFAULT, description="Whose test split the benchmark 'default' is.")
-    models: list[str] = Field([], description="Model directories / hub ids; empty: the newest "
-                                              "version of each registered student.")
-    registered_prefix: str = Field("distill-", description="Registered models to evaluate "
-                                                           "when models is empty.")
-    benchmarks: list[str] = Field([DEFAULT_BENCHMARK])
-    n: int = Field(4, ge=1)
-    ks: list[int] = Field([1, 4])
-    temperature: float = Field(1.0, ge=0)
-    max_new_tokens: int = Field(EVAL_CAP, ge=1)
-    limit: int | None = Field(100, ge=1)
-    prompt_template: str = "bare"
-    seed: int = 0
-    backend: Literal["hf", "vllm"] = "hf"
+        _study("profile"), description="Whose test split the benchmark 'default' is.")
+    models: list[str] = Field([], description="Model directories or hub ids; empty: the newest "
+                              "version of each registered student.")
+    registered_prefix: str = Field("distill-", description="When models is empty: evaluate the "
+                                   "registered models whose names start with this.")
+    benchmarks: list[str] = Field(_study("benchmarks"), description="Evaluation benchmarks: "
+                                  "'default' (the profile's test split), a file, or name=path.")
+    n: int = Field(_study("eval_n"), ge=1, description="Samples per problem (the study's "
+                   "eval_n).")
+    ks: list[int] = Field(_study("eval_ks"), description="The k of Avg@k and Pass@k, each at "
+                          "most n (the study's eval_ks).")
+    temperature: float = Field(_study("eval_temperature"), ge=0, description="Sampling "
+                               "temperature (the study's eval_temperature).")
+    max_new_tokens: int = Field(_study("eval_max_new_tokens"), ge=1, description="Response cap "
+                                "(the study's eval_max_new_tokens).")
+    limit: int | None = Field(_study("eval_limit"), ge=1, description="Problems per benchmark, "
+                              "the first ones (empty: all; the study's eval_limit).")
+    prompt_template: Literal["bare", "boxed"] = Field(
+        _study("prompt_template"), description="bare: the default task's prompt; boxed: asks "
+        "instruction-tuned models to box their answer (the study's prompt_template).")
+    seed: int = Field(_study("eval_seed"), description="Sampling seed, the same for every model "
+                      "and night: paired samples (the study's eval_seed).")
+    backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers' generate; vllm: "
+                                           "vLLM in its own environment (tasks/vllm_backend.py).")
 
     @model_validator(mode="after")
     def _ks_within_n(self) -> EvaluateFlowConfig:
@@ -264,35 +287,50 @@ class EvaluateFlowConfig(_Config):
 
 
 class BootstrapFlowConfig(_Config):
-    profile: Literal["default", "real-weights"] = DEFAULT
+    """Build (or reuse) a profile's problems, teacher and student."""
+
+    profile: Literal["default", "real-weights"] = Field(DEFAULT, description=PROFILE_HELP)
 
 
 class RLFlowConfig(_Config):
     """GRPO with the same budget from each distilled student of a study (or given checkpoints),
-    evaluated before and after."""
+    evaluated before and after with the study's evaluation procedure."""
 
     name: str = Field("rl-after-distill", description="MLflow experiment for the RL runs.")
     study_experiment: str = Field("demo", description="Experiment holding the grid study.")
-    parent_run_id: str | None = Field(None, description="The grid's parent run (None: newest).")
-    checkpoints: list[str] = Field([], description="Student directories instead of a study.")
-    profile: Literal["default", "real-weights"] = DEFAULT
-    train_problems: str | None = Field(None, description="RL prompts (None: profile's train).")
-    train_size: int = Field(512, ge=1)
-    steps: int = Field(20, ge=1)
-    prompts_per_step: int = Field(8, ge=1)
-    group_size: int = Field(4, ge=2, description="Samples per prompt (GRPO's group, G >= 2).")
-    learning_rate: float = Field(1e-5, gt=0, le=1)
-    max_new_tokens: int = Field(TRAIN_CAP, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    kl_coef: float = Field(0.0, ge=0)
-    prompt_template: str = "bare"
-    seed: int = 0
-    benchmarks: list[str] = Field([DEFAULT_BENCHMARK])
-    eval_n: int = Field(4, ge=1)
-    eval_ks: list[int] = Field([1, 4])
-    eval_limit: int | None = Field(50, ge=1)
-    eval_max_new_tokens: int = Field(EVAL_CAP, ge=1)
-    eval_temperature: float = Field(1.0, gt=0)
+    parent_run_id: str | None = Field(None, description="The grid study's parent run id "
+                                      "(empty: the newest study of study_experiment).")
+    checkpoints: list[str] = Field([], description="Student directories to start from instead "
+                                   "of a study's students.")
+    profile: Literal["default", "real-weights"] = Field(DEFAULT, description=PROFILE_HELP)
+    train_problems: str | None = Field(None, description="Problems JSONL of the RL prompts "
+                                       "(empty: the profile's train split).")
+    train_size: int = Field(512, ge=1, description="RL prompts used, the first ones.")
+    steps: int = Field(20, ge=1, description="GRPO steps per student.")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts per GRPO step.")
+    group_size: int = Field(4, ge=2, description="Samples per prompt (GRPO's group G, at "
+                            "least 2).")
+    learning_rate: float = Field(1e-5, gt=0, le=1, description="AdamW learning rate.")
+    max_new_tokens: int = Field(_study("max_new_tokens"), ge=1, description="Response cap while training (the study's max_new_tokens).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the training "
+                               "responses.")
+    kl_coef: float = Field(0.0, ge=0, description="Weight of the KL penalty (k3) to the student "
+                           "the run starts from (0: none, the accuracy reward alone).")
+    prompt_template: Literal["bare", "boxed"] = Field(
+        _study("prompt_template"), description="bare: the default task's prompt; boxed: asks "
+        "instruction-tuned models to box their answer.")
+    seed: int = Field(0, description="Seed of the prompt order and the sampling.")
+    benchmarks: list[str] = Field(_study("benchmarks"), description="Evaluation benchmarks: "
+                                  "'default' (the profile's test split), a file, or name=path.")
+    eval_n: int = Field(_study("eval_n"), ge=1, description="Samples per evaluation problem.")
+    eval_ks: list[int] = Field(_study("eval_ks"), description="The k of Avg@k and Pass@k (each "
+                               "at most eval_n).")
+    eval_limit: int | None = Field(_study("eval_limit"), ge=1, description="Problems per "
+                                   "benchmark (empty: all).")
+    eval_max_new_tokens: int = Field(_study("eval_max_new_tokens"), ge=1,
+                                     description="Evaluation response cap.")
+    eval_temperature: float = Field(_study("eval_temperature"), gt=0,
+                                    description="Evaluation sampling temperature.")
 
     @model_validator(mode="after")
     def _ks_within_n(self) -> RLFlowConfig:

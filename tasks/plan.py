@@ -237,15 +237,38 @@ def rl_source_spec(config: RLFlowConfig, inputs: RLInputs, source: dict, study_d
                    key, parent_run_id)
 
 
-def evaluation_spec(config: EvaluateFlowConfig, label: str, model: str, tags: dict,
-                    root: str | Path) -> RunSpec:
-    """A nightly or on-demand evaluation: always a new run (no identity to resume)."""
+def evaluation_spec(config: EvaluateFlowConfig, label: str, evaluation: EvalConfig,
+                    tags: dict, root: str | Path, parent_run_id: str | None = None) -> RunSpec:
+    """One model of a nightly or on-demand evaluation: always a new run (no identity to
+    resume), the child of that night's run (``night_spec``) when given. Its params are its
+    evaluation procedure (``eval.*``, model included, as a study's runs log theirs)."""
     from datetime import UTC, datetime
 
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
-    return RunSpec(config.name, f"eval {label}", tags,
-                   {"evaluate": config.model_dump(), "model": model},
-                   inside(root, "runs", config.name, f"eval-{stamp}", slug(label)))
+    return RunSpec(config.name, f"eval {label}", {**tags, "cell": label}, {"eval": evaluation},
+                   inside(root, "runs", config.name, f"eval-{stamp}", slug(label)),
+                   parent_run_id=parent_run_id)
+
+
+NIGHT_TAG = "night"  # the date (UTC, YYYY-MM-DD) of an evaluation's parent run
+
+
+def night_spec(config: EvaluateFlowConfig, models: list[tuple[str, str, dict]],
+               root: str | Path) -> RunSpec:
+    """The parent run of one evaluate flow run, "<name> <date>", tagged with the date (``night``)
+    and with where the models came from: the registry (``nightly``: the schedule's case) or the
+    given list. Its children are the models' runs; its metrics and trend the night's summary."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    night = now.strftime("%Y-%m-%d")
+    source = "given models" if config.models else "registry"
+    return RunSpec(config.name, f"{config.name} {night}",
+                   {NIGHT_TAG: night, "evaluation": "nightly" if not config.models else "models",
+                    "models": ", ".join(label for label, _, _ in models),
+                    "models_from": source},
+                   {"evaluate": config.model_dump()},
+                   inside(root, "runs", config.name, f"night-{now.strftime('%Y%m%d-%H%M%S-%f')}"))
 
 
 def study_grpo_config(config: StudyConfig, inputs: Inputs, checkpoint: str, seed: int,

@@ -86,6 +86,10 @@ def prefect_service(state_dir: Path, port: int, host: str,
                PREFECT_SERVER_DATABASE_CONNECTION_URL=(
                    database_url or f"sqlite+aiosqlite:///{state_dir / 'prefect.db'}"))
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The UI's pages call the API at PREFECT_SERVER_UI_API_URL, which Prefect derives from the
+    # host/port *settings*, not from --port: on any port but 4200 the UI would call a foreign
+    # (or no) server and show "Can't connect to Server API".
+    env["PREFECT_SERVER_UI_API_URL"] = f"http://{host}:{port}/api"
     argv = [sys.executable, "-m", "prefect", "server", "start", "--host", host,
             "--port", str(port)]
     return Service("prefect", argv, env, host, port, "/api/health",
@@ -181,13 +185,15 @@ def _already_running(state_dir: Path, running: dict, prefect_port: int, mlflow_p
 
 def down(state_dir: Path, grace_s: float = STOP_GRACE_S) -> list[str]:
     """Stop the servers that ``up`` started (SIGTERM to each process group, SIGKILL after
-    ``grace_s``) and remove services.json. Returns one line per server stopped; an empty list
-    means nothing was running."""
+    ``grace_s``) and remove services.json; first a ``distill serve`` that serves their Prefect
+    server (``serving``), which would otherwise lose its server under it. Returns one line per
+    process stopped (or left running, saying why); an empty list means nothing was running."""
     state_dir = Path(state_dir).resolve()
     state = _read_state(state_dir)
+    lines = _stop_serve(state_dir, state, grace_s)
     if state is None:
         log.info("no services running for %s (no %s)", state_dir, STATE_FILE)
-        return []
+        return lines
     stopped = []
     for name, entry in state["services"].items():
         if _stop_group(entry["pid"], grace_s):
@@ -195,7 +201,105 @@ def down(state_dir: Path, grace_s: float = STOP_GRACE_S) -> list[str]:
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     if not stopped:
         log.info("services of %s had already exited; removed the stale %s", state_dir, STATE_FILE)
-    return stopped
+    return lines + stopped
+
+
+# ----------------------------------------------------------------------------- distill serve
+
+SERVE_FILE = "serve.json"
+
+
+@contextlib.contextmanager
+def serving(state_dir: Path, api_url: str):
+    """Record this process as the ``distill serve`` of state_dir (pid and the Prefect API it
+    serves, in serve.json) for the block, so that ``status`` shows it and ``down`` stops it
+    before the server it needs."""
+    path = Path(state_dir).resolve() / SERVE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = _read_serve(path.parent)
+    if previous is not None and previous["pid"] != os.getpid() and _pid_alive(previous["pid"]):
+        raise RuntimeError(f"distill serve already runs (pid {previous['pid']}, serving "
+                           f"{previous['api_url']}): one serve per artifacts folder; stop it "
+                           f"first (kill {previous['pid']}, or `distill down`)")
+    path.write_text(json.dumps({"pid": os.getpid(), "api_url": api_url,
+                                "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    try:
+        yield
+    finally:
+        current = _read_serve(path.parent)
+        if current is not None and current["pid"] == os.getpid():
+            path.unlink(missing_ok=True)
+
+
+def _read_serve(state_dir: Path) -> dict | None:
+    try:
+        return json.loads((state_dir / SERVE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def serve_status(state_dir: Path) -> dict | None:
+    """The recorded ``distill serve``: pid, api_url, started, alive; None when none is."""
+    found = _read_serve(Path(state_dir).resolve())
+    return None if found is None else {**found, "alive": _pid_alive(found["pid"])}
+
+
+def _stop_serve(state_dir: Path, state: dict | None, grace_s: float) -> list[str]:
+    """SIGTERM the recorded serve if it serves these servers' Prefect API (it stops as on
+    Ctrl-C, leaving every deployment and schedule as it was); otherwise say it goes on."""
+    found = serve_status(state_dir)
+    if found is None or not found["alive"]:
+        (state_dir / SERVE_FILE).unlink(missing_ok=True)
+        return []
+    ours = state is not None and "prefect" in state["services"] and found["api_url"].rstrip(
+        "/") == f"{state['services']['prefect']['url']}/api"
+    if not ours:
+        return [f"distill serve (pid {found['pid']}) left running: it serves "
+                f"{found['api_url']}, not these servers"]
+    os.kill(found["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + grace_s + 20  # it stops its flow-run subprocesses first
+    while _pid_alive(found["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _pid_alive(found["pid"]):
+        os.kill(found["pid"], signal.SIGKILL)
+    (state_dir / SERVE_FILE).unlink(missing_ok=True)
+    return [f"distill serve (pid {found['pid']}, deployments of {found['api_url']}; their "
+            "schedules stay as they were)"]
+
+
+def _pid_alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap our own exited child, else it counts as alive
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def describe_status(state_dir: Path) -> list[str]:
+    """``status`` as lines a person reads: each server with its state, pid, address and log;
+    the serve process; where the state lives; the variables to export."""
+    state_dir = Path(state_dir).resolve()
+    found, serve = status(state_dir), serve_status(state_dir)
+    lines = []
+    for name, entry in found["services"].items():
+        label = {"prefect": "Prefect", "mlflow": "MLflow"}.get(name, name)
+        lines.append(f"{label + ':':9} {'running' if entry['alive'] else 'NOT running':12} pid "
+                     f"{entry['pid']:<7} {entry['url']}  (log {entry['log']})")
+    if serve is not None:
+        lines.append(f"{'serve:':9} {'running' if serve['alive'] else 'NOT running':12} pid "
+                     f"{serve['pid']:<7} deployments of {serve['api_url']} (since "
+                     f"{serve['started']})")
+    if not lines:
+        return [f"nothing running for {state_dir} (start the servers with `distill up`)"]
+    if found["services"]:
+        lines.append(f"{'State:':9} {found['database']} ({state_dir})")
+    if found["running"]:
+        lines.append("export " + " ".join(f"{k}={v}" for k, v in found["urls"]["env"].items()))
+    elif found["services"]:
+        lines.append("some servers are not running: `distill down`, then `distill up`")
+    return lines
 
 
 def status(state_dir: Path) -> dict:
@@ -263,12 +367,12 @@ def _check_ports_free(services: list[Service]) -> None:
             try:
                 probe.bind((service.host, service.port))
             except OSError as error:
-                option = f"{service.name}_port"
+                option = f"--{service.name}-port"
                 raise RuntimeError(
                     f"port {service.port} on {service.host} (for the {service.name} server) is "
                     f"already in use ({error.strerror}); nothing was started. Stop whatever "
-                    f"listens there (`lsof -i :{service.port}`) or pick another port with "
-                    f"{option}=<free port>") from error
+                    f"listens there (`lsof -i :{service.port}`) or pick another port: "
+                    f"`distill up {option} <free port>`") from error
 
 
 def _spawn(service: Service) -> subprocess.Popen:
@@ -323,7 +427,9 @@ def _stop_group(pgid: int, grace_s: float) -> bool:
     """SIGTERM the process group, SIGKILL it after ``grace_s``; False if it had already gone."""
     if not _group_alive(pgid):
         return False
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+    # A killed process still has to be scheduled to exit: at load 30 on 2 cores a niced
+    # server's group took over 5 s to go.
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, sig)
         deadline = time.monotonic() + wait_s

@@ -32,6 +32,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,6 +62,18 @@ HTTP_CLIENT_DEFAULTS = {  # MLflow's defaults (7 retries, 120 s) would stall tra
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
 }
 HEALTH_TIMEOUT_S = 5.0
+# MLflow's client prints its own "View run … at" links, which open the GenAI view of MLflow 3's
+# UI; the platform prints links that open the training view instead (run_url below).
+QUIET_CLIENT_DEFAULTS = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+# MLflow 3's UI opens in its GenAI mode ("Evaluations") unless the URL asks for the training view
+# ("Model training": runs, metrics, charts); the experiment tag mlflow.experimentKind alone does
+# not switch it (checked in a browser against MLflow 3.17).
+TRAINING_VIEW = "workflowType=machine_learning"
+# Where `mlflow ui` serves a SQLite store when started as the printed hint says.
+LOCAL_UI = "http://127.0.0.1:5000"
+# An experiment tag holding a saved runs-table view (MLflow's own "share view" format: the
+# search facets and the UI state as JSON), opened by ?viewStateShareKey=<key>.
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
 # The characters MLflow accepts in metric and param names (mlflow/utils/validation.py).
 _VALID_NAME = re.compile(r"^[/\w.\- :]+$")
 
@@ -70,6 +83,43 @@ def default_tracking_uri(artifacts_dir: str | Path | None = None) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{artifact_root(artifacts_dir) / 'mlflow.db'}"
+
+
+def ui_base(tracking_uri: str) -> str:
+    """The MLflow UI's address for a tracking URI: the server itself, or for a SQLite file the
+    address `mlflow ui` serves it on (``browse_hint`` says how to start it)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return LOCAL_UI
+
+
+def browse_hint(tracking_uri: str) -> str | None:
+    """For a SQLite store, the command that serves its UI at LOCAL_UI; None for a server."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
+    return (f"mlflow ui --backend-store-uri {tracking_uri} --port {LOCAL_UI.rsplit(':', 1)[1]} "
+            "--workers 1")
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the training view of MLflow's UI (metrics, charts, artifacts)."""
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+
+
+def compare_url(tracking_uri: str, experiment_id: str, run_ids: Sequence[str]) -> str:
+    """MLflow's compare page for runs of one experiment: parallel coordinates, scatter and box
+    plots, and their params and metrics side by side (only the differing ones, on a switch)."""
+    def quoted(values: list[str]) -> str:  # JSON lists, quotes escaped: one clickable word
+        return urllib.parse.quote(json.dumps(values, separators=(",", ":")), safe="[],")
+
+    return (f"{ui_base(tracking_uri)}/#/compare-runs?runs={quoted(list(run_ids))}"
+            f"&experiments={quoted([experiment_id])}&{TRAINING_VIEW}")
+
+
+def runs_view_url(tracking_uri: str, experiment_id: str, view_key: str) -> str:
+    """The runs table of an experiment opened on a saved view (``Tracker.save_runs_view``)."""
+    return (f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?viewStateShareKey="
+            f"{view_key}&{TRAINING_VIEW}")
 
 
 def git_sha(repo_dir: str | Path | None = None) -> str:
@@ -190,7 +240,7 @@ class Tracker:
     def __init__(self, tracking_uri: str | None = None, artifacts_dir: str | Path | None = None,
                  *, initial_backoff_s: float = 1.0, max_backoff_s: float = 30.0,
                  max_buffered: int = 100_000, check: bool = True):
-        for name, value in HTTP_CLIENT_DEFAULTS.items():
+        for name, value in {**HTTP_CLIENT_DEFAULTS, **QUIET_CLIENT_DEFAULTS}.items():
             os.environ.setdefault(name, value)
         self.artifacts_dir = artifact_root(artifacts_dir)
         self.tracking_uri = tracking_uri or default_tracking_uri(self.artifacts_dir)
@@ -580,11 +630,48 @@ class Tracker:
                                        order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0].info.run_id if runs else None
 
+    def runs_with_tag(self, experiment: str, tag: str
+                      ) -> list[tuple[RunSummary, dict[str, str]]]:
+        """Every run of experiment that carries tag (any value), oldest first, with its tags."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        return [(_summary(r), dict(r.data.tags))
+                for r in self._search([found.experiment_id], f"tags.`{tag}` LIKE '%'")]
+
     def tagged_runs(self, tag: str, value: str) -> list[RunSummary]:
         """Runs of every experiment whose tag equals value, oldest first (e.g. the RL runs
         that name a distillation run as their ``source_run``)."""
         experiments = [e.experiment_id for e in self.client.search_experiments()]
         return [_summary(r) for r in self._search(experiments, f"tags.`{tag}` = '{value}'")]
+
+    # -- links into MLflow's UI -----------------------------------------------------------------
+
+    def run_link(self, run_id: str) -> str:
+        """The run's page in the training view (``run_url``)."""
+        return run_url(self.tracking_uri, self.client.get_run(run_id).info.experiment_id,
+                       run_id)
+
+    def compare_link(self, run_ids: Sequence[str]) -> str:
+        """MLflow's compare page for these runs (all of one experiment)."""
+        experiment_id = self.client.get_run(run_ids[0]).info.experiment_id
+        return compare_url(self.tracking_uri, experiment_id, run_ids)
+
+    def save_runs_view(self, parent_run_id: str, metric_keys: Sequence[str],
+                       param_keys: Sequence[str] = (), tag_keys: Sequence[str] = ()) -> str:
+        """Save a runs-table view of a parent run's children with these metric, param and tag
+        columns (MLflow shows no metric column until one is picked among all of them), as an
+        experiment tag; returns the link that opens it. The key is the parent run's id, so a
+        rerun overwrites its own view and no other."""
+        experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+        state = {"searchFilter": f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                 "orderByKey": "attributes.start_time", "orderByAsc": True,
+                 "selectedColumns": [*(f"metrics.`{k}`" for k in metric_keys),
+                                     *(f"params.`{k}`" for k in param_keys),
+                                     *(f"tags.`{k}`" for k in tag_keys)]}
+        key = f"runs-{parent_run_id}"
+        self.client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + key, json.dumps(state))
+        return runs_view_url(self.tracking_uri, experiment_id, key)
 
     # -- model registry -----------------------------------------------------------------------
 

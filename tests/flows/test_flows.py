@@ -3,6 +3,7 @@ MLflow and rollout store: the grid's runs and metrics, caching across flow runs,
 evaluation of registered students, and parameter validation before a run starts."""
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -95,9 +96,35 @@ def test_evaluation_samples_reach_the_store(prefect_server, study):
 
 
 def test_nightly_evaluation_takes_the_newest_registered_students(prefect_server, study):
-    _, _, _, _, nightly, _ = study
+    _, _, first, _, nightly, _ = study
     assert set(nightly) == {"distill-tiny-sft v2", "distill-tiny-opd v2"}  # two grid runs
     assert all("eval/tiny/avg_at_2" in r["metrics"] for r in nightly.values())
+    (night,) = {r["night_run_id"] for r in nightly.values()}  # one parent run for the night
+    with Tracker(first["tracking_uri"]) as tracker:
+        children = {c.run_name: c.run_id for c in tracker.child_runs(night)}
+        assert set(children) == {f"eval {label}" for label in nightly}
+        assert tracker.run_tags(night)["night"] == datetime.now(UTC).strftime("%Y-%m-%d")
+        assert tracker.run_metrics(night)["avg_at_2/distill-tiny-sft"] == nightly[
+            "distill-tiny-sft v2"]["metrics"]["eval/overall/avg_at_2"]
+        assert {"trend.md", "trend.png", "results.md"} <= {
+            a.path for a in tracker.client.list_artifacts(night)}
+        params = tracker.run_params(children["eval distill-tiny-sft v2"])
+        assert params["eval.n"] == "2" and params["eval.ks"] == "[1,2]"
+    markdown = _artifact("evaluation-nightly-evaluation")
+    assert "## Trend" in markdown and "workflowType=machine_learning" in markdown
+
+
+def _artifact(key: str) -> str:
+    """The newest Prefect markdown artifact of key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert found, f"no Prefect artifact {key!r}"
+    return found[0].data
 
 
 def test_invalid_parameters_are_rejected_before_the_run(prefect_server):
@@ -132,6 +159,15 @@ def test_grid_attaches_its_report_and_the_cli_rebuilds_it(prefect_server, study,
     with Tracker(first["tracking_uri"]) as tracker:
         artifacts = [a.path for a in tracker.client.list_artifacts(first["parent_run_id"])]
     assert "report.html" in artifacts and "results.md" in artifacts
+    # the flow run's Prefect artifact (the newest: the longer study's): both tables and the
+    # links into MLflow's training view
+    longer = study[-1]
+    markdown = _artifact("study-tiny")
+    assert longer["table"] in markdown and longer["findings_table"] in markdown
+    assert longer["links"]["run"].endswith(f"/runs/{longer['parent_run_id']}?workflowType="
+                                           "machine_learning")
+    assert longer["links"]["run"] in markdown and "report.html" in markdown
+    assert "compare-runs?runs=" in longer["links"]["compare"]
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "again.html"
     assert main(["--artifacts", str(root), "report", "--experiment", "tiny", "--run",

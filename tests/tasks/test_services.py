@@ -92,7 +92,7 @@ def test_port_in_use_is_refused_before_starting_anything(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(RuntimeError, match=rf"port {port} .*mlflow.*mlflow_port="):
+        with pytest.raises(RuntimeError, match=rf"port {port} .*mlflow.*--mlflow-port <free port>"):
             up(tmp_path, prefect_port=_free_port(), mlflow_port=port)
     assert not (tmp_path / "services.json").exists()
     assert not (tmp_path / "logs").exists()

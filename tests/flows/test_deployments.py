@@ -1,0 +1,90 @@
+"""The deployments `distill serve` registers: their forms' defaults are the main job's (a run
+submitted from the Prefect UI untouched trains and evaluates exactly as `distill grid
+configs/demo.yaml` does, so it hits the same caches), the nightly evaluation uses the study's
+procedure, and every form field says what it is for."""
+
+import pytest
+
+from flows.serve import MAIN_JOB, deployments, main_job
+from tasks.configs import (
+    BootstrapFlowConfig,
+    EvaluateFlowConfig,
+    ExperimentConfig,
+    RLFlowConfig,
+    StudyConfig,
+    load_config,
+)
+from tasks.inputs import Inputs
+from tasks.plan import (
+    Cell,
+    cells,
+    eval_config,
+    flow_eval_config,
+    teacher_product_configs,
+    train_config,
+)
+
+INPUTS = Inputs(teacher="/m/teacher", student="/m/student", train_problems="/d/train.jsonl",
+                held_out_problems="/d/held_out.jsonl", benchmarks=("/d/test.jsonl",))
+
+
+@pytest.fixture(scope="module")
+def forms() -> dict:
+    """What each deployment's run form submits when nothing is changed: the deployment's
+    parameters over the defaults of its parameter schema (what the Prefect UI fills in)."""
+    found = {}
+    for deployment in deployments():
+        schema = deployment._parameter_openapi_schema.model_dump()
+        default = schema["properties"]["config"].get("default", {})
+        found[deployment.name] = {**default, **deployment.parameters.get("config", {})}
+    return found
+
+
+def test_the_grid_form_is_the_main_job(forms):
+    assert StudyConfig(**forms["grid"]) == load_config(MAIN_JOB, StudyConfig) == main_job()
+
+
+def test_the_distill_form_trains_and_evaluates_as_the_main_jobs_cell(forms, tmp_path):
+    ui = ExperimentConfig(**forms["distill"])
+    study = main_job()
+    assert ui.objective in study.cells and ui.seed in study.seeds
+    cell = Cell(ui.objective)
+    assert cell in cells(study)
+    from_ui = train_config(ui, INPUTS, cell, ui.seed, tmp_path / "a", tmp_path)
+    from_yaml = train_config(study, INPUTS, cell, ui.seed, tmp_path / "b", tmp_path)
+    assert from_ui.fingerprint() == from_yaml.fingerprint()  # the same trained weights
+    assert eval_config(ui, INPUTS, "m") == eval_config(study, INPUTS, "m")
+    # the same teacher rollouts and score caches: keyed by these configs
+    assert ([t.fingerprint() for t in teacher_product_configs(ui, INPUTS, [cell], tmp_path)]
+            == [t.fingerprint() for t in teacher_product_configs(study, INPUTS, [cell],
+                                                                 tmp_path)])
+
+
+def test_the_nightly_evaluation_uses_the_studys_procedure(forms):
+    nightly = EvaluateFlowConfig(**forms["nightly-evaluate"])
+    assert nightly.models == []  # the newest registered students
+    assert (flow_eval_config(nightly, "m", INPUTS.benchmarks)
+            == eval_config(main_job(), INPUTS, "m"))
+
+
+def test_the_nightly_deployment_is_scheduled():
+    (nightly,) = [d for d in deployments("30 3 * * *", "Europe/Paris")
+                  if d.name == "nightly-evaluate"]
+    (schedule,) = nightly.schedules
+    assert schedule.schedule.cron == "30 3 * * *"
+    assert schedule.schedule.timezone == "Europe/Paris"
+
+
+@pytest.mark.parametrize("model", [ExperimentConfig, StudyConfig, EvaluateFlowConfig,
+                                   RLFlowConfig, BootstrapFlowConfig])
+def test_every_form_field_is_described_in_plain_text(model):
+    """The Prefect UI renders descriptions as Markdown: text that Markdown would turn into a
+    quote, a list, a heading, a code block or emphasis does not show as written (the browser
+    test compares the rendered text too)."""
+    assert model.__doc__
+    for name, field in model.model_fields.items():
+        text = field.description
+        assert text and text.strip() == text, f"{model.__name__}.{name} has no description"
+        assert not text.startswith((">", "-", "+", "*", "#", "    ", "1.")), (model, name)
+        for pitfall in ("*", "`", "__", "<", "\n"):
+            assert pitfall not in text, f"{model.__name__}.{name}: {pitfall!r} in {text!r}"
