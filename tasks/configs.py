@@ -311,7 +311,8 @@ class RLFlowConfig(_Config):
     group_size: int = Field(4, ge=2, description="Samples per prompt (GRPO's group G, at "
                             "least 2).")
     learning_rate: float = Field(1e-5, gt=0, le=1, description="AdamW learning rate.")
-    max_new_tokens: int = Field(_study("max_new_tokens"), ge=1, description="Response cap while training (the study's max_new_tokens).")
+    max_new_tokens: int = Field(_study("max_new_tokens"), ge=1, description="Response cap "
+                                "while training (the study's max_new_tokens).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the training "
                                "responses.")
     kl_coef: float = Field(0.0, ge=0, description="Weight of the KL penalty (k3) to the student "
