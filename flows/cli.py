@@ -5,7 +5,7 @@
     distill eval [--config YAML] [--model DIR ...]
     distill rl [--config YAML]         GRPO from every student of the newest grid study
     distill bootstrap [--real-weights] / distill prepare CONFIG
-    distill serve [--cron "0 2 * * *"] [--timezone UTC]
+    distill serve [--cron "0 2 * * *"] [--timezone UTC] [--pool distill-pool]
     distill up / down / status         local Prefect + MLflow servers (SQLite) on 127.0.0.1
     distill up --postgres DSN          the same on PostgreSQL, with the rollout store
     distill report [--experiment NAME] [--run ID] [--html OUT [--attach]]
@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the flows as Prefect deployments")
     serve.add_argument("--cron", default="0 2 * * *", help="nightly evaluation schedule")
     serve.add_argument("--timezone", default="UTC")
+    serve.add_argument("--pool", default="distill-pool",
+                       help="work pool to register study-run on (executor: pool studies)")
     up = commands.add_parser("up", help="start local Prefect and MLflow servers")
     up.add_argument("--prefect-port", type=int, default=4200)
     up.add_argument("--mlflow-port", type=int, default=5000)
@@ -214,7 +216,7 @@ def _serve(args) -> None:
         print("PREFECT_API_URL is not set: deployments need a running server (`distill up`, "
               "then export the PREFECT_API_URL it prints)", file=sys.stderr)
         raise SystemExit(2)
-    serve(args.cron, args.timezone)
+    serve(args.cron, args.timezone, pool=args.pool)
 
 
 def _services_dir() -> Path:
