@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("grid", "run", "prepare"):  # one line before any server starts
             args.experiment = _experiment(args.config, study=args.command == "grid")
+        if args.command == "grid" and args.experiment.executor == "pool":
+            _check_pool(args.experiment)
         if args.command in FLOW_COMMANDS and not _prefect_api_url():
             return _with_temporary_server(COMMANDS[args.command], args)
         return COMMANDS[args.command](args) or 0
@@ -109,6 +111,19 @@ def _prefect_api_url() -> str | None:
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value()
+
+
+def _check_pool(config) -> None:
+    """executor pool, before the flow starts: the pool's server answers, the pool has a live
+    worker and study-run (flows.pool.check_pool), so that a server that is not there is named
+    with the pool within seconds, not as Prefect's own "Failed to reach API"."""
+    from flows.pool import check_pool
+
+    if not _prefect_api_url():
+        raise ValueError(f"executor pool: work pool {config.work_pool!r} is on the Prefect "
+                         "server its workers use, and PREFECT_API_URL is not set: export it "
+                         "(`distill up` prints it; infra/README.md)")
+    check_pool(config)
 
 
 def _with_temporary_server(command, args) -> int:

@@ -77,14 +77,20 @@ class Pool:
 # ----------------------------------------------------------------------------- before any work
 
 
-@task(name="check-work-pool", cache_policy=NO_CACHE)
-def check_pool_task(config: StudyConfig) -> Pool:
+def check_pool(config: StudyConfig) -> Pool:
     """The study's work pool can take its runs now (see the module docstring); ValueError
-    naming the pool and what to do otherwise."""
+    naming the pool and what to do otherwise. `distill grid` calls it before the flow too, so
+    that a server that does not answer is named with the pool."""
     refuse_relative_paths(config)
     name = config.work_pool
     with get_client(sync_client=True) as client:
         api = str(client.api_url).rstrip("/")
+        problem = client.api_healthcheck()  # the error, not raised
+        if problem is not None:
+            raise ValueError(
+                f"work pool {name!r}: the Prefect server {api} does not answer ({problem}); "
+                "start it (`distill up`) or set PREFECT_API_URL to the server your workers "
+                "use; nothing was submitted")
         try:
             pool = client.read_work_pool(name)
         except ObjectNotFound:
@@ -103,6 +109,9 @@ def check_pool_task(config: StudyConfig) -> Pool:
     print(f"work pool {name!r} on {api}: live workers {', '.join(workers)}; "
           f"runs go to deployment {FLOW_NAME}/{deployment.name}")
     return Pool(name, str(deployment.id), f"{FLOW_NAME}/{deployment.name}", api)
+
+
+check_pool_task = task(name="check-work-pool", cache_policy=NO_CACHE)(check_pool)
 
 
 def refuse_relative_paths(config: StudyConfig) -> None:
