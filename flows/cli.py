@@ -5,7 +5,7 @@
     distill eval [--config YAML] [--model DIR ...]
     distill rl [--config YAML]         GRPO from every student of the newest grid study
     distill bootstrap [--real-weights] / distill prepare CONFIG
-    distill serve [--cron "0 2 * * *"] [--timezone UTC]
+    distill serve [--cron "0 2 * * *"] [--timezone UTC] [--pool distill-pool]
                                        the flows as Prefect deployments (the UI's forms)
     distill up / down / status         local Prefect + MLflow servers (SQLite) on 127.0.0.1
     distill up --postgres DSN          the same on PostgreSQL, with the rollout store
@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="the nightly evaluation's cron schedule (default: %(default)s)")
     serve.add_argument("--timezone", default="UTC",
                        help="time zone of --cron, e.g. Europe/Paris (default: %(default)s)")
+    serve.add_argument("--pool", default="distill-pool",
+                       help="work pool to register study-run on, created as a process pool "
+                       "if missing (studies with executor: pool; default: %(default)s)")
     up = commands.add_parser("up", help="start local Prefect and MLflow servers",
                              description="Start a Prefect server (with its UI) and an MLflow "
                              "server on 127.0.0.1 in the background; they keep running until "
@@ -118,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("grid", "run", "prepare"):  # one line before any server starts
             args.experiment = _experiment(args.config, study=args.command == "grid")
+        if args.command == "grid" and args.experiment.executor == "pool":
+            _check_pool(args.experiment)
         if args.command in FLOW_COMMANDS and not _prefect_api_url():
             return _with_temporary_server(COMMANDS[args.command], args)
         return COMMANDS[args.command](args) or 0
@@ -137,6 +142,19 @@ def _prefect_api_url() -> str | None:
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value()
+
+
+def _check_pool(config) -> None:
+    """executor pool, before the flow starts: the pool's server answers, the pool has a live
+    worker and study-run (flows.pool.check_pool), so that a server that is not there is named
+    with the pool within seconds, not as Prefect's own "Failed to reach API"."""
+    from flows.pool import check_pool
+
+    if not _prefect_api_url():
+        raise ValueError(f"executor pool: work pool {config.work_pool!r} is on the Prefect "
+                         "server its workers use, and PREFECT_API_URL is not set: export it "
+                         "(`distill up` prints it; infra/README.md)")
+    check_pool(config)
 
 
 def _with_temporary_server(command, args) -> int:
@@ -266,7 +284,7 @@ def _serve(args) -> None:
               "then export the PREFECT_API_URL it prints)", file=sys.stderr)
         raise SystemExit(2)
     with serving(_services_dir(), api_url):
-        serve(args.cron, args.timezone)
+        serve(args.cron, args.timezone, pool=args.pool)
     print("distill serve stopped. The deployments and the nightly schedule stay as they were; "
           "until `distill serve` runs again, scheduled runs wait as Late (pause the schedule in "
           "the Prefect UI to skip them).")

@@ -22,6 +22,7 @@ from flows.common import (
     study_report,
     teacher_products,
 )
+from flows.pool import check_pool_task, end_with_failures, failed_runs_note, run_cells_on_pool
 from tasks.configs import REFERENCES, StudyConfig
 from tasks.plan import cells, grid_spec, grpo_sources, products_shares
 from tasks.prefect_tasks import (
@@ -40,10 +41,11 @@ def grid_flow(config: StudyConfig = StudyConfig()) -> dict:
     findings."""
     started = time.monotonic()
     where = preflight_task(config)
+    pool = check_pool_task(config) if config.executor == "pool" else None
     inputs = prepare_task(config, str(where.root))
     study = cells(config)
     spec = grid_spec(config, inputs, study, where.root)
-    rows, products, report, readiness = [], [], None, None
+    rows, products, report, readiness, failures = [], [], None, None, []
     with tracked_run(spec, where.tracking_uri) as parent:
         if not parent.finished:
             products = teacher_products(config, inputs, study, where.root)
@@ -55,14 +57,20 @@ def grid_flow(config: StudyConfig = StudyConfig()) -> dict:
             checked = readiness_task(config, rows, products, parent.ref, where.store_url)
             readiness = checked["readiness"]
             shares = products_shares(config, inputs, study, products, where.root)
-            progress = Progress(len(study) * len(config.seeds), "study", print, unit="runs",
-                                every_s=0, bar=False)
-            for cell in study:
-                for seed in config.seeds:
-                    rows.append(run_cell(config, inputs, cell, seed, where, spec.run_dir,
-                                         parent.ref.run_id, checked["min_entropy"],
-                                         shares[cell.label]))
-                    progress.update(note=f"{cell.label} seed {seed} done")
+            if pool is not None:  # each run a flow run on the pool's workers (flows/pool.py)
+                trained, failures = run_cells_on_pool(pool, config, inputs, study, where,
+                                                      spec.run_dir, parent.ref.run_id,
+                                                      checked["min_entropy"], shares)
+                rows += trained
+            else:
+                progress = Progress(len(study) * len(config.seeds), "study", print,
+                                    unit="runs", every_s=0, bar=False)
+                for cell in study:
+                    for seed in config.seeds:
+                        rows.append(run_cell(config, inputs, cell, seed, where, spec.run_dir,
+                                             parent.ref.run_id, checked["min_entropy"],
+                                             shares[cell.label]))
+                        progress.update(note=f"{cell.label} seed {seed} done")
             for cell, source in grpo_sources(config, study, rows):
                 rows.append(run_grpo(config, inputs, cell, source, where, spec.run_dir,
                                      parent.ref.run_id))
@@ -71,11 +79,17 @@ def grid_flow(config: StudyConfig = StudyConfig()) -> dict:
                    "machine": f"{platform.machine()}, {_cpus()} CPUs, {platform.system()}",
                    "wall_seconds": round(time.monotonic() - started),
                    "readiness": readiness}
+        if failures:
+            context["failed_runs"] = failures
         outcome = conclude_task(config, parent.ref, where.store_url, str(spec.run_dir), context)
+        if failures:
+            outcome["table"] += "\n\n" + failed_runs_note(failures)
         if not parent.finished:
             report = study_report(where, parent.ref.run_id, spec.run_dir)
             parent.end.text.update({"results.md": outcome["table"] + "\n",
                                     "findings.md": outcome["findings"] + "\n"})
+            if failures:  # FAILED after writing what it can: a rerun retries only those
+                end_with_failures(parent, outcome, failures)
     print(outcome["table"] + "\n\n" + outcome["findings"])
     links = links_task(where.tracking_uri, parent.ref.run_id, max(config.eval_ks))
     if report:

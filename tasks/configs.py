@@ -184,6 +184,15 @@ class StudyConfig(_RunSettings):
     readiness: Literal["refuse", "warn"] = Field(
         "refuse", description="When the readiness check finds a shortfall before training: "
         "refuse to train, or warn and train anyway (said at the top of the report).")
+    executor: Literal["local", "pool"] = Field(
+        "local", description="Where the cells' training runs go: local: one after another in "
+        "the study's own process; pool: each (cell, seed) as its own flow run of the study-run "
+        "deployment on work_pool, so that its workers train them at the same time.")
+    work_pool: str = Field("distill-pool", min_length=1, description="With executor pool: the "
+                           "Prefect work pool whose workers run the study's runs (it needs a "
+                           "study-run deployment and a live worker).")
+    max_concurrent_runs: int = Field(4, ge=1, le=1000, description="With executor pool: at "
+                                     "most this many of the study's runs submitted at once.")
 
     @field_validator("cells", "long_cells", "rl_cells", "curriculum_cells")
     @classmethod

@@ -162,11 +162,18 @@ def code_identity() -> str:
     return code_version([*package_modules("distill_core"), *RUN_CODE])
 
 
+# How a study runs, not what it computes: left out of its identity, so that the same study on a
+# work pool resumes (and reuses) what it started in-process, and keys from before they existed hold.
+EXECUTION_FIELDS = {"executor", "work_pool", "max_concurrent_runs"}
+
+
 def study_directory(config: StudyConfig | ExperimentConfig, inputs: Inputs, root: str | Path,
                     kind: str = "grid") -> tuple[Path, str]:
     """(folder, identity key) of a study or single experiment: the same config, inputs and code
-    give the same folder, so a rerun after a kill finds its checkpoints there."""
-    key = content_hash(kind, config.model_dump(), inputs, code_identity())
+    give the same folder, so a rerun after a kill finds its checkpoints there. The executor
+    fields (EXECUTION_FIELDS) are not part of it."""
+    key = content_hash(kind, config.model_dump(exclude=EXECUTION_FIELDS), inputs,
+                       code_identity())
     return inside(root, "runs", config.name, f"{kind}-{key[:12]}"), key
 
 

@@ -176,6 +176,39 @@ def run_results_task(run: RunRef, children: bool = False, before_after: bool = F
     return {"rows": rows}
 
 
+@task(name="find-run", cache_policy=NO_CACHE, **IO_RETRIES)
+def find_run_task(spec: RunSpec, tracking_uri: str) -> RunRef | None:
+    """spec's run if MLflow has one (its run key, under its parent), without opening it;
+    finished when it FINISHED and its folder exists (what open_run would reuse). None if none."""
+    from tasks.runs import RUN_KEY_TAG
+    from tasks.tracking import PARENT_TAG, Tracker
+
+    identity = {RUN_KEY_TAG: spec.key}
+    if spec.parent_run_id:
+        identity[PARENT_TAG] = spec.parent_run_id
+    with Tracker(tracking_uri) as tracker:
+        found = tracker.find_run(spec.experiment, identity)
+    if found is None:
+        return None
+    return RunRef(tracking_uri, found.run_id,
+                  finished=found.status == "FINISHED" and spec.run_dir.exists())
+
+
+@task(name="record-failed-run", cache_policy=NO_CACHE, **IO_RETRIES)
+def record_failed_run_task(spec: RunSpec, tracking_uri: str, reason: str) -> str:
+    """A run that failed elsewhere (on a worker) as a FAILED MLflow run of spec's identity, its
+    reason in tag ``failure``: the one its process opened, or a new one when it failed before
+    opening any, so that the study's table and report name it and a rerun resumes it."""
+    from tasks.tracking import Tracker
+
+    run = open_run(spec, tracking_uri, log=lambda message: None)  # no "resuming …" line
+    if not run.finished:
+        with Tracker(tracking_uri) as tracker:
+            tracker.set_tags(run.run_id, {"failure": reason[:4000]})
+        close_run(run, "FAILED", log=_log)
+    return run.run_id
+
+
 @task(name="open-run", cache_policy=NO_CACHE, **IO_RETRIES)
 def open_run_task(spec: RunSpec, tracking_uri: str) -> RunRef:
     """Reuse, resume or create the MLflow run of spec (tasks.runs.open_run)."""

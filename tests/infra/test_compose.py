@@ -21,6 +21,7 @@ REPO = INFRA.parent
 EXPECTED_DEPLOYMENTS = {
     "distill": "flows/distill.py:distill_flow",
     "grid": "flows/grid.py:grid_flow",
+    "study-run": "flows/study_run.py:study_run_flow",
     "nightly-evaluate": "flows/evaluate.py:evaluate_flow",
     "bootstrap": "flows/prepare.py:bootstrap_flow",
     "rl-after-distill": "flows/rl.py:rl_after_distill_flow",
