@@ -36,10 +36,10 @@ def _fenced(text: str, languages=("", "bash", "sh", "console")) -> list[str]:
 
 def _commands(page: Path, program: str) -> list[str]:
     """Command lines starting with program: inline code spans in the prose, and lines of shell
-    code blocks (a trailing `# comment` dropped)."""
+    code blocks (a trailing `# comment` and a trailing `&` dropped)."""
     text = page.read_text()
     spans = re.findall(rf"`({program} [^`]+)`", _prose(text))
-    lines = [line.split(" #")[0].strip() for block in _fenced(text)
+    lines = [line.split(" #")[0].strip().removesuffix("&").strip() for block in _fenced(text)
              for line in block.splitlines() if line.strip().startswith(f"{program} ")]
     return [" ".join(c.split()) for c in spans + lines]
 
