@@ -215,8 +215,8 @@ def test_the_users_path_through_prefect_and_mlflow(tmp_path, tiny_pair, tiny_pro
                              stderr=subprocess.STDOUT, start_new_session=True)
     browser = None
     try:
-        deployments = _until(lambda: len(d := prefect.deployments()) == 5 and d,
-                             "distill serve to register the five deployments")
+        deployments = _until(lambda: len(d := prefect.deployments()) == 6 and d,
+                             "distill serve to register its five deployments and study-run")
         seen.timed("distill serve (deployments registered)", started)
         assert "already run" in _cli(env, "up")  # a second `up` says so and starts nothing
         # A typo in the objective is refused at submit, naming the field; no run starts.

@@ -15,7 +15,8 @@ from tasks.sft import SFTConfig
 # a minute on 2 CPU cores; the student gets 5 SFT steps (nearly untrained).
 REDUCED_BOOTSTRAP = DefaultBootstrapConfig(
     task=ArithmeticConfig(min_steps=1, max_steps=1, train_size=3000, held_out_size=100,
-                          test_size=100),
+                          test_size=100, quote_rate=0.0, amount_first_rate=0.0, check_rate=0.0,
+                          running_total_rate=0.0),  # one written form: learnt in the minute
     teacher=TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256),
     teacher_sft=SFTConfig(steps=800, warmup_steps=50),
     student=TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
