@@ -162,8 +162,19 @@ class _FusedHeadKL(torch.autograd.Function):
         # The kernels choose every dtype themselves: under a mixed-precision autocast the chunk
         # logits would come out bf16 and their statistics with them.
         with torch.autocast(hidden_ND.device.type, enabled=False):
-            _fill_chunks(hidden_ND, head_VD, weights_N, vocab, kernel, chunk_rows, buffers,
-                         loss, stats_3N, grad_hidden, grad_weight)
+            for rows in valid_row_chunks(weights_N, chunk_rows):
+                hidden_CD, chunk_buffers = hidden_ND[rows], buffers.take(rows)
+                chunk_loss, chunk_stats, grad_CV = kernel(
+                    _logits(hidden_CD, head_VD, chunk_buffers[2]), rows, weights_N[rows],
+                    needs_hidden or needs_weight, chunk_buffers,
+                )
+                loss += chunk_loss
+                stats_3N[:, rows] = chunk_stats.to(stats_3N.dtype)
+                if grad_hidden is not None:
+                    grad_hidden[rows] = (grad_CV.to(head_VD.dtype) @ head_VD).to(
+                        grad_hidden.dtype)
+                if grad_weight is not None:
+                    grad_weight[:vocab].addmm_(grad_CV.T.float(), hidden_CD.float())
         if grad_weight is not None and grad_weight.dtype != weight_VD.dtype:
             grad_weight = grad_weight.to(weight_VD.dtype)
         ctx.save_for_backward(grad_hidden, grad_weight)
@@ -175,25 +186,6 @@ class _FusedHeadKL(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor, _grad_stats: torch.Tensor):  # type: ignore[override]
         grad_hidden, grad_weight = scale_stored_gradients_once(ctx, grad_loss, "fused")
         return grad_hidden, grad_weight, None, None, None, None
-
-
-def _fill_chunks(hidden_ND, head_VD, weights_N, vocab, kernel, chunk_rows, buffers, loss,
-                 stats_3N, grad_hidden, grad_weight) -> None:
-    """The forward's loop over row chunks: adds each chunk's loss into loss, writes its
-    statistics and (when asked) its gradients into the preallocated tensors."""
-    needs_grad = grad_hidden is not None or grad_weight is not None
-    for rows in valid_row_chunks(weights_N, chunk_rows):
-        hidden_CD, chunk_buffers = hidden_ND[rows], buffers.take(rows)
-        chunk_loss, chunk_stats, grad_CV = kernel(
-            _logits(hidden_CD, head_VD, chunk_buffers[2]), rows, weights_N[rows], needs_grad,
-            chunk_buffers,
-        )
-        loss += chunk_loss
-        stats_3N[:, rows] = chunk_stats.to(stats_3N.dtype)
-        if grad_hidden is not None:
-            grad_hidden[rows] = (grad_CV.to(head_VD.dtype) @ head_VD).to(grad_hidden.dtype)
-        if grad_weight is not None:
-            grad_weight[:vocab].addmm_(grad_CV.T.float(), hidden_CD.float())
 
 
 def _logits(hidden_CD: torch.Tensor, head_VD: torch.Tensor, scratch_CV: torch.Tensor):

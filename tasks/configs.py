@@ -57,6 +57,8 @@ OBJECTIVE_PATTERN = r"^(sft|dagger|offline_rl|opd|(teacher|student):(0(\.\d+)?|1
 OBJECTIVE_HELP = ("sft, dagger, offline_rl, opd, or teacher:λ / student:λ with λ in [0, 1] the "
                   "weight on reverse KL(q_student ‖ p_teacher)")
 REFERENCES = ("teacher", "student (start)")
+TEMPLATE_HELP = ("bare: the default task's prompt; boxed: asks instruction-tuned models to box "
+                 "their answer")
 
 
 def _check_objective(objective: str) -> str:
@@ -101,8 +103,7 @@ class _RunSettings(_Config):
     rollout_temperature: float = Field(1.0, ge=0, description="Sampling temperature of the "
                                        "teacher's and the student's training responses.")
     prompt_template: Literal["bare", "boxed"] = Field(
-        "bare", description="bare: the default task's prompt; boxed: asks instruction-tuned "
-        "models to box their answer.")
+        "bare", description=TEMPLATE_HELP + ".")
     benchmarks: list[str] = Field([DEFAULT_BENCHMARK], description="Evaluation benchmarks: "
                                   "'default' (the profile's test split), a file, or name=path.")
     eval_n: int = Field(4, ge=1, description="Samples per evaluation problem.")
@@ -282,8 +283,7 @@ class EvaluateFlowConfig(_Config):
     limit: int | None = Field(_study("eval_limit"), ge=1, description="Problems per benchmark, "
                               "the first ones (empty: all; the study's eval_limit).")
     prompt_template: Literal["bare", "boxed"] = Field(
-        _study("prompt_template"), description="bare: the default task's prompt; boxed: asks "
-        "instruction-tuned models to box their answer (the study's prompt_template).")
+        _study("prompt_template"), description=TEMPLATE_HELP + " (the study's prompt_template).")
     seed: int = Field(_study("eval_seed"), description="Sampling seed, the same for every model "
                       "and night: paired samples (the study's eval_seed).")
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers' generate; vllm: "
@@ -327,8 +327,7 @@ class RLFlowConfig(_Config):
     kl_coef: float = Field(0.0, ge=0, description="Weight of the KL penalty (k3) to the student "
                            "the run starts from (0: none, the accuracy reward alone).")
     prompt_template: Literal["bare", "boxed"] = Field(
-        _study("prompt_template"), description="bare: the default task's prompt; boxed: asks "
-        "instruction-tuned models to box their answer.")
+        _study("prompt_template"), description=TEMPLATE_HELP + ".")
     seed: int = Field(0, description="Seed of the prompt order and the sampling.")
     benchmarks: list[str] = Field(_study("benchmarks"), description="Evaluation benchmarks: "
                                   "'default' (the profile's test split), a file, or name=path.")
