@@ -12,8 +12,8 @@
     distill report [--experiment NAME] [--run ID] [--html OUT [--attach]]
                                        a grid's results table, or its HTML tradeoff report
     distill replay                     send to MLflow what runs could not (server was down)
-    distill findings docs/findings.json [--readme README.md]
-                                       the findings as Markdown, or rewrite the README's block
+    distill findings docs/findings.json [--readme README.md] [--study docs/study.md]
+                                       the findings as Markdown, or rewrite those files' blocks
 
 Honours MLFLOW_TRACKING_URI and PREFECT_API_URL; --artifacts DIR (or DISTILL_LAB_ARTIFACTS)
 says where caches, checkpoints, the SQLite store and the default MLflow database live. Without
@@ -107,7 +107,11 @@ def _parser() -> argparse.ArgumentParser:
                           help="e.g. docs/findings.json (missing: 'not measured yet')")
     findings.add_argument("--readme", type=Path, metavar="README",
                           help="rewrite the block between <!-- findings:start --> and "
-                               "<!-- findings:end --> in this file instead of printing")
+                               "<!-- findings:end --> in this file (one row per claim) "
+                               "instead of printing")
+    findings.add_argument("--study", type=Path, metavar="STUDY_MD",
+                          help="rewrite that block in this file with every effect and its "
+                               "interval (e.g. docs/study.md)")
     return parser
 
 
@@ -367,12 +371,14 @@ def _replay(args) -> None:
 def _findings(args) -> None:
     from tasks.findings import findings_markdown, update_readme
 
-    if args.readme is None:
+    if args.readme is None and args.study is None:
         print(findings_markdown(args.findings_json))
         return
-    changed = update_readme(args.findings_json, args.readme)
-    print(f"{args.readme}: findings block {'rewritten' if changed else 'already up to date'} "
-          f"from {args.findings_json}")
+    for path, summary in ((args.readme, True), (args.study, False)):
+        if path is not None:
+            changed = update_readme(args.findings_json, path, summary=summary)
+            print(f"{path}: findings block {'rewritten' if changed else 'already up to date'} "
+                  f"from {args.findings_json}")
 
 
 FLOW_COMMANDS = {"grid", "run", "prepare", "eval", "rl", "bootstrap"}

@@ -23,9 +23,10 @@ The claims (arXiv 2605.16826), as tested here at the study's horizon ``steps`` u
 - C5 RL after distillation: a forward-KL student gains more Avg@k under GRPO than the
   reverse-KL student of the same prefix source (after − before, difference of differences).
 
-The committed findings (``docs/findings.json``) become the README's findings block through
-``findings_markdown`` / ``update_readme`` (``distill findings docs/findings.json --readme
-README.md``); without the file the block says they are not measured yet.
+The committed findings (``docs/findings.json``) become the README's findings block (one row per
+claim) and docs/study.md's (every effect) through ``findings_markdown`` / ``update_readme``
+(``distill findings docs/findings.json --readme README.md --study docs/study.md``); without the
+file each block says they are not measured yet.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from distill_core import Objective
 from tasks.configs import StudyConfig
 from tasks.plan import cells
 from tasks.stats import (
@@ -87,7 +89,7 @@ class _Cells:
         self.runs = {label: runs for label, runs in study.cells().items()}
 
     def label(self, objective: str, **variant) -> str | None:
-        wanted = [c for c in cells(self.config) if c.objective == objective
+        wanted = [c for c in cells(self.config) if c.objective == Objective.parse(objective)
                   and c.curriculum == variant.get("curriculum", False)
                   and c.max_new_tokens == variant.get("max_new_tokens")]
         return wanted[0].label if wanted and wanted[0].label in self.runs else None
@@ -283,6 +285,8 @@ README_START, README_END = "<!-- findings:start -->", "<!-- findings:end -->"
 NOT_MEASURED = ("The findings are not measured yet. A study (`distill grid` on a study config) "
                 "writes findings.json; committed as `docs/findings.json`, it is rendered here "
                 "by `distill findings docs/findings.json --readme README.md`.")
+SUMMARY_FOOTER = ("Each interval is 95 %, not corrected for the number of comparisons; every "
+                  "effect with its interval: [docs/study.md](docs/study.md#findings).")
 
 
 def findings_from_json(data: dict | list) -> tuple[list[Finding], dict]:
@@ -327,17 +331,45 @@ def _context_line(context: dict) -> str:
     return f"{line[:1].upper()}{line[1:]}." if line else ""
 
 
-def findings_markdown(path: str | Path) -> str:
-    """The README's findings block: the claims of ``path`` (a findings.json) with their context,
-    or a note that they are not measured yet when the file does not exist."""
-    path = Path(path)
-    if not path.exists():
-        return NOT_MEASURED
+def findings_summary(findings: Sequence[Finding]) -> str:
+    """Markdown: one row per claim — its statement, its verdict, and how its judged effects
+    came out, naming (with estimate and interval) each that was reproduced or opposite."""
+    lines = ["| claim | verdict | judged effects |", "|---|---|---|"]
+    for finding in findings:
+        judged = [e for e in finding.effects if e.verdict is not None]
+        parts = []
+        for kind in ("reproduced", "opposite", "inconclusive"):
+            effects = [e for e in judged if e.verdict == kind]
+            named = "; ".join(f"{e.name} {_signed(e.estimate)} [{_signed(e.low)}, "
+                              f"{_signed(e.high)}]" for e in effects)
+            if effects:
+                parts.append(f"{len(effects)} {kind}"
+                             + (f" ({named})" if kind != "inconclusive" else ""))
+        outcome = ", ".join(parts) if judged else finding.note or "not tested"
+        lines.append(f"| **{finding.id}** {finding.claim} | **{finding.verdict or 'not judged'}**"
+                     f" | {outcome} |")
+    return "\n".join(lines)
+
+
+def _read_findings(path: Path) -> tuple[list[Finding], dict]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not JSON ({error})") from error
-    findings, context = findings_from_json(data)
+    return findings_from_json(data)
+
+
+def findings_markdown(path: str | Path, *, summary: bool = False) -> str:
+    """A findings block: the claims of ``path`` (a findings.json) with their context — every
+    effect with its interval, or (``summary``, the README's) one row per claim — or a note that
+    they are not measured yet when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return NOT_MEASURED
+    findings, context = _read_findings(path)
+    if summary:
+        return "\n\n".join(p for p in (_context_line(context), findings_summary(findings),
+                                        SUMMARY_FOOTER) if p)
     claims = "\n".join(f"- **{f.id}** {f.claim}" for f in findings if f.claim)
     return "\n\n".join(p for p in (_context_line(context), claims, findings_table(findings)) if p)
 
@@ -351,11 +383,13 @@ def replace_block(text: str, block: str, where: str = "README.md") -> str:
     return f"{head}{README_START}\n{block}\n{README_END}{tail}"
 
 
-def update_readme(findings_path: str | Path, readme_path: str | Path) -> bool:
-    """Rewrite the README's findings block from findings_path; True if the README changed."""
+def update_readme(findings_path: str | Path, readme_path: str | Path, *,
+                  summary: bool = True) -> bool:
+    """Rewrite a file's findings block from findings_path — the one-row-per-claim summary (the
+    README's), or every effect (``summary=False``, docs/study.md's); True if the file changed."""
     readme = Path(readme_path)
     old = readme.read_text()
-    new = replace_block(old, findings_markdown(findings_path), str(readme))
+    new = replace_block(old, findings_markdown(findings_path, summary=summary), str(readme))
     if new != old:
         readme.write_text(new)
     return new != old

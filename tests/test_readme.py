@@ -130,12 +130,13 @@ def test_every_relative_link_points_at_a_file(page):
     assert not broken, f"{page.name}: broken links {broken}"
 
 
-def test_the_readme_findings_block_is_rendered_from_docs_findings_json():
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split(README_START)[1].split(README_END)[0].strip()
+@pytest.mark.parametrize("page, summary", [("README.md", True), ("docs/study.md", False)])
+def test_the_findings_blocks_are_rendered_from_docs_findings_json(page, summary):
+    text = (ROOT / page).read_text()
+    block = text.split(README_START)[1].split(README_END)[0].strip()
     findings = ROOT / "docs" / "findings.json"
     if not findings.exists():
         assert block == NOT_MEASURED
-    assert block == findings_markdown(findings), (
-        "README's findings block is stale: run `distill findings docs/findings.json --readme "
-        "README.md`")
+    assert block == findings_markdown(findings, summary=summary), (
+        f"{page}'s findings block is stale: run `distill findings docs/findings.json --readme "
+        "README.md --study docs/study.md`")

@@ -1,5 +1,6 @@
-"""The README's findings block: a findings.json rendered by tasks.findings (nulls included), the
-block rewritten in place by `distill findings ... --readme`, and 'not measured yet' without one."""
+"""The findings blocks: a findings.json rendered by tasks.findings (nulls included) — every effect
+(docs/study.md's) or one row per claim (the README's) — rewritten in place by `distill findings
+... --readme ... --study ...`, and 'not measured yet' without one."""
 
 import json
 
@@ -77,16 +78,40 @@ def test_without_findings_json_the_block_says_not_measured(tmp_path):
     assert findings_markdown(tmp_path / "findings.json") == NOT_MEASURED
 
 
-def test_the_cli_rewrites_only_the_block_and_is_idempotent(tmp_path, capsys):
-    readme, path = tmp_path / "README.md", tmp_path / "findings.json"
-    readme.write_text(f"# x\n\n{README_START}\nold\n{README_END}\n\nafter\n")
+def test_the_summary_has_one_row_per_claim_naming_what_was_not_inconclusive(tmp_path):
+    effects = (Effect("avg_at_4: opd − dagger", "avg_at_4", "higher", 0.2, 0.1, 0.3,
+                      "reproduced"),
+               Effect("entropy: opd − dagger", "entropy", "lower", 0.05, 0.01, 0.09,
+                      "opposite"),
+               Effect("length: opd − dagger", "length", "lower", -1.0, -3.0, 1.0,
+                      "inconclusive"),
+               Effect("pass_at_4: opd − dagger", "pass_at_4", None, 0.05, -0.1, 0.2, None))
+    path = tmp_path / "findings.json"
+    path.write_text(json.dumps(findings_document(
+        [Finding("C1", "reverse KL wins", effects, "opposite"),
+         Finding("C5", "GRPO", (), None, "not tested: needs rl_cells")], study="s")))
+    rows = _rows(findings_markdown(path, summary=True))
+    assert rows["C1** reverse KL wins"] == [[
+        "**C1** reverse KL wins", "**opposite**",
+        "1 reproduced (avg_at_4: opd − dagger +0.200 [+0.100, +0.300]), "
+        "1 opposite (entropy: opd − dagger +0.050 [+0.010, +0.090]), 1 inconclusive"]]
+    assert rows["C5** GRPO"][0][1:] == ["**not judged**", "not tested: needs rl_cells"]
+    assert "pass_at_4" not in findings_markdown(path, summary=True)  # reported, not judged
+
+
+def test_the_cli_rewrites_only_the_blocks_and_is_idempotent(tmp_path, capsys):
+    readme, study = tmp_path / "README.md", tmp_path / "study.md"
+    path = tmp_path / "findings.json"
+    for page in (readme, study):
+        page.write_text(f"# x\n\n{README_START}\nold\n{README_END}\n\nafter\n")
     path.write_text(json.dumps(FLAT))
-    assert main(["findings", str(path), "--readme", str(readme)]) == 0
-    text = readme.read_text()
-    assert text.startswith("# x\n\n") and text.endswith(f"{README_END}\n\nafter\n")
-    assert findings_markdown(path) in text and "old" not in text
-    assert not update_readme(path, readme)  # already up to date
-    assert "rewritten" in capsys.readouterr().out
+    assert main(["findings", str(path), "--readme", str(readme), "--study", str(study)]) == 0
+    for page, summary in ((readme, True), (study, False)):
+        text = page.read_text()
+        assert text.startswith("# x\n\n") and text.endswith(f"{README_END}\n\nafter\n")
+        assert findings_markdown(path, summary=summary) in text and "old" not in text
+        assert not update_readme(path, page, summary=summary)  # already up to date
+    assert capsys.readouterr().out.count("rewritten") == 2
 
 
 @pytest.mark.parametrize("text", ["no markers\n",
