@@ -29,16 +29,21 @@ from tasks.train import TrainConfig
 class Cell:
     """One kind of training run in a study: its objective, whether it climbs the length
     curriculum, and where it departs from the study's cap and horizon. Each runs once per
-    seed."""
+    seed. The objective may be given as its config string ('opd', 'student:0.25'): it is
+    parsed here, once, and the typed value travels on to the loss."""
 
-    objective: str
+    objective: dc.Objective
     curriculum: bool = False
     max_new_tokens: int | None = None  # a fixed cap other than the study's max_new_tokens
     steps: int | None = None  # a horizon other than the study's steps
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.objective, dc.Objective):
+            object.__setattr__(self, "objective", dc.Objective.parse(self.objective))
+
     @property
     def label(self) -> str:
-        label = self.objective + (" +curriculum" if self.curriculum else "")
+        label = self.objective.name + (" +curriculum" if self.curriculum else "")
         label += f" cap {self.max_new_tokens}" if self.max_new_tokens else ""
         return label + (f" {self.steps} steps" if self.steps else "")
 
@@ -81,8 +86,7 @@ def train_config(config: StudyConfig | ExperimentConfig, inputs: Inputs, cell: C
                  min_entropy: float | None = None) -> TrainConfig:
     """The TrainConfig of one cell and seed. min_entropy overrides the config's H_min (a study
     derives it from the starting student's measured entropy)."""
-    objective = dc.Objective.parse(cell.objective)
-    sparse = config.cache_k > 0 and not objective.on_policy
+    sparse = config.cache_k > 0 and not cell.objective.on_policy
     steps = cell_steps(config, cell)
     return TrainConfig(
         objective=cell.objective, teacher=inputs.teacher, student=inputs.student,
@@ -179,8 +183,8 @@ def study_directory(config: StudyConfig | ExperimentConfig, inputs: Inputs, root
 
 def cell_tags(cell: Cell, seed: int) -> dict[str, str]:
     """The MLflow tags a cell's run carries (what the report and MLflow's UI group by)."""
-    objective = dc.Objective.parse(cell.objective)
-    return {"cell": cell.label, "objective": cell.objective, "seed": str(seed),
+    objective = cell.objective
+    return {"cell": cell.label, "objective": objective.name, "seed": str(seed),
             "prefix_source": objective.prefix_source, "lambda": f"{objective.reverse_weight:g}",
             "curriculum": str(cell.curriculum).lower()}
 
@@ -303,7 +307,7 @@ def grpo_spec(config: StudyConfig, inputs: Inputs, cell: Cell, seed: int, grpo,
                        code_identity())
     label = f"grpo {cell.label}"
     return RunSpec(config.name, run_name(label, seed, len(config.seeds)),
-                   {"cell": label, "objective": cell.objective, "seed": str(seed),
+                   {"cell": label, "objective": cell.objective.name, "seed": str(seed),
                     "stage": "rl", "source_run": source_run_id, "curriculum": "false"},
                    {"grpo": grpo, "eval": evaluation}, run_dir, key, parent_run_id)
 
@@ -332,6 +336,7 @@ def grpo_sources(config: StudyConfig, study: list[Cell], rows: list[dict]
                  ) -> list[tuple[Cell, dict]]:
     """(cell, its run's row) for every seed of every rl_cells objective's plain run (not its
     curriculum or fixed-cap variant): the students GRPO continues from."""
-    plain = {c.label: c for c in study if c.objective in config.rl_cells
+    sources = {dc.Objective.parse(objective) for objective in config.rl_cells}
+    plain = {c.label: c for c in study if c.objective in sources
              and not c.curriculum and not c.max_new_tokens}
     return [(plain[row["cell"]], row) for row in rows if row["cell"] in plain]

@@ -104,7 +104,9 @@ __all__ = ["TrainConfig", "TrainResult", "NonFiniteError", "train", "teacher_pre
 class TrainConfig:
     """One distillation run.
 
-    objective: "sft", "dagger", "offline_rl", "opd" or "teacher:λ" / "student:λ".
+    objective: "sft", "dagger", "offline_rl", "opd" or "teacher:λ" / "student:λ" — or that
+        value already parsed (a ``distill_core.Objective``, as a study's cell holds it), kept
+        as ``parsed_objective`` with its name here.
     teacher, student: model directories or hub ids (the student is the starting point).
     train_problems, held_out_problems: Problem JSONL files (held-out: curriculum entropy).
     steps, batch_size: optimiser steps, prompts per step; micro_batch_size splits a step for
@@ -157,6 +159,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "curriculum", tuple(self.curriculum))
         object.__setattr__(self, "keep_steps", tuple(self.keep_steps))
+        if isinstance(self.objective, dc.Objective):  # parsed upstream: keep it, store its name
+            self.__dict__["parsed_objective"] = self.objective
+            object.__setattr__(self, "objective", self.objective.name)
         self.parsed_objective  # noqa: B018  (raises on a bad objective string)
         for name in ("steps", "batch_size", "checkpoint_every", "max_new_tokens"):
             if getattr(self, name) < 1:
