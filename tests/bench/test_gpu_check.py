@@ -7,11 +7,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from bench.gpu_check import NO_CUDA_EXIT, SMOKE, Report, loss_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_without_cuda_it_says_so_in_one_line_and_exits_2():
     completed = subprocess.run(
         [sys.executable, "-m", "bench.gpu_check"], capture_output=True, text=True, timeout=120,
@@ -22,6 +25,7 @@ def test_without_cuda_it_says_so_in_one_line_and_exits_2():
     assert len(lines) == 1 and "no CUDA device" in lines[0] and "--cpu-smoke" in lines[0], lines
 
 
+@pytest.mark.slow
 def test_loss_section_measures_every_case_of_kl_memory_and_the_fused_loss_at_toy_size():
     report = Report()
     loss_rows(report, replace(SMOKE, loss_vocab=64, loss_tokens=(8,)))

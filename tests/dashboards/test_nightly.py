@@ -7,6 +7,8 @@ from dashboards.nightly import attach_trend, read_trend, trend_table
 from tasks.plan import NIGHT_TAG
 from tasks.tracking import Tracker
 
+pytestmark = pytest.mark.slow  # a fresh MLflow database per test
+
 NIGHTS = {"2026-01-01": {"sft": 0.10, "opd": 0.20},
           "2026-01-02": {"sft": 0.15},  # opd's evaluation failed that night
           "2026-01-03": {"sft": 0.30, "opd": 0.40}}

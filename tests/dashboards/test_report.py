@@ -15,6 +15,8 @@ from tasks.store import RolloutStore, SampleRecord
 from tasks.study import EvalSample
 from tasks.tracking import Tracker
 
+pytestmark = pytest.mark.slow  # its fixture logs a study to a fresh MLflow database
+
 EXPERIMENT = "report-test"
 STEPS = 10
 SCRIPT = "<script>alert(1)</script>"

@@ -32,6 +32,7 @@ def test_a_missing_config_file_exits_2(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_without_runs_says_what_to_do(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(tmp_path))

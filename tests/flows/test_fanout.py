@@ -39,6 +39,8 @@ from tasks.runs import run_lock
 from tasks.services import free_port
 from tasks.tracking import Tracker
 
+pytestmark = pytest.mark.slow  # every test starts Prefect servers or workers
+
 REPO = Path(__file__).resolve().parents[2]
 POOL = "fanout-test"
 

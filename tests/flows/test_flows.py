@@ -16,6 +16,8 @@ from tasks.data import write_problems
 from tasks.store import RolloutStore
 from tasks.tracking import Tracker
 
+pytestmark = pytest.mark.slow  # every test runs flows on the Prefect harness
+
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_pair, tiny_problems):

@@ -226,6 +226,7 @@ def test_too_little_free_space_fails_in_one_line(tmp_path, inputs, capsys, monke
     assert len(error.splitlines()) == 1 and "MB free; runs need at least" in error
 
 
+@pytest.mark.slow
 def test_the_end_of_a_run_spills_when_mlflow_is_down_and_replay_sends_it(tmp_path,
                                                                         monkeypatch):
     from tasks.runs import RunEnd, RunRef, close_run
@@ -250,6 +251,7 @@ def test_the_end_of_a_run_spills_when_mlflow_is_down_and_replay_sends_it(tmp_pat
     assert not spill.exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_the_end_is_one_line_and_never_raises(tmp_path, monkeypatch):
     from tasks.runs import RunRef, close_run
     from tasks.tracking import Tracker as RealTracker

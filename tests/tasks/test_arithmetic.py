@@ -202,6 +202,7 @@ def test_bad_config_names_the_field(field, value, message):
         replace(SMALL, **{field: value})
 
 
+@pytest.mark.slow
 def test_impossible_split_size_is_a_clear_error():
     tiny_space = ArithmeticConfig(max_steps=1, max_operand=1, train_size=5000, held_out_size=0,
                                   test_size=0)

@@ -264,6 +264,7 @@ def _agreement_table(cases, grader_right, direct_right) -> str:
     return "\n".join(rows)
 
 
+@pytest.mark.slow
 def test_labelled_suite_has_no_false_positives_and_beats_math_verify(grader):
     """Every case is labelled by hand (the rules in tasks/grader.py's docstring). A case
     labelled incorrect that the grader calls correct is a false positive: none may remain.

@@ -11,6 +11,7 @@ from tasks.prefect_tasks import train_task
 from tasks.train import TrainConfig
 
 
+@pytest.mark.slow
 def test_train_task_runs_in_a_flow(prefect_server, tmp_path, tiny_pair, tiny_problems):
     write_problems(tiny_problems["train"][:16], tmp_path / "train.jsonl")
     config = TrainConfig(objective="sft", teacher=str(tiny_pair[0]), student=str(tiny_pair[1]),

@@ -12,6 +12,8 @@ from tasks.inputs import resolve_rl_inputs
 from tasks.study import rl_sources
 from tasks.tracking import Tracker
 
+pytestmark = pytest.mark.slow  # its fixture logs a grid to a fresh MLflow database
+
 
 def fake_checkpoint(output_dir):
     """The layout latest_checkpoint() reads: a checkpoint folder whose files match its

@@ -57,6 +57,7 @@ def test_a_cell_always_right_over_one_always_wrong_is_reproduced():
     assert verdict(effect, "lower") == "opposite"
 
 
+@pytest.mark.slow
 def test_two_draws_of_one_process_stay_inconclusive():
     """Cells A and B are the same Bernoulli process (per-problem p ~ U(0, 1), 100 problems × 4
     samples × 3 seeds), drawn with different random seeds. At the nominal 95 % an interval

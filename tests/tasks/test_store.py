@@ -64,6 +64,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_killed_writer_never_leaves_half_a_batch(tmp_path):
     url = default_url(tmp_path)
     writer = subprocess.Popen([sys.executable, "-c", WRITER, url], stdout=subprocess.PIPE,

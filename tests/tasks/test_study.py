@@ -10,6 +10,8 @@ from tasks.store import RolloutStore, SampleRecord
 from tasks.study import newest_grid, read_study, responses, samples_by_seed
 from tasks.tracking import Tracker
 
+pytestmark = pytest.mark.slow  # its fixture logs a study to a fresh MLflow database
+
 EXPERIMENT = "study-test"
 
 

@@ -46,6 +46,7 @@ def test_default_uri_is_sqlite_beside_artifacts_unless_env_says(tmp_path, monkey
     assert default_tracking_uri(tmp_path) == "http://mlflow.example:5000"
 
 
+@pytest.mark.slow
 def test_experiment_artifacts_sit_beside_the_sqlite_database(tracker):
     run_id = tracker.start_run("artifact-location", "r", {})
     artifact_uri = tracker.client.get_run(run_id).info.artifact_uri

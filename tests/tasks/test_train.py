@@ -125,6 +125,7 @@ def test_a_head_the_fused_loss_cannot_compute(base, tiny_pair):
     assert len(lines) == 1 and "computes this run's loss from logits" in lines[0], lines
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(base, tmp_path):
     config = replace(base, objective="opd", steps=12, checkpoint_every=3,
                      output_dir=str(tmp_path / "killed"))
