@@ -3,8 +3,9 @@ each naming the field, before anything trains."""
 
 import pytest
 
+import distill_core as dc
 from tasks.configs import StudyConfig
-from tasks.plan import cells, eval_steps, grpo_sources
+from tasks.plan import Cell, cells, eval_steps, grpo_sources
 from tasks.readiness import assess
 from tasks.rollout import Sample
 from tasks.study import EvalSample
@@ -25,6 +26,19 @@ def test_a_study_plans_long_horizons_and_the_curriculum_against_its_top_rung():
     assert [c.label for c, _ in grpo_sources(config.model_copy(
         update={"rl_cells": ["dagger", "opd"]}), cells(config), rows)] == [
         "dagger", "opd 300 steps"]
+
+
+def test_a_cell_parses_its_objective_once_and_compares_by_value():
+    cell = Cell("student:0.50")
+    assert cell.objective == dc.Objective("student", 0.5) and cell.label == "student:0.5"
+    assert Cell("teacher:0") == Cell("sft") and Cell("sft").label == "sft"
+    config = StudyConfig(cells=["dagger", "student:0.5"])
+    rows = [{"cell": c.label, "seed": 0} for c in cells(config)]
+    sources = grpo_sources(config.model_copy(update={"rl_cells": ["student:0.50"]}),
+                           cells(config), rows)
+    assert [c.label for c, _ in sources] == ["student:0.5"]
+    with pytest.raises(ValueError, match="objective='sfft'"):
+        Cell("sfft")
 
 
 @pytest.mark.parametrize("fields, message", [
