@@ -256,6 +256,7 @@ def _stop_serve(state_dir: Path, state: dict | None, grace_s: float) -> list[str
     if not ours:
         return [f"distill serve (pid {found['pid']}) left running: it serves "
                 f"{found['api_url']}, not these servers"]
+    flow_runs = _descendants(found["pid"])  # a flow run in progress is serve's subprocess
     os.kill(found["pid"], signal.SIGTERM)
     deadline = time.monotonic() + grace_s + 20  # it stops its flow-run subprocesses first
     while _pid_alive(found["pid"]) and time.monotonic() < deadline:
@@ -263,8 +264,50 @@ def _stop_serve(state_dir: Path, state: dict | None, grace_s: float) -> list[str
     if _pid_alive(found["pid"]):
         os.kill(found["pid"], signal.SIGKILL)
     (state_dir / SERVE_FILE).unlink(missing_ok=True)
+    left = _stop_processes(flow_runs, grace_s)  # what serve left behind would lose its server
     return [f"distill serve (pid {found['pid']}, deployments of {found['api_url']}; their "
-            "schedules stay as they were)"]
+            "schedules stay as they were)"] + (
+        [f"{len(left)} process(es) serve left running (a flow run in progress: pid "
+         f"{', '.join(map(str, left))})"] if left else [])
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below pid (children, their children, ...), read from /proc (Linux)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # the command name may hold spaces and parentheses: the fields follow the last ')'
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, frontier = [], [pid]
+    while frontier:
+        children = parents.get(frontier.pop(), [])
+        found += children
+        frontier += children
+    return found
+
+
+def _running(pid: int) -> bool:
+    """True while pid runs (a zombie, exited but not yet reaped, does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return _pid_alive(pid)  # no /proc: fall back to signal 0
+    return state not in ("Z", "X")
+
+
+def _stop_processes(pids: list[int], grace_s: float) -> list[int]:
+    """SIGTERM the pids still running, SIGKILL those left after grace_s; the ones it stopped."""
+    running = [pid for pid in pids if _running(pid)]
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
+        alive = [pid for pid in running if _running(pid)]
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while any(_running(pid) for pid in alive) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return running
 
 
 def _pid_alive(pid: int) -> bool:

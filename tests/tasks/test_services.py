@@ -5,7 +5,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,8 @@ from tasks.services import (
     up,
     wait_until_healthy,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -170,3 +174,49 @@ def test_a_bad_dsn_is_refused_before_anything_starts(tmp_path):
         up(tmp_path, prefect_port=_free_port(), mlflow_port=_free_port(),
            postgres="postgresql://team:secret@db.lab")
     assert not any(tmp_path.iterdir())
+
+
+# A stand-in for `distill serve` with a flow run in progress: it records itself as serve, starts
+# a flow-run process in its own session (as a runner does) and exits on SIGTERM without it.
+FAKE_SERVE = """
+import pathlib, signal, subprocess, sys, time
+from tasks.services import serving
+with serving(pathlib.Path(sys.argv[1]), sys.argv[2]):
+    run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                           start_new_session=True)
+    pathlib.Path(sys.argv[3]).write_text(str(run.pid))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    time.sleep(300)
+"""
+
+
+def test_down_stops_a_flow_run_that_serve_leaves_behind(tmp_path):
+    state_dir, flow_run_pid = tmp_path / "services", tmp_path / "flow-run.pid"
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                              start_new_session=True)  # stands in for the Prefect server
+    url = f"http://127.0.0.1:{_free_port()}"
+    state_dir.mkdir()
+    (state_dir / "services.json").write_text(json.dumps({"host": "127.0.0.1", "services": {
+        "prefect": {"pid": server.pid, "port": 1, "url": url, "log": "x.log"}}}))
+    serve = subprocess.Popen([sys.executable, "-c", FAKE_SERVE, str(state_dir), f"{url}/api",
+                              str(flow_run_pid)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        for _ in range(300):
+            if flow_run_pid.exists() and flow_run_pid.read_text():
+                break
+            serve.poll()
+            assert serve.returncode is None, "the stand-in serve exited early"
+            time.sleep(0.1)
+        run_pid = int(flow_run_pid.read_text())
+        assert services._descendants(serve.pid) == [run_pid] and services._running(run_pid)
+
+        lines = down(state_dir, grace_s=5)
+        assert lines[0].startswith(f"distill serve (pid {serve.pid}")
+        assert lines[1] == ("1 process(es) serve left running (a flow run in progress: pid "
+                            f"{run_pid})")
+        assert lines[2].startswith(f"prefect (pid {server.pid}")
+        assert serve.wait(timeout=30) == 0 and not services._running(run_pid)
+        assert server.wait(timeout=30) is not None
+    finally:
+        for process in (serve, server):
+            process.kill()
