@@ -165,14 +165,13 @@ class RealWeightsProfile:
 
     problems: a load_problems source; the default generates GSM-style word problems offline
     (reasoning-gym's gsm_symbolic). A GSM8K JSONL/Parquet file on disk works the same way.
-    prompt_template: the instruction real chat models get (ask for a boxed answer).
+    The profile's prompt template is tasks.configs.PROFILE_TEMPLATES' (boxed).
     """
 
     problems: str = "reasoning_gym:gsm_symbolic"
     train_size: int = 2000
     held_out_size: int = 100
     seed: int = 0
-    prompt_template: str = "boxed"
     max_new_tokens: int = 256
 
 

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 import distill_core as dc
 from tasks.evaluate import DEFAULT_BENCHMARK
@@ -29,6 +37,10 @@ from tasks.runs import check_name
 DEFAULT = "default"  # the embedded default's teacher / student / problems
 
 REAL_WEIGHTS = "real-weights"  # the SmolLM2-135M profile
+# Each profile's prompt: the default models learnt the bare problem; SmolLM2-Instruct is asked to
+# box its answer, since the grader's strict rule (the one accuracy counts) reads the box. A bare
+# prompt leaves SmolLM2 writing unboxed prose: every answer graded wrong, the study says nothing.
+PROFILE_TEMPLATES = {DEFAULT: "bare", REAL_WEIGHTS: "boxed"}
 # Response caps, measured against the embedded default (bench/default_profile.py, 100 test
 # problems × 4 samples): the training cap truncates 12.8 % of the teacher's answers (a
 # measurable share, the length curriculum's room), the evaluation cap holds 1.5× the longest
@@ -45,6 +57,11 @@ class _Config(BaseModel):
     def _safe_name(cls, name: str) -> str:
         return check_name("experiment", name)
 
+    @field_validator("prompt_template", check_fields=False)
+    @classmethod
+    def _template_or_the_profiles(cls, template: str | None, info: ValidationInfo) -> str:
+        return _profile_template(template, info)
+
 
 def _check_ks(field: str, ks: list[int], n: int) -> None:
     if not ks:
@@ -58,7 +75,12 @@ OBJECTIVE_HELP = ("sft, dagger, offline_rl, opd, or teacher:λ / student:λ with
                   "weight on reverse KL(q_student ‖ p_teacher)")
 REFERENCES = ("teacher", "student (start)")
 TEMPLATE_HELP = ("bare: the default task's prompt; boxed: asks instruction-tuned models to box "
-                 "their answer")
+                 "their answer; empty: the profile's (bare for default, boxed for real-weights)")
+
+
+def _profile_template(template: str | None, info: ValidationInfo) -> str:
+    """The prompt template as given, else the profile's (the profile field comes first)."""
+    return template or PROFILE_TEMPLATES[info.data.get("profile", DEFAULT)]
 
 
 def _check_objective(objective: str) -> str:
@@ -102,8 +124,8 @@ class _RunSettings(_Config):
                          "teacher-prefix runs train from (0: live teacher; needs loss sparse).")
     rollout_temperature: float = Field(1.0, ge=0, description="Sampling temperature of the "
                                        "teacher's and the student's training responses.")
-    prompt_template: Literal["bare", "boxed"] = Field(
-        "bare", description=TEMPLATE_HELP + ".")
+    prompt_template: Literal["bare", "boxed"] | None = Field(
+        None, validate_default=True, description=TEMPLATE_HELP + ".")
     benchmarks: list[str] = Field([DEFAULT_BENCHMARK], description="Evaluation benchmarks: "
                                   "'default' (the profile's test split), a file, or name=path.")
     eval_n: int = Field(4, ge=1, description="Samples per evaluation problem.")
@@ -282,8 +304,9 @@ class EvaluateFlowConfig(_Config):
                                 "(the study's eval_max_new_tokens).")
     limit: int | None = Field(_study("eval_limit"), ge=1, description="Problems per benchmark, "
                               "the first ones (empty: all; the study's eval_limit).")
-    prompt_template: Literal["bare", "boxed"] = Field(
-        _study("prompt_template"), description=TEMPLATE_HELP + " (the study's prompt_template).")
+    prompt_template: Literal["bare", "boxed"] | None = Field(
+        _study("prompt_template"), validate_default=True,
+        description=TEMPLATE_HELP + " (the study's prompt_template).")
     seed: int = Field(_study("eval_seed"), description="Sampling seed, the same for every model "
                       "and night: paired samples (the study's eval_seed).")
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers' generate; vllm: "
@@ -326,8 +349,8 @@ class RLFlowConfig(_Config):
                                "responses.")
     kl_coef: float = Field(0.0, ge=0, description="Weight of the KL penalty (k3) to the student "
                            "the run starts from (0: none, the accuracy reward alone).")
-    prompt_template: Literal["bare", "boxed"] = Field(
-        _study("prompt_template"), description=TEMPLATE_HELP + ".")
+    prompt_template: Literal["bare", "boxed"] | None = Field(
+        _study("prompt_template"), validate_default=True, description=TEMPLATE_HELP + ".")
     seed: int = Field(0, description="Seed of the prompt order and the sampling.")
     benchmarks: list[str] = Field(_study("benchmarks"), description="Evaluation benchmarks: "
                                   "'default' (the profile's test split), a file, or name=path.")

@@ -42,7 +42,8 @@ def test_report_without_runs_says_what_to_do(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize(("name", "model", "experiment"), [
     ("demo.yaml", "StudyConfig", "demo"),
-    ("rl-demo.yaml", "RLFlowConfig", "rl-after-distill")])
+    ("rl-demo.yaml", "RLFlowConfig", "rl-after-distill"),
+    ("real-weights.yaml", "StudyConfig", "real-weights")])
 def test_shipped_configs_are_valid(name, model, experiment):
     from pathlib import Path
 

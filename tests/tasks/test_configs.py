@@ -70,3 +70,15 @@ def test_caps_longer_than_the_context_stop_before_any_work(tiny_pair, tmp_path):
         check_lengths_fit(ExperimentConfig(eval_max_new_tokens=500), inputs)
     with pytest.raises(ValueError, match="curriculum=200"):
         check_lengths_fit(ExperimentConfig(curriculum=[8, 200], eval_max_new_tokens=8), inputs)
+
+
+def test_the_prompt_template_left_empty_is_the_profiles():
+    from tasks.configs import EvaluateFlowConfig, StudyConfig
+
+    # SmolLM2-Instruct must be asked for a box: the grader's strict rule reads only the box.
+    for model in (ExperimentConfig, StudyConfig, EvaluateFlowConfig, RLFlowConfig):
+        assert model(profile="real-weights").prompt_template == "boxed"
+        assert model().prompt_template == "bare"
+        assert model(profile="real-weights", prompt_template="bare").prompt_template == "bare"
+    resolved = StudyConfig(profile="real-weights")
+    assert StudyConfig(**resolved.model_dump()) == resolved  # a dumped config reloads the same

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tasks.bootstrap import RealWeightsProfile, bootstrap_real_weights
+from tasks.configs import PROFILE_TEMPLATES, REAL_WEIGHTS
 from tasks.data import read_problems
 from tasks.grader import Grader, summarise
 from tasks.models import check_compatible, load_model, load_tokenizer
@@ -39,7 +40,7 @@ def test_teacher_answers_gsm_style_problems_through_the_chat_template(artifacts)
     tokenizer = load_tokenizer(artifacts.teacher_dir)
     problems = read_problems(artifacts.split("held_out"))
     assert len(problems) == 2 and all(p.source == "gsm_symbolic" for p in problems)
-    prompts = render_prompts(tokenizer, problems, PROFILE.prompt_template)
+    prompts = render_prompts(tokenizer, problems, PROFILE_TEMPLATES[REAL_WEIGHTS])
     assert prompts[0].startswith("<|im_start|>") and "\\boxed{}" in prompts[0]
     samples = generate_hf(load_model(artifacts.teacher_dir), tokenizer, prompts,
                           SamplingConfig(temperature=0.0, max_new_tokens=48))
