@@ -11,9 +11,11 @@ timed by wrapping these functions of ``tasks.train`` by name — ``_prefixes``,
 
 Each (code, profile, cell) run is its own process: one untimed warm-up step (it builds the
 teacher rollouts on first use), then ``--steps`` timed steps; the table gives medians over
-``--runs`` runs of the per-step mean. ``--compare REV`` also measures the code of git revision
-REV (exported with ``git archive``, not checked out) and alternates the two run by run, so
-"before" and "after" see the same load. Wall and CPU seconds (the process's, all threads).
+``--runs`` runs of the per-step mean, each column on its own (so the parts of a noisy run
+need not add up to the median step; every run's numbers go to stderr). ``--compare REV`` also
+measures the code of git revision REV (exported with ``git archive``, not checked out) and
+alternates the two run by run, so "before" and "after" see the same load. Wall and CPU seconds
+(the process's, all threads).
 
     python -m bench.step_breakdown [--profiles default smollm2] [--cells sft dagger ...]
         [--runs 3] [--steps 3] [--threads N] [--compare REV]
@@ -202,6 +204,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (0: torch's default, the core count)")
     parser.add_argument("--compare", metavar="REV", help="also measure git revision REV")
+    parser.add_argument("--max-new-tokens", type=int, help="response cap (default: the profile's)")
     parser.add_argument("--root", type=Path,
                         default=Path(os.environ.get("DISTILL_LAB_ARTIFACTS", "artifacts")))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -227,7 +230,7 @@ def _measure(args, codes: dict[str, str]) -> None:
     print(f"| profile | cell | code | wall s/step | CPU s/step | {header} | tokens/s |")
     print("|---|---|---|---|---|" + "---|" * len(PARTS) + "---|")
     for name in args.profiles:
-        profile = resolve_profile(name, args.root)
+        profile = resolve_profile(name, args.root, max_new_tokens=args.max_new_tokens)
         for cell in args.cells:
             results: dict[str, list[dict]] = {code: [] for code in codes}
             for _ in range(args.runs):
@@ -239,6 +242,8 @@ def _measure(args, codes: dict[str, str]) -> None:
                             "max_new_tokens": profile.max_new_tokens, "steps": args.steps,
                             "threads": args.threads, "root": str(args.root)}
                     results[code].append(run_child("bench.step_breakdown", spec))
+                    print(f"  {name} {cell} {code}: " + ", ".join(
+                        f"{k} {v:.3f}" for k, v in results[code][-1].items()), file=sys.stderr)
             for code, runs in results.items():
                 median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
                 parts = " | ".join(f"{median[p]:.3f}" for p in PARTS)

@@ -96,6 +96,7 @@ from tasks.scoring import (
 
 FUSED_LOSS_CHOICES = ("auto", "on", "off")
 OVERLAP_K = 20
+ONE_THREAD_DECODER = 10_000_000  # parameters below which a CPU samples on one thread
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteError", "train", "teacher_prefixes",
            "teacher_scores"]
 
@@ -415,9 +416,10 @@ def _prefixes(run: _Run, step: int) -> tuple[list[Sample], list[int], int]:
     max_length = run.curriculum.max_response_length if run.curriculum else config.max_new_tokens
     if not run.objective.on_policy:
         return [_cut(run.rollouts[i], max_length) for i in indices], indices, max_length
-    with decoding_threads(run.accelerator.device):
+    student = run.accelerator.unwrap_model(run.student)
+    with decoding_threads(run.accelerator.device, student.num_parameters()):
         samples = generate_hf(
-            run.accelerator.unwrap_model(run.student), run.tokenizer,
+            student, run.tokenizer,
             [run.prompts[i] for i in indices],
             SamplingConfig(temperature=config.rollout_temperature, max_new_tokens=max_length,
                            seed=sampling_seed(config.seed * 1_000_003 + step, run.accelerator),
@@ -427,19 +429,19 @@ def _prefixes(run: _Run, step: int) -> tuple[list[Sample], list[int], int]:
 
 
 @contextlib.contextmanager
-def decoding_threads(device: torch.device):
-    """Sample on a CPU with one intra-op thread, then give torch its thread count back.
+def decoding_threads(device: torch.device, parameters: int):
+    """Sample a small model on a CPU with one intra-op thread, then give torch its count back.
 
-    A decoding step multiplies a few rows (one token per sequence) by each weight: too little
-    work to split, so every operator's fork and join across threads costs more than it saves —
-    and on a shared machine, where another process holds a core, each join waits for a
-    descheduled thread. On the 2-core CI box beside other jobs, one thread sampled the default's
-    opd batch 13× faster than two (docs/performance.md, bench/step_breakdown.py). It also makes
-    a seed's samples independent of the machine's core count. The training forwards (whole
-    sequences) keep torch's setting; a GPU is untouched. torch's thread count is per process:
-    nothing else should compute in this process while a step samples.
+    A decoding step multiplies a few rows (one token per sequence) by each weight. For a model
+    under ONE_THREAD_DECODER parameters that is too little work to split: every operator's fork
+    and join across threads costs more than it saves, and on a shared machine, where another
+    process holds a core, each join waits for a descheduled thread. On the 2-core CI box beside
+    other jobs the default's opd step sampled 5-26× faster on one thread; SmolLM2-135M (81M
+    parameters) sampled 1.75× slower on one thread at a low load, so larger models keep torch's
+    setting (docs/performance.md). Training forwards keep it too; a GPU is untouched. torch's
+    thread count is per process: nothing else should compute in it while a step samples.
     """
-    if device.type != "cpu" or torch.get_num_threads() == 1:
+    if device.type != "cpu" or parameters >= ONE_THREAD_DECODER or torch.get_num_threads() == 1:
         yield
         return
     threads = torch.get_num_threads()
@@ -470,8 +472,9 @@ def _gate(run: _Run, step: int, max_length: int, log: Callable[[str], None]) -> 
     config = run.config
     if run.curriculum is None or (step + 1) % config.stage_steps:
         return {}
-    with decoding_threads(run.accelerator.device):  # the probe samples, then scores its samples
-        entropy = entropy_probe(run.accelerator.unwrap_model(run.student), run.tokenizer,
+    student = run.accelerator.unwrap_model(run.student)
+    with decoding_threads(run.accelerator.device, student.num_parameters()):  # it samples
+        entropy = entropy_probe(student, run.tokenizer,
                                 run.entropy_prompts, max_length, config.seed + step,
                                 config.rollout_temperature, run.vocab)
     # Every process measures the same prompts with the same weights and seed; all follow the

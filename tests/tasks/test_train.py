@@ -19,7 +19,14 @@ import tasks.train
 from tasks.checkpoints import latest_checkpoint
 from tasks.data import write_problems
 from tasks.models import load_model
-from tasks.train import NonFiniteError, TrainConfig, _fused_path, decoding_threads, train
+from tasks.train import (
+    ONE_THREAD_DECODER,
+    NonFiniteError,
+    TrainConfig,
+    _fused_path,
+    decoding_threads,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,16 +155,18 @@ def test_killed_run_resumes_to_the_same_weights(base, tmp_path):
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
 
 
-def test_decoding_threads_samples_on_one_cpu_thread_and_gives_the_count_back():
+def test_decoding_threads_samples_small_models_on_one_cpu_thread_and_gives_it_back():
     original = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        with decoding_threads(torch.device("cpu")):
+        with decoding_threads(torch.device("cpu"), ONE_THREAD_DECODER - 1):
             inside = torch.get_num_threads()
         assert (inside, torch.get_num_threads()) == (1, 2)
-        with decoding_threads(torch.device("cuda")):  # an accelerator's threads are not ours
+        with decoding_threads(torch.device("cpu"), ONE_THREAD_DECODER):  # big: torch's count
             assert torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError), decoding_threads(torch.device("cpu")):
+        with decoding_threads(torch.device("cuda"), 1):  # an accelerator's threads are not ours
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), decoding_threads(torch.device("cpu"), 1):
             raise RuntimeError("a failed generation")
         assert torch.get_num_threads() == 2
     finally:
