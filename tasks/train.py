@@ -419,8 +419,7 @@ def _prefixes(run: _Run, step: int) -> tuple[list[Sample], list[int], int]:
     student = run.accelerator.unwrap_model(run.student)
     with decoding_threads(run.accelerator.device, student.num_parameters()):
         samples = generate_hf(
-            student, run.tokenizer,
-            [run.prompts[i] for i in indices],
+            student, run.tokenizer, [run.prompts[i] for i in indices],
             SamplingConfig(temperature=config.rollout_temperature, max_new_tokens=max_length,
                            seed=sampling_seed(config.seed * 1_000_003 + step, run.accelerator),
                            batch_size=config.batch_size),
@@ -474,9 +473,8 @@ def _gate(run: _Run, step: int, max_length: int, log: Callable[[str], None]) -> 
         return {}
     student = run.accelerator.unwrap_model(run.student)
     with decoding_threads(run.accelerator.device, student.num_parameters()):  # it samples
-        entropy = entropy_probe(student, run.tokenizer,
-                                run.entropy_prompts, max_length, config.seed + step,
-                                config.rollout_temperature, run.vocab)
+        entropy = entropy_probe(student, run.tokenizer, run.entropy_prompts, max_length,
+                                config.seed + step, config.rollout_temperature, run.vocab)
     # Every process measures the same prompts with the same weights and seed; all follow the
     # main process's number, so a kernel's nondeterminism cannot split their curricula.
     entropy = float(broadcast(torch.tensor([entropy], device=run.accelerator.device))[0])
