@@ -38,6 +38,7 @@ test-fast: $(STAMP)
 ## then with the LM head — TRL, chunked + head matmuls, fused — at V = 151,936, D = 1,024,
 ## T = 1,024 / 4,096 / 8,192 (bench/kl_head.py; each case's CPU time is in docs/performance.md).
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BIN)/python -m bench.kl_memory
 	$(BIN)/python -m bench.kl_head
 

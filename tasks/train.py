@@ -96,6 +96,7 @@ from tasks.scoring import (
 
 FUSED_LOSS_CHOICES = ("auto", "on", "off")
 OVERLAP_K = 20
+ONE_THREAD_DECODER = 10_000_000  # parameters below which a CPU samples on one thread
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteError", "train", "teacher_prefixes",
            "teacher_scores"]
 
@@ -420,13 +421,39 @@ def _prefixes(run: _Run, step: int) -> tuple[list[Sample], list[int], int]:
     max_length = run.curriculum.max_response_length if run.curriculum else config.max_new_tokens
     if not run.objective.on_policy:
         return [_cut(run.rollouts[i], max_length) for i in indices], indices, max_length
-    samples = generate_hf(
-        run.accelerator.unwrap_model(run.student), run.tokenizer, [run.prompts[i] for i in indices],
-        SamplingConfig(temperature=config.rollout_temperature, max_new_tokens=max_length,
-                       seed=sampling_seed(config.seed * 1_000_003 + step, run.accelerator),
-                       batch_size=config.batch_size),
-        run.meter)
+    student = run.accelerator.unwrap_model(run.student)
+    with decoding_threads(run.accelerator.device, student.num_parameters()):
+        samples = generate_hf(
+            student, run.tokenizer, [run.prompts[i] for i in indices],
+            SamplingConfig(temperature=config.rollout_temperature, max_new_tokens=max_length,
+                           seed=sampling_seed(config.seed * 1_000_003 + step, run.accelerator),
+                           batch_size=config.batch_size),
+            run.meter)
     return samples, indices, max_length
+
+
+@contextlib.contextmanager
+def decoding_threads(device: torch.device, parameters: int):
+    """Sample a small model on a CPU with one intra-op thread, then give torch its count back.
+
+    A decoding step multiplies a few rows (one token per sequence) by each weight. For a model
+    under ONE_THREAD_DECODER parameters that is too little work to split: every operator's fork
+    and join across threads costs more than it saves, and on a shared machine, where another
+    process holds a core, each join waits for a descheduled thread. On the 2-core CI box beside
+    other jobs the default's opd step sampled 5-26× faster on one thread; SmolLM2-135M (81M
+    parameters) sampled 1.75× slower on one thread at a low load, so larger models keep torch's
+    setting (docs/performance.md). Training forwards keep it too; a GPU is untouched. torch's
+    thread count is per process: nothing else should compute in it while a step samples.
+    """
+    if device.type != "cpu" or parameters >= ONE_THREAD_DECODER or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _count_every_process(run: _Run, counted: dict[str, int]) -> None:
@@ -449,9 +476,10 @@ def _gate(run: _Run, step: int, max_length: int, log: Callable[[str], None]) -> 
     config = run.config
     if run.curriculum is None or (step + 1) % config.stage_steps:
         return {}
-    entropy = entropy_probe(run.accelerator.unwrap_model(run.student), run.tokenizer,
-                            run.entropy_prompts, max_length, config.seed + step,
-                            config.rollout_temperature, run.vocab)
+    student = run.accelerator.unwrap_model(run.student)
+    with decoding_threads(run.accelerator.device, student.num_parameters()):  # it samples
+        entropy = entropy_probe(student, run.tokenizer, run.entropy_prompts, max_length,
+                                config.seed + step, config.rollout_temperature, run.vocab)
     # Every process measures the same prompts with the same weights and seed; all follow the
     # main process's number, so a kernel's nondeterminism cannot split their curricula.
     entropy = float(broadcast(torch.tensor([entropy], device=run.accelerator.device))[0])

@@ -15,10 +15,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import tasks.train
 from tasks.checkpoints import latest_checkpoint
 from tasks.data import write_problems
 from tasks.models import load_model
-from tasks.train import NonFiniteError, TrainConfig, _fused_path, train
+from tasks.train import (
+    ONE_THREAD_DECODER,
+    NonFiniteError,
+    TrainConfig,
+    _fused_path,
+    decoding_threads,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,6 +154,51 @@ def test_killed_run_resumes_to_the_same_weights(base, tmp_path):
     b = load_file(str(straight.checkpoint / "model.safetensors"))
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+
+
+def test_decoding_threads_samples_small_models_on_one_cpu_thread_and_gives_it_back():
+    original = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with decoding_threads(torch.device("cpu"), ONE_THREAD_DECODER - 1):
+            inside = torch.get_num_threads()
+        assert (inside, torch.get_num_threads()) == (1, 2)
+        with decoding_threads(torch.device("cpu"), ONE_THREAD_DECODER):  # big: torch's count
+            assert torch.get_num_threads() == 2
+        with decoding_threads(torch.device("cuda"), 1):  # an accelerator's threads are not ours
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), decoding_threads(torch.device("cpu"), 1):
+            raise RuntimeError("a failed generation")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)
+
+
+def test_on_policy_sampling_runs_on_one_thread_and_training_on_torchs(base, tmp_path,
+                                                                        monkeypatch):
+    """The trainer's student samples inside decoding_threads; forward/backward keep the
+    process's setting. Same seed, same responses and loss at 2 process threads as at 1."""
+    sampled_with, sample = [], tasks.train.generate_hf
+
+    def recording(*args, **kwargs):
+        sampled_with.append(torch.get_num_threads())
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.train, "generate_hf", recording)
+    original, histories = torch.get_num_threads(), []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            histories.append(train(replace(base, objective="opd", steps=1,
+                                           output_dir=str(tmp_path / str(threads))),
+                                   log=lambda line: None).history[0])
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(original)
+    assert sampled_with == [1, 1]
+    two, one = histories
+    assert two["train/response_tokens"] == one["train/response_tokens"]
+    assert two["train/loss"] == pytest.approx(one["train/loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("min_entropy, lengths_seen", [(0.0, [4, 8, 12, 12]),

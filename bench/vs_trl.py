@@ -1,0 +1,295 @@
+"""Our trainer against TRL's, end to end: tokens per second and peak memory per optimiser step.
+
+Same student, teacher, prompts, batch, response cap, learning rate and optimiser, fp32, no
+gradient checkpointing (so TRL's generation keeps its KV cache), temperature 1 for sampling and
+for the loss, one process. Two cells:
+
+- ``opd`` (student prefixes, reverse KL): ours ``objective="opd"`` through ``tasks.train.train``;
+  TRL's ``GKDTrainer`` (``trl.experimental.gkd``) with ``lmbda=1`` (always on-policy),
+  ``beta=1``; TRL's ``DistillationTrainer`` (``trl``, promoted from experimental in 1.x) with
+  ``beta=1``. In TRL 1.16 ``beta=1`` is reverse KL in both: GKD's ``generalized_jsd_loss`` takes
+  ``F.kl_div(teacher_log_probs, student_log_probs, log_target=True)`` = KL(q_student ‖ p_teacher)
+  at ``beta == 1`` and KL(p_teacher ‖ q_student) at ``beta == 0``; DistillationConfig documents
+  0 = forward, 1 = reverse.
+- ``sft`` (teacher prefixes, forward KL against the live teacher): ours ``objective="sft"`` on
+  the teacher's cached rollouts; GKD with ``lmbda=0``, ``beta=0``, ``seq_kd=False`` on the same
+  rollouts' token ids (a collator hands it exactly our prompt + response ids).
+  DistillationTrainer always samples from the student: it has no teacher-prefix mode.
+
+Tokens are the response tokens the loss sees (each trainer's own mask: sampled lengths differ
+between trainers, so rates are per token). Time is the interval between two optimiser-step
+ends (everything a step does, logging included), wall and the process's CPU time. Memory is
+the resident set (RSS): the kernel's high-water mark, reset after the warm-up step, read after
+the last step — it sees everything (tensors, allocator caches, Python); tracemalloc does not see
+torch's buffers and torch has no CPU peak counter. Every (trainer, cell, run) is its own process;
+runs alternate ours / GKD / DistillationTrainer, and the table gives medians over runs.
+
+    python -m bench.vs_trl [--profiles default smollm2] [--runs 3] [--steps 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.step_breakdown import (
+    load_average,
+    peak_rss_kib,
+    reset_peak_rss,
+    resolve_profile,
+    run_child,
+)
+
+TRAINERS = {"opd": ("ours", "GKDTrainer", "DistillationTrainer"), "sft": ("ours", "GKDTrainer")}
+LEARNING_RATE = 1e-4
+
+
+class _StepMeter:
+    """Times between optimiser-step ends and the RSS peak over the steps after the warm-up."""
+
+    def __init__(self, warmup: int, tokens: list[float]):
+        self.warmup, self.tokens, self.ends = warmup, tokens, []
+        self.rss_before = self.peak = 0
+
+    def step_ended(self) -> None:
+        self.ends.append((time.perf_counter(), time.process_time()))
+        if len(self.ends) == self.warmup:
+            self.rss_before = reset_peak_rss()
+        self.peak = peak_rss_kib()
+
+    def result(self) -> dict:
+        timed = len(self.ends) - self.warmup
+        tokens = sum(self.tokens[self.warmup:])
+        (wall0, cpu0), (wall1, cpu1) = self.ends[self.warmup - 1], self.ends[-1]
+        return {"steps": timed, "tokens": tokens, "wall": wall1 - wall0, "cpu": cpu1 - cpu0,
+                "peak_mib": self.peak / 1024, "extra_mib": (self.peak - self.rss_before) / 1024}
+
+
+def _config(spec: dict, output_dir: str):
+    from tasks.train import TrainConfig
+
+    return TrainConfig(objective=spec["cell"], teacher=spec["teacher"], student=spec["student"],
+                       train_problems=spec["problems"], output_dir=output_dir,
+                       steps=spec["warmup"] + spec["steps"], batch_size=spec["batch_size"],
+                       learning_rate=LEARNING_RATE, max_new_tokens=spec["max_new_tokens"],
+                       prompt_template=spec["prompt_template"], checkpoint_every=10_000,
+                       artifacts_root=spec["root"])
+
+
+def _ours(spec: dict, scratch: str) -> dict:
+    from tasks.train import train
+
+    tokens: list[float] = []
+    meter = _StepMeter(spec["warmup"], tokens)
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        tokens.append(metrics["train/response_tokens"])
+        meter.step_ended()
+
+    train(_config(spec, scratch), log=lambda line: None, on_step=on_step)
+    return meter.result()
+
+
+def _trl_common(spec: dict, scratch: str) -> dict:
+    """TrainingArguments shared by both TRL trainers: ours' optimiser and precision."""
+    return dict(output_dir=scratch, per_device_train_batch_size=spec["batch_size"],
+                gradient_accumulation_steps=1, max_steps=spec["warmup"] + spec["steps"],
+                learning_rate=LEARNING_RATE, lr_scheduler_type="constant", warmup_steps=0,
+                weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", bf16=False,
+                fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
+                save_strategy="no", seed=0, dataloader_num_workers=0, temperature=1.0)
+
+
+def _models(spec: dict):
+    from tasks.models import load_model, load_tokenizer
+
+    student, teacher = load_model(spec["student"]), load_model(spec["teacher"])
+    tokenizer = load_tokenizer(spec["student"])
+    for model in (student, teacher):  # both stop at EOS, as ours does
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return student, teacher, tokenizer
+
+
+def _gkd(spec: dict, scratch: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from tasks.train import teacher_prefixes
+
+    student, teacher, tokenizer = _models(spec)
+    _, rollouts = teacher_prefixes(_config(spec, scratch))  # cached: the prompts + teacher ids
+    tokens: list[float] = []
+    meter = _StepMeter(spec["warmup"], tokens)
+    denominators: list[float] = []
+
+    def collate(rows: list[dict]) -> dict:
+        """GKD's batch from our token ids: full rows (right-padded), prompt-only rows
+        (left-padded) for its on-policy generation, labels -100 outside the response."""
+        samples = [rollouts[row["index"]] for row in rows]
+        width = max(len(s.prompt_ids) + s.length for s in samples)
+        prompt_width = max(len(s.prompt_ids) for s in samples)
+        batch = {"input_ids": torch.full((len(rows), width), tokenizer.pad_token_id),
+                 "attention_mask": torch.zeros(len(rows), width, dtype=torch.long),
+                 "labels": torch.full((len(rows), width), -100),
+                 "prompts": torch.full((len(rows), prompt_width), tokenizer.pad_token_id),
+                 "prompt_attention_mask": torch.zeros(len(rows), prompt_width,
+                                                      dtype=torch.long)}
+        for row, sample in enumerate(samples):
+            prompt, full = len(sample.prompt_ids), sample.prompt_ids + sample.response_ids
+            batch["input_ids"][row, : len(full)] = torch.tensor(full)
+            batch["attention_mask"][row, : len(full)] = 1
+            batch["labels"][row, prompt : len(full)] = torch.tensor(sample.response_ids)
+            batch["prompts"][row, prompt_width - prompt :] = torch.tensor(sample.prompt_ids)
+            batch["prompt_attention_mask"][row, prompt_width - prompt :] = 1
+        return batch
+
+    class Counted(GKDTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            tokens.append(float((inputs["labels"][:, 1:] != -100).sum()))
+            denominators.append(float(num_items_in_batch or 0))
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    class Meter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            meter.step_ended()
+
+    on_policy = spec["cell"] == "opd"
+    trainer = Counted(
+        model=student, teacher_model=teacher, processing_class=tokenizer,
+        train_dataset=Dataset.from_list([{"index": i} for i in range(len(rollouts))]),
+        data_collator=collate, callbacks=[Meter()],
+        args=GKDConfig(**_trl_common(spec, scratch), lmbda=1.0 if on_policy else 0.0,
+                       beta=1.0 if on_policy else 0.0, seq_kd=False,
+                       max_new_tokens=spec["max_new_tokens"], disable_dropout=True))
+    trainer.train()
+    steps = slice(spec["warmup"], None)
+    return {**meter.result(), "gkd_divides_by": sum(denominators[steps]),
+            "gkd_loss_tokens": sum(tokens[steps])}
+
+
+def _distillation(spec: dict, scratch: str) -> dict:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import DistillationConfig, DistillationTrainer
+
+    from tasks.data import read_problems
+    from tasks.rollout import PROMPT_TEMPLATES, render_prompts
+
+    student, teacher, tokenizer = _models(spec)
+    tokenizer.padding_side = "left"
+    problems = read_problems(spec["problems"])
+    template = PROMPT_TEMPLATES[spec["prompt_template"]]
+    conversations = [[{"role": "user", "content": template.format(problem=p.problem)}]
+                     for p in problems]
+    tokens: list[float] = []
+    meter = _StepMeter(spec["warmup"], tokens)
+
+    class Counted(DistillationTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            tokens.append(float(inputs["completion_mask"].sum()))
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    class Meter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            meter.step_ended()
+
+    trainer = Counted(
+        model=student, teacher_model=teacher, processing_class=tokenizer,
+        train_dataset=Dataset.from_list([{"prompt": c} for c in conversations]),
+        callbacks=[Meter()],
+        args=DistillationConfig(**_trl_common(spec, scratch), beta=1.0, top_k=0, top_p=1.0,
+                                max_completion_length=spec["max_new_tokens"]))
+    ours = tokenizer(render_prompts(tokenizer, problems[:4], spec["prompt_template"]),
+                     add_special_tokens=False)["input_ids"]
+    same_prompts = trainer._tokenize_prompts(conversations[:4])[0] == ours
+    trainer.train()
+    return {**meter.result(), "same_prompt_ids": same_prompts}
+
+
+def _child(spec: dict) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    run = {"ours": _ours, "GKDTrainer": _gkd, "DistillationTrainer": _distillation}
+    with tempfile.TemporaryDirectory() as scratch:
+        return run[spec["trainer"]](spec, scratch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", nargs="+", default=["default", "smollm2"])
+    parser.add_argument("--cells", nargs="+", default=list(TRAINERS), choices=list(TRAINERS))
+    parser.add_argument("--runs", type=int, default=3, help="runs per trainer and cell")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads in every run (0: torch's default)")
+    parser.add_argument("--smollm2-batch", type=int, default=4)
+    parser.add_argument("--smollm2-max-new-tokens", type=int, default=32)
+    parser.add_argument("--root", type=Path,
+                        default=Path(os.environ.get("DISTILL_LAB_ARTIFACTS", "artifacts")))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        import json
+        print(json.dumps(_child(json.loads(args.child))))
+        return
+    import torch
+
+    print(f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs, torch "
+          f"{torch.__version__}, threads {args.threads or torch.get_num_threads()}; load "
+          f"{load_average()} at start; medians of {args.runs} runs × {args.steps} steps after "
+          f"{args.warmup} warm-up")
+    print("| profile | cell | trainer | batch × cap | tokens/s | tokens/CPU-s | s/step | "
+          "tokens/step | peak RSS | RSS above start | ours ÷ it (tokens/s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.profiles:
+        shape = ((args.smollm2_batch, args.smollm2_max_new_tokens) if name == "smollm2"
+                 else (None, None))
+        profile = resolve_profile(name, args.root, *shape)
+        for cell in args.cells:
+            _compare(args, profile, cell)
+    print(f"load {load_average()} at the end")
+
+
+def _compare(args, profile, cell: str) -> None:
+    runs: dict[str, list[dict]] = {trainer: [] for trainer in TRAINERS[cell]}
+    for _ in range(args.runs):
+        for trainer in TRAINERS[cell]:  # alternating: every trainer sees the same load
+            spec = {"trainer": trainer, "cell": cell, "teacher": str(profile.teacher),
+                    "student": str(profile.student), "problems": str(profile.problems),
+                    "prompt_template": profile.prompt_template,
+                    "batch_size": profile.batch_size, "max_new_tokens": profile.max_new_tokens,
+                    "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
+                    "root": str(args.root)}
+            runs[trainer].append(run_child("bench.vs_trl", spec))
+    rates = {t: statistics.median(r["tokens"] / r["wall"] for r in rs) for t, rs in runs.items()}
+    for trainer, results in runs.items():
+        median = {key: statistics.median(r[key] for r in results)
+                  for key in ("wall", "cpu", "tokens", "peak_mib", "extra_mib", "steps")}
+        cpu_rate = statistics.median(r["tokens"] / r["cpu"] for r in results)
+        notes = [f"{k} {v}" for k, v in results[-1].items()
+                 if k in ("same_prompt_ids", "gkd_divides_by", "gkd_loss_tokens")]
+        ratio = "–" if trainer == "ours" else f"{rates['ours'] / rates[trainer]:.2f}×"
+        print(f"| {profile.name} | {cell} | {trainer} | {profile.batch_size} × "
+              f"{profile.max_new_tokens} | {rates[trainer]:.0f} | {cpu_rate:.0f} | "
+              f"{median['wall'] / median['steps']:.3f} | "
+              f"{median['tokens'] / median['steps']:.0f} | {median['peak_mib']:.0f} MiB | "
+              f"{median['extra_mib']:.0f} MiB | {ratio} |", flush=True)
+        if notes:
+            print(f"<!-- {trainer}, last run: {', '.join(notes)} -->", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
