@@ -120,14 +120,19 @@ def test_a_study_fans_out_over_two_workers(stack, tiny_pair, tiny_problems, monk
 
 def _wall_times(stack) -> list[tuple[float, float, str]]:
     """(start, end, name) of each study-run flow run on the stack's server: its wall time on a
-    worker, process start-up included (the MLflow run inside is a few seconds of it only)."""
+    worker, from the worker taking it (PENDING) to its end — process start-up included, which
+    on 2 cores is most of a 3-step run (its RUNNING state starts after the imports, so two
+    workers' runs can start seconds apart and not overlap though their processes did)."""
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.objects import StateType
 
     with (temporary_settings({PREFECT_API_URL: stack["services"]["prefect_api"]}),
           get_client(sync_client=True) as client):
         runs = client.read_flow_runs(flow_filter=FlowFilter(
             name=FlowFilterName(any_=[flows.pool.FLOW_NAME])))
-    return [(r.start_time.timestamp(), r.end_time.timestamp(), r.name) for r in runs]
+        taken = {r.id: min(s.timestamp for s in client.read_flow_run_states(r.id)
+                           if s.type == StateType.PENDING) for r in runs}
+    return [(taken[r.id].timestamp(), r.end_time.timestamp(), r.name) for r in runs]
 
 
 def _run_metrics(stack, parent_run_id: str) -> dict[str, dict[str, float]]:
