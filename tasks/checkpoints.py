@@ -72,6 +72,10 @@ def save_checkpoint(accelerator: Accelerator, model, tokenizer, output_dir: Path
     accelerator.wait_for_everyone()
     with _skip_accelerate_model_copy(accelerator):
         accelerator.save_state(str(tmp), safe_serialization=True)
+    # save_state has no barrier after its writes: without this one a slower process could
+    # still be writing its random_states_<p>.pkl while the main process lists the checksums
+    # and renames the folder (a checkpoint that then fails its checksums; seen under load).
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -30,7 +30,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks.checkpoints import CHECKSUMS, LATEST, checkpoint_name, sha256_file
+from tasks.artifacts import verify_checksums
+from tasks.checkpoints import CHECKSUMS, LATEST, checkpoint_name, latest_checkpoint, sha256_file
 from tasks.data import write_problems
 from tasks.train import TrainConfig, train
 
@@ -207,3 +208,38 @@ def test_grpo_resumes_on_two_processes_and_takes_one_global_decision(base, tmp_p
     assert metrics["rl/all_equal_group_fraction"] == 0.5
     assert metrics["rl/reward_mean"] == 2 / 16
     assert metrics["rl/skipped"] == 0.0 and metrics["rl/grad_norm"] > 0
+
+
+SLOW_SAVER = """
+import sys, time
+from accelerate import Accelerator, PartialState
+import tasks.train
+
+save_state = Accelerator.save_state
+
+def late_save_state(self, *args, **kwargs):
+    if PartialState().process_index == 1:
+        time.sleep(3)  # a process descheduled by the load: it writes its state last
+    return save_state(self, *args, **kwargs)
+
+Accelerator.save_state = late_save_state
+tasks.train.main(["--config", sys.argv[1]])
+"""
+
+
+def test_a_checkpoint_waits_for_the_slowest_process(base, tmp_path):
+    """Every process's state is in a checkpoint before it is listed and renamed into place:
+    with process 1 three seconds late at every save, each checkpoint has both RNG files and
+    passes its checksums, so a resume starts from the newest."""
+    config = replace(base, steps=2, output_dir=str(tmp_path / "late"))
+    path = tmp_path / "late.json"
+    path.write_text(json.dumps(dataclasses.asdict(config)))
+    (tmp_path / "slow_saver.py").write_text(SLOW_SAVER)
+    _torchrun([str(tmp_path / "slow_saver.py"), str(path)], tmp_path)
+    for step in (1, 2):
+        checkpoint = tmp_path / "late" / checkpoint_name(step)
+        assert _rng_files(checkpoint) == ["random_states_0.pkl", "random_states_1.pkl"]
+        assert verify_checksums(checkpoint) is None, checkpoint
+    warnings = []
+    assert latest_checkpoint(tmp_path / "late", warn=warnings.append).name == checkpoint_name(2)
+    assert warnings == []
