@@ -60,7 +60,8 @@ class _Config(BaseModel):
     @field_validator("prompt_template", check_fields=False)
     @classmethod
     def _template_or_the_profiles(cls, template: str | None, info: ValidationInfo) -> str:
-        return _profile_template(template, info)
+        """The prompt template as given, else the profile's (the profile field comes first)."""
+        return template or PROFILE_TEMPLATES[info.data.get("profile", DEFAULT)]
 
 
 def _check_ks(field: str, ks: list[int], n: int) -> None:
@@ -76,11 +77,6 @@ OBJECTIVE_HELP = ("sft, dagger, offline_rl, opd, or teacher:λ / student:λ with
 REFERENCES = ("teacher", "student (start)")
 TEMPLATE_HELP = ("bare: the default task's prompt; boxed: asks instruction-tuned models to box "
                  "their answer; empty: the profile's (bare for default, boxed for real-weights)")
-
-
-def _profile_template(template: str | None, info: ValidationInfo) -> str:
-    """The prompt template as given, else the profile's (the profile field comes first)."""
-    return template or PROFILE_TEMPLATES[info.data.get("profile", DEFAULT)]
 
 
 def _check_objective(objective: str) -> str:

@@ -89,7 +89,8 @@ class _Cells:
         self.runs = {label: runs for label, runs in study.cells().items()}
 
     def label(self, objective: str, **variant) -> str | None:
-        wanted = [c for c in cells(self.config) if c.objective == Objective.parse(objective)
+        parsed = Objective.parse(objective)
+        wanted = [c for c in cells(self.config) if c.objective == parsed
                   and c.curriculum == variant.get("curriculum", False)
                   and c.max_new_tokens == variant.get("max_new_tokens")]
         return wanted[0].label if wanted and wanted[0].label in self.runs else None

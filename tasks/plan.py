@@ -183,7 +183,7 @@ def study_directory(config: StudyConfig | ExperimentConfig, inputs: Inputs, root
 
 def cell_tags(cell: Cell, seed: int) -> dict[str, str]:
     """The MLflow tags a cell's run carries (what the report and MLflow's UI group by)."""
-    objective = cell.objective
+    objective = cell.objective  # parsed once, when the cell was made
     return {"cell": cell.label, "objective": objective.name, "seed": str(seed),
             "prefix_source": objective.prefix_source, "lambda": f"{objective.reverse_weight:g}",
             "curriculum": str(cell.curriculum).lower()}
