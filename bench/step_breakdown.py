@@ -42,6 +42,10 @@ PARTS = ("generate", "teacher_forward", "student_forward", "loss", "backward", "
 CELLS = ("sft", "dagger", "offline_rl", "opd")
 REPOSITORY = Path(__file__).resolve().parents[1]
 PROBLEMS = 64  # problems a bench run draws from: enough for 4 steps of batch 16
+# The functions of tasks.train timed, with their part (and a part timed inside them).
+TRAINER_PARTS = (("_prefixes", "generate"), ("_student_side", "student_forward"),
+                 ("_teacher_side", "teacher_forward"), ("_loss", "loss", "teacher_forward"),
+                 ("_apply_update", "optimizer"))
 
 
 @dataclass(frozen=True)
@@ -62,13 +66,14 @@ def resolve_profile(name: str, root: Path, batch_size: int | None = None,
     """The embedded default (batch 16, responses ≤ 96 tokens) or the SmolLM2-135M profile
     (30-layer teacher, 15-layer student; batch 4, ≤ 64 tokens), bootstrapped or reused."""
     from tasks import bootstrap
+    from tasks.configs import DEFAULT, PROFILE_TEMPLATES, REAL_WEIGHTS
 
     if name == "default":
         built = bootstrap.bootstrap_default(root=root, log=lambda line: None)
-        shape, template = (16, 96), "bare"
+        shape, template = (16, 96), PROFILE_TEMPLATES[DEFAULT]
     elif name == "smollm2":
         built = bootstrap.bootstrap_real_weights(root=root, log=lambda line: None)
-        shape, template = (4, 64), bootstrap.RealWeightsProfile().prompt_template
+        shape, template = (4, 64), PROFILE_TEMPLATES[REAL_WEIGHTS]
     else:
         raise SystemExit(f"--profiles: {name!r} is not one of default, smollm2")
     # Teacher-prefix cells roll the teacher out over the whole problem file on first use: a
@@ -139,11 +144,8 @@ def _child(spec: dict) -> dict:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     timer = _Timer()
-    timer.wrap(trainer, "_prefixes", "generate")
-    timer.wrap(trainer, "_student_side", "student_forward")
-    timer.wrap(trainer, "_teacher_side", "teacher_forward")
-    timer.wrap(trainer, "_loss", "loss", minus="teacher_forward")
-    timer.wrap(trainer, "_apply_update", "optimizer")
+    for name, part, *minus in TRAINER_PARTS:
+        timer.wrap(trainer, name, part, *minus)
     timer.wrap(Accelerator, "backward", "backward")
     timer.wrap(Accelerator, "clip_grad_norm_", "optimizer")
     steps: list[dict] = []
