@@ -46,8 +46,10 @@ from bench.step_breakdown import (
     run_child,
 )
 
-TRAINERS = {"opd": ("ours", "GKDTrainer", "DistillationTrainer"), "sft": ("ours", "GKDTrainer")}
+TRAINERS = {"opd": ("ours", "GKDTrainer", "DistillationTrainer"),
+            "sft": ("ours", "ours, top-k cache", "GKDTrainer")}
 LEARNING_RATE = 1e-4
+CACHE_K = 20  # the score cache's k in docs/training.md
 
 
 class _StepMeter:
@@ -71,11 +73,11 @@ class _StepMeter:
                 "peak_mib": self.peak / 1024, "extra_mib": (self.peak - self.rss_before) / 1024}
 
 
-def _config(spec: dict, output_dir: str):
+def _config(spec: dict, output_dir: str, **extra):
     from tasks.train import TrainConfig
 
     return TrainConfig(objective=spec["cell"], teacher=spec["teacher"], student=spec["student"],
-                       train_problems=spec["problems"], output_dir=output_dir,
+                       **extra, train_problems=spec["problems"], output_dir=output_dir,
                        steps=spec["warmup"] + spec["steps"], batch_size=spec["batch_size"],
                        learning_rate=LEARNING_RATE, max_new_tokens=spec["max_new_tokens"],
                        prompt_template=spec["prompt_template"], checkpoint_every=10_000,
@@ -83,17 +85,42 @@ def _config(spec: dict, output_dir: str):
 
 
 def _ours(spec: dict, scratch: str) -> dict:
+    return _train_ours(_config(spec, scratch), spec["warmup"])
+
+
+def _train_ours(config, warmup: int) -> dict:
     from tasks.train import train
 
     tokens: list[float] = []
-    meter = _StepMeter(spec["warmup"], tokens)
+    meter = _StepMeter(warmup, tokens)
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         tokens.append(metrics["train/response_tokens"])
         meter.step_ended()
 
-    train(_config(spec, scratch), log=lambda line: None, on_step=on_step)
+    train(config, log=lambda line: None, on_step=on_step)
     return meter.result()
+
+
+def _ours_cached(spec: dict, scratch: str) -> dict:
+    """Ours on sft from the teacher's top-k score cache (the sparse loss: top-k + tail, not
+    the exact forward KL): no teacher forward in a step. The cache is built once per teacher
+    rollouts and shared by every teacher-prefix cell and seed; its build is timed here on its
+    own (into scratch, so every run builds it) and reported beside the steps."""
+    from tasks.models import check_pair, load_model, load_tokenizer
+    from tasks.scoring import ScoreCacheConfig, build_score_cache
+    from tasks.train import teacher_prefixes
+
+    config = _config(spec, scratch, loss="sparse", cache_k=CACHE_K)
+    _, rollouts = teacher_prefixes(config)
+    began = time.perf_counter()
+    build_score_cache(lambda: load_model(config.teacher), config.teacher, rollouts,
+                      load_tokenizer(config.student).pad_token_id,
+                      check_pair(config.teacher, config.student), ScoreCacheConfig(k=CACHE_K),
+                      root=Path(scratch) / "cache")
+    build_seconds = time.perf_counter() - began
+    return {**_train_ours(config, spec["warmup"]), "cache_build_s": build_seconds,
+            "cache_tokens": sum(sample.length for sample in rollouts)}
 
 
 def _trl_common(spec: dict, scratch: str) -> dict:
@@ -221,7 +248,8 @@ def _child(spec: dict) -> dict:
     torch.manual_seed(0)
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    run = {"ours": _ours, "GKDTrainer": _gkd, "DistillationTrainer": _distillation}
+    run = {"ours": _ours, "ours, top-k cache": _ours_cached, "GKDTrainer": _gkd,
+           "DistillationTrainer": _distillation}
     with tempfile.TemporaryDirectory() as scratch:
         return run[spec["trainer"]](spec, scratch)
 
@@ -252,7 +280,7 @@ def main() -> None:
           f"{load_average()} at start; medians of {args.runs} runs × {args.steps} steps after "
           f"{args.warmup} warm-up")
     print("| profile | cell | trainer | batch × cap | tokens/s | tokens/CPU-s | s/step | "
-          "tokens/step | peak RSS | RSS above start | ours ÷ it (tokens/s) |")
+          "tokens/step | peak RSS | RSS above start | tokens/s ÷ TRL's |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.profiles:
         shape = ((args.smollm2_batch, args.smollm2_max_new_tokens) if name == "smollm2"
@@ -281,7 +309,9 @@ def _compare(args, profile, cell: str) -> None:
         cpu_rate = statistics.median(r["tokens"] / r["cpu"] for r in results)
         notes = [f"{k} {v}" for k, v in results[-1].items()
                  if k in ("same_prompt_ids", "gkd_divides_by", "gkd_loss_tokens")]
-        ratio = "–" if trainer == "ours" else f"{rates['ours'] / rates[trainer]:.2f}×"
+        ratio = "–" if not trainer.startswith("ours") else ", ".join(
+            f"{rates[trainer] / rates[other]:.2f}× {other}" for other in rates
+            if not other.startswith("ours"))
         print(f"| {profile.name} | {cell} | {trainer} | {profile.batch_size} × "
               f"{profile.max_new_tokens} | {rates[trainer]:.0f} | {cpu_rate:.0f} | "
               f"{median['wall'] / median['steps']:.3f} | "
@@ -289,6 +319,14 @@ def _compare(args, profile, cell: str) -> None:
               f"{median['extra_mib']:.0f} MiB | {ratio} |", flush=True)
         if notes:
             print(f"<!-- {trainer}, last run: {', '.join(notes)} -->", file=sys.stderr)
+    if any("cache_build_s" in r for rs in runs.values() for r in rs):
+        cached = runs["ours, top-k cache"]
+        build = statistics.median(r["cache_build_s"] for r in cached)
+        tokens = cached[0]["cache_tokens"]
+        epoch = 1 / (1 / rates["ours, top-k cache"] + build / tokens)
+        print(f"\nBuilding the top-k cache (k = {CACHE_K}) over the {tokens} response tokens of "
+              f"the teacher's rollouts: {build:.1f} s (median), {tokens / build:.0f} tokens/s. "
+              f"One epoch that pays for it alone: {epoch:.0f} tokens/s.\n", flush=True)
 
 
 if __name__ == "__main__":
