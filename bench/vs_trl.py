@@ -14,7 +14,11 @@ for the loss, one process. Two cells:
 - ``sft`` (teacher prefixes, forward KL against the live teacher): ours ``objective="sft"`` on
   the teacher's cached rollouts; GKD with ``lmbda=0``, ``beta=0``, ``seq_kd=False`` on the same
   rollouts' token ids (a collator hands it exactly our prompt + response ids).
-  DistillationTrainer always samples from the student: it has no teacher-prefix mode.
+  DistillationTrainer always samples from the student: it has no teacher-prefix mode. Ours
+  also runs sft from the teacher's top-k score cache (``loss="sparse"``, k = 20: top-k + tail,
+  an approximation of the exact forward KL), with no teacher forward in a step; the cache's
+  build (one teacher forward over every rollout, shared by every run on those rollouts with
+  that k) is timed on its own and printed with the rate of one epoch that pays for it alone.
 
 Tokens are the response tokens the loss sees (each trainer's own mask: sampled lengths differ
 between trainers, so rates are per token). Time is the interval between two optimiser-step
