@@ -55,7 +55,7 @@ def _bare(model, tokenizer, input_ids, attention_mask, max_new_tokens) -> torch.
     cache = DynamicCache(config=model.config)
     positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                cache=cache, use_cache=True, logits_to_keep=1)
     tokens, running = [input_ids], torch.ones(len(input_ids), dtype=torch.long)
     position = positions[:, -1:]
     for index in range(max_new_tokens):
@@ -68,7 +68,7 @@ def _bare(model, tokenizer, input_ids, attention_mask, max_new_tokens) -> torch.
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(drawn), 1)], 1)
         position = position + 1
         out = model(input_ids=drawn[:, None], attention_mask=attention_mask,
-                    position_ids=position, past_key_values=cache, use_cache=True)
+                    position_ids=position, cache=cache, use_cache=True)
     return torch.cat(tokens, 1)
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import tasks.train as trainer
 from bench import step_breakdown, vs_trl
@@ -125,3 +126,27 @@ def test_ours_with_the_top_k_cache_times_the_cache_build_beside_the_steps(spec):
         assert result["steps"] == 2 and result["tokens"] > 0 and result["wall"] > 0
     assert cached["cache_build_s"] > 0
     assert cached["cache_tokens"] >= cached["tokens"]  # the cache covers every rollout
+
+
+def test_the_bare_decode_loop_draws_the_tokens_generate_draws(tiny_pair, tiny_problems):
+    """bench.decode_overhead times generate's loop as the difference to a bare loop: only valid
+    if both draw the same tokens (left padding and early stops included)."""
+    from bench import decode_overhead
+    from tasks.models import load_model, load_tokenizer
+    from tasks.rollout import _left_padded
+
+    _, student = tiny_pair
+    model, tokenizer = load_model(student).eval(), load_tokenizer(student)
+    rows = tokenizer([p.problem for p in tiny_problems["train"][:6]],
+                     add_special_tokens=False)["input_ids"]
+    input_ids, attention_mask = _left_padded(rows, tokenizer.pad_token_id)
+    assert len(set(map(len, rows))) > 1  # some rows are padded
+    drawn = decode_overhead._generate(model, tokenizer, input_ids, attention_mask, 24)
+    # The untrained model rarely draws its EOS: make its most drawn token the EOS, so rows stop
+    # early and are padded after it.
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(
+        int(drawn[:, input_ids.shape[1]:].flatten().mode().values))
+    generated = decode_overhead._generate(model, tokenizer, input_ids, attention_mask, 24)
+    bare = decode_overhead._bare(model, tokenizer, input_ids, attention_mask, 24)
+    assert (generated == tokenizer.pad_token_id)[:, input_ids.shape[1]:].any()  # a row stopped
+    assert torch.equal(generated, bare)
