@@ -185,6 +185,20 @@ def run_child(module: str, spec: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--root (the artifacts a bench bootstraps into or reuses) and the hidden --child."""
+    parser.add_argument("--root", type=Path,
+                        default=Path(os.environ.get("DISTILL_LAB_ARTIFACTS", "artifacts")))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+
+
+def answered_as_child(args: argparse.Namespace, child) -> bool:
+    """In a --child process: run child on the spec and print its result (run_child reads it)."""
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+    return bool(args.child)
+
+
 def load_average() -> str:
     return "/".join(f"{value:.1f}" for value in os.getloadavg())
 
@@ -207,12 +221,9 @@ def main() -> None:
                         help="torch intra-op threads (0: torch's default, the core count)")
     parser.add_argument("--compare", metavar="REV", help="also measure git revision REV")
     parser.add_argument("--max-new-tokens", type=int, help="response cap (default: the profile's)")
-    parser.add_argument("--root", type=Path,
-                        default=Path(os.environ.get("DISTILL_LAB_ARTIFACTS", "artifacts")))
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    add_common_arguments(parser)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(_child(json.loads(args.child))))
+    if answered_as_child(args, _child):
         return
     with contextlib.ExitStack() as stack:
         codes = {"this tree": str(REPOSITORY)}

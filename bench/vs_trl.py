@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 
 from bench.step_breakdown import (
+    add_common_arguments,
+    answered_as_child,
     load_average,
     peak_rss_kib,
     reset_peak_rss,
@@ -269,13 +271,9 @@ def main() -> None:
                         help="torch intra-op threads in every run (0: torch's default)")
     parser.add_argument("--smollm2-batch", type=int, default=4)
     parser.add_argument("--smollm2-max-new-tokens", type=int, default=32)
-    parser.add_argument("--root", type=Path,
-                        default=Path(os.environ.get("DISTILL_LAB_ARTIFACTS", "artifacts")))
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    add_common_arguments(parser)
     args = parser.parse_args()
-    if args.child:
-        import json
-        print(json.dumps(_child(json.loads(args.child))))
+    if answered_as_child(args, _child):
         return
     import torch
 
