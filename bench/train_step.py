@@ -5,18 +5,20 @@ Teacher-prefix cells read cached teacher rollouts (built once, outside the timin
 student and score with the live teacher every step. Reports the mean seconds per step (split
 into generate / score / train) and FLOPs per step from tasks.compute.
 
-    python -m bench.train_step [--teacher DIR --student DIR --data DIR] [--steps 10]
+    python -m bench.train_step [--teacher DIR --student DIR --problems JSONL] [--steps 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from bench.step_breakdown import resolve_profile
 from tasks.train import TrainConfig, train
 
 CELLS = {
@@ -32,16 +34,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", type=Path)
     parser.add_argument("--student", type=Path)
-    parser.add_argument("--data", type=Path, help="directory with train.jsonl")
+    parser.add_argument("--problems", type=Path,
+                        help="problems JSONL (default: the first 64 of the default's train "
+                             "split, so teacher-prefix cells roll out 64 problems, not 20,000)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--root", type=Path, default=Path("artifacts"))
+    parser.add_argument("--root", type=Path,
+                        default=Path(os.environ.get("DISTILL_LAB_ARTIFACTS", "artifacts")))
     args = parser.parse_args()
     if args.teacher is None:
-        from tasks.bootstrap import bootstrap_default
-        default = bootstrap_default(root=args.root)
-        args.teacher, args.student, args.data = (default.teacher_dir, default.student_dir,
-                                                 default.data_dir)
+        default = resolve_profile("default", args.root)
+        args.teacher, args.student = default.teacher, default.student
+        args.problems = args.problems or default.problems
+    elif args.problems is None:
+        parser.error("--problems: give the problems JSONL that --teacher/--student train on")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch "
           f"{args.batch_size} prompts, responses ≤ 96 tokens, {args.steps} steps per cell")
     print("| cell | s/step | generate | score | train | FLOPs/step |")
@@ -49,7 +55,7 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as scratch:
         base = TrainConfig(objective="sft", teacher=str(args.teacher), student=str(args.student),
-                           train_problems=str(args.data / "train.jsonl"), output_dir=scratch,
+                           train_problems=str(args.problems), output_dir=scratch,
                            steps=args.steps, batch_size=args.batch_size, learning_rate=1e-4,
                            max_new_tokens=96, checkpoint_every=10_000,
                            artifacts_root=str(args.root))
