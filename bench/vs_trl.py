@@ -111,8 +111,8 @@ def _train_ours(config, warmup: int) -> dict:
 def _ours_cached(spec: dict, scratch: str) -> dict:
     """Ours on sft from the teacher's top-k score cache (the sparse loss: top-k + tail, not
     the exact forward KL): no teacher forward in a step. The cache is built once per teacher
-    rollouts and shared by every teacher-prefix cell and seed; its build is timed here on its
-    own (into scratch, so every run builds it) and reported beside the steps."""
+    rollouts and k and shared by every run on them; its build is timed here on its own (into
+    scratch, so every run builds it) and reported beside the steps."""
     from tasks.models import check_pair, load_model, load_tokenizer
     from tasks.scoring import ScoreCacheConfig, build_score_cache
     from tasks.train import teacher_prefixes
@@ -321,7 +321,7 @@ def _compare(args, profile, cell: str) -> None:
               f"{median['extra_mib']:.0f} MiB | {ratio} |", flush=True)
         if notes:
             print(f"<!-- {trainer}, last run: {', '.join(notes)} -->", file=sys.stderr)
-    if any("cache_build_s" in r for rs in runs.values() for r in rs):
+    if "ours, top-k cache" in runs:
         cached = runs["ours, top-k cache"]
         build = statistics.median(r["cache_build_s"] for r in cached)
         tokens = cached[0]["cache_tokens"]
