@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from bench.step_breakdown import (
@@ -113,17 +114,12 @@ def _ours_cached(spec: dict, scratch: str) -> dict:
     the exact forward KL): no teacher forward in a step. The cache is built once per teacher
     rollouts and k and shared by every run on them; its build is timed here on its own (into
     scratch, so every run builds it) and reported beside the steps."""
-    from tasks.models import check_pair, load_model, load_tokenizer
-    from tasks.scoring import ScoreCacheConfig, build_score_cache
-    from tasks.train import teacher_prefixes
+    from tasks.train import teacher_prefixes, teacher_scores
 
     config = _config(spec, scratch, loss="sparse", cache_k=CACHE_K)
     _, rollouts = teacher_prefixes(config)
     began = time.perf_counter()
-    build_score_cache(lambda: load_model(config.teacher), config.teacher, rollouts,
-                      load_tokenizer(config.student).pad_token_id,
-                      check_pair(config.teacher, config.student), ScoreCacheConfig(k=CACHE_K),
-                      root=Path(scratch) / "cache")
+    teacher_scores(replace(config, artifacts_root=str(Path(scratch) / "cache")), rollouts)
     build_seconds = time.perf_counter() - began
     return {**_train_ours(config, spec["warmup"]), "cache_build_s": build_seconds,
             "cache_tokens": sum(sample.length for sample in rollouts)}

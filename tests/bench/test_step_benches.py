@@ -3,10 +3,6 @@ they time exist in the trainer, a part timed inside another is not counted twice
 skips the warm-up, and our trainer's runs (live teacher and top-k cache) finish on tiny models.
 TRL's own runs need the bench extra and are run by hand (docs/performance.md)."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -89,14 +85,6 @@ def test_the_step_meter_counts_the_steps_and_tokens_after_the_warm_up(monkeypatc
     assert result["peak_mib"] > 0
 
 
-def _child(module: str, spec: dict) -> dict:
-    done = subprocess.run([sys.executable, "-m", module, "--child", json.dumps(spec)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
 def spec(tiny_pair, tiny_problems, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("bench")
@@ -110,7 +98,8 @@ def spec(tiny_pair, tiny_problems, tmp_path_factory) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", ["sft", "opd"])
 def test_the_breakdown_splits_a_real_step_into_its_parts(spec, cell):
-    result = _child("bench.step_breakdown", {**spec, "code": str(ROOT), "cell": cell})
+    result = step_breakdown.run_child("bench.step_breakdown",
+                                      {**spec, "code": str(ROOT), "cell": cell})
     assert set(step_breakdown.PARTS) <= set(result) and result["tokens"] > 0
     assert all(result[part] > 0 for part in ("generate", "teacher_forward", "student_forward",
                                                 "loss", "backward", "optimizer"))
@@ -120,8 +109,8 @@ def test_the_breakdown_splits_a_real_step_into_its_parts(spec, cell):
 @pytest.mark.slow
 def test_ours_with_the_top_k_cache_times_the_cache_build_beside_the_steps(spec):
     run = {**spec, "cell": "sft", "warmup": 1}
-    live = _child("bench.vs_trl", {**run, "trainer": "ours"})
-    cached = _child("bench.vs_trl", {**run, "trainer": "ours, top-k cache"})
+    live = step_breakdown.run_child("bench.vs_trl", {**run, "trainer": "ours"})
+    cached = step_breakdown.run_child("bench.vs_trl", {**run, "trainer": "ours, top-k cache"})
     for result in (live, cached):
         assert result["steps"] == 2 and result["tokens"] > 0 and result["wall"] > 0
     assert cached["cache_build_s"] > 0
