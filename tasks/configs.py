@@ -200,6 +200,10 @@ class StudyConfig(_RunSettings):
     rl_learning_rate: float = Field(1e-5, gt=0, le=1, description="GRPO learning rate.")
     min_effect: float = Field(0.05, gt=0, le=1, description="The smallest Avg@k difference "
                               "the study must be able to resolve (readiness check).")
+    min_teacher_lead: float = Field(0.25, ge=0, le=1, description="How far the teacher's "
+                                    "avg@1 must be above the starting student's before "
+                                    "training (readiness check; never waived by readiness: "
+                                    "warn): a teacher not clearly ahead has little to teach.")
     readiness: Literal["refuse", "warn"] = Field(
         "refuse", description="When the readiness check finds a shortfall before training: "
         "refuse to train, or warn and train anyway (said at the top of the report).")

@@ -367,6 +367,9 @@ def readiness_task(config, references: list[dict], products: list[dict], parent:
                                             for k, v in result.shortfalls.items()}})
     for name, text in result.shortfalls.items():
         _log(f"readiness warning [{name}]: {text}")
+    if result.blocking:
+        raise ValueError(f"the study is {result.summary()}; {', '.join(result.blocking)} "
+                         "cannot be waived by readiness: warn (see the warnings above)")
     if not result.ready and config.readiness == "refuse":
         raise ValueError(f"the study is {result.summary()} (see the warnings above); fix it, "
                          "or set readiness: warn to train anyway")

@@ -3,6 +3,11 @@
 Measured on what exists before any training — the teacher's and the starting student's
 evaluations and the teacher's training rollouts:
 
+- ``teacher_lead``: the teacher's avg@1 minus the starting student's, against min_teacher_lead
+  (0.25 by default). A teacher that is not clearly ahead has little to transfer, and where it
+  is wrong the student learns its errors: distillation then lowers the student's accuracy and
+  every comparison of cells measures which one hurts least. This shortfall is never waived:
+  readiness: warn does not train past it (lower min_teacher_lead to study such a pair).
 - ``teacher_entropy``: the teacher's mean token entropy on its own answers. A nearly
   deterministic teacher (below 0.05 nats/token) gives forward and reverse KL the same target,
   so the KL-direction claims cannot show.
@@ -16,7 +21,8 @@ evaluations and the teacher's training rollouts:
   correctness (tasks.stats), against the smallest effect the study must resolve (min_effect).
 
 Each shortfall is a named warning; the study refuses to train unless asked (readiness: warn),
-and then says so at the top of its report.
+and then says so at the top of its report — except a blocking one (BLOCKING), which always
+refuses.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from tasks.stats import expected_half_width, sample_values, variance_components
 from tasks.study import EvalSample
 
 MIN_TEACHER_ENTROPY = 0.05
+BLOCKING = ("teacher_lead",)  # shortfalls that readiness: warn does not train past
 EVAL_CAP_HEADROOM = 1.5
 MAX_TRUNCATED_AT_TRAINING = 0.25
 
@@ -45,6 +52,11 @@ class Readiness:
     @property
     def ready(self) -> bool:
         return not self.shortfalls
+
+    @property
+    def blocking(self) -> list[str]:
+        """The shortfalls no study trains past (BLOCKING)."""
+        return [name for name in self.shortfalls if name in BLOCKING]
 
     def summary(self) -> str:
         if self.ready:
@@ -68,10 +80,29 @@ def assess(config: StudyConfig, teacher_eval: Sequence[EvalSample],
         shortfalls["teacher_entropy"] = (
             f"the teacher's entropy on its own answers is {teacher_entropy:.3f} nats/token, "
             f"below {MIN_TEACHER_ENTROPY}: forward and reverse KL chase the same target")
+    _check_teacher_lead(config, teacher_eval, student_eval, measured, shortfalls)
     _check_eval_cap(config, teacher_eval, measured, shortfalls)
     _check_training_cap(config, teacher_rollouts, measured, shortfalls)
     _check_interval(config, student_eval, measured, shortfalls)
     return Readiness(measured, shortfalls)
+
+
+def _check_teacher_lead(config, teacher_eval, student_eval, measured, shortfalls) -> None:
+    graded = {who: [s.correct for s in samples if s.correct is not None]
+              for who, samples in (("teacher", teacher_eval), ("student", student_eval))}
+    if not graded["teacher"] or not graded["student"]:
+        return
+    teacher, student = (sum(values) / len(values) for values in graded.values())
+    measured.update({"teacher_avg_at_1": teacher, "student_avg_at_1": student,
+                     "teacher_lead": teacher - student,
+                     "min_teacher_lead": config.min_teacher_lead})
+    if teacher - student < config.min_teacher_lead:
+        shortfalls["teacher_lead"] = (
+            f"the teacher's avg@1 ({teacher:.3f}) is only {teacher - student:+.3f} above the "
+            f"starting student's ({student:.3f}), less than min_teacher_lead="
+            f"{config.min_teacher_lead}: there is little to distil, and where the teacher is "
+            "wrong the student copies it. Use a stronger teacher or a weaker student (or lower "
+            "min_teacher_lead to study this pair anyway)")
 
 
 def _check_eval_cap(config, teacher_eval, measured, shortfalls) -> None:

@@ -28,7 +28,8 @@ def study(tmp_path_factory, tiny_pair, tiny_problems):
     held_out = write_problems(tiny_problems["held_out"], root / "held_out.jsonl")
     bench = write_problems(tiny_problems["test"][:4], root / "tiny.jsonl")
     config = StudyConfig(
-        name="tiny", readiness="warn", teacher=str(tiny_pair[0]), student=str(tiny_pair[1]),
+        name="tiny", readiness="warn", min_teacher_lead=0,  # untrained tiny models
+        teacher=str(tiny_pair[0]), student=str(tiny_pair[1]),
         train_problems=str(train), held_out_problems=str(held_out), train_size=16,
         cells=["sft", "opd"], steps=2, batch_size=4, max_new_tokens=8, benchmarks=[str(bench)],
         eval_n=2, eval_ks=[1, 2], eval_limit=4, eval_max_new_tokens=8)

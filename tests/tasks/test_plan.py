@@ -84,3 +84,20 @@ def test_readiness_names_each_shortfall_and_passes_a_ready_study():
                                        "curriculum_rungs", "interval"}
     assert "below 0.05" in unready.shortfalls["teacher_entropy"]
     assert unready.summary().startswith("not ready: teacher_entropy")
+    assert not unready.blocking  # each of these can be waived by readiness: warn
+
+
+def test_readiness_blocks_a_teacher_that_is_not_clearly_ahead():
+    """Teacher avg@1 0.5 (every other sample right) against 0.33: a lead of 0.17 < 0.25."""
+    config = StudyConfig(cells=["sft"], eval_n=4, eval_max_new_tokens=96, min_effect=0.5)
+    close = assess(config, _eval(40, False, 2, n=6), _eval(40, False, 3, n=6), [],
+                   teacher_entropy=0.2)
+    assert close.measured["teacher_lead"] == pytest.approx(0.5 - 1 / 3)
+    assert close.blocking == ["teacher_lead"]
+    assert "only +0.167 above the starting student's (0.333)" in close.shortfalls["teacher_lead"]
+    far = assess(config, _eval(40, False, 1, n=6), _eval(40, False, 3, n=6), [],
+                 teacher_entropy=0.2)
+    assert "teacher_lead" not in far.shortfalls and far.measured["teacher_lead"] > 0.25
+    waived = assess(config.model_copy(update={"min_teacher_lead": 0.1}),
+                    _eval(40, False, 2, n=6), _eval(40, False, 3, n=6), [], teacher_entropy=0.2)
+    assert "teacher_lead" not in waived.shortfalls
