@@ -88,6 +88,9 @@ LOSS_PHRASES = ("gives away {n}", "loses {n}", "sells {n}", "drops {n}", "trades
                 "donates {n}", "spends {n}", "breaks {n}")
 CONNECTORS = ("", "Then ")
 INVERSE = {"+": "-", "-": "+"}
+# The free words of a solution: how it opens and how a running-total line reads.
+OPENINGS = ("has", "start")
+TOTAL_WORDS = ("now", "so", "total")
 MAX_STEPS = min(len(GAIN_PHRASES), len(LOSS_PHRASES))
 
 
@@ -101,21 +104,28 @@ class Step:
 
 @dataclass(frozen=True)
 class StepForm:
-    """How one step is written out: with or without its optional lines (both are correct).
+    """How one step is written out: with or without its optional lines (all are correct).
 
     quote: the step's header quotes the story's whole sentence (``Then she wins 64 more``)
         instead of its phrase (``wins 64 more``).
-    amount_first: an addition's columns name the amount's digit first (``4+7=1,6+0=7`` for
-        7 + 64); addition commutes, so both orders give the same digits. Ignored for a
-        subtraction.
     check: a check line undoes the step (``check 1-4=7,7-6=0``: 71 - 64 = 7).
-    running_total: a line states the new total in the usual order (``now 71``).
+    total_word: "" for no running-total line, else the line's word (``now 71``, ``so 71``,
+        ``total 71``; TOTAL_WORDS).
     """
 
     quote: bool = False
-    amount_first: bool = False
     check: bool = False
-    running_total: bool = False
+    total_word: str = ""
+
+
+@dataclass(frozen=True)
+class SolutionForm:
+    """How a whole solution is written: its opening word (``has 12`` or ``start 12``), whether
+    the box is introduced by ``answer``, and each step's form."""
+
+    opening: str = OPENINGS[0]
+    answer_word: bool = False
+    steps: tuple[StepForm, ...] = ()
 
 
 def digits(value: int) -> str:
@@ -127,17 +137,15 @@ def apply(total: int, step: Step) -> int:
     return total + step.amount if step.sign == "+" else total - step.amount
 
 
-def column_sum(total: int, step: Step, result: int, amount_first: bool = False) -> str:
+def column_sum(total: int, step: Step, result: int) -> str:
     """One step worked column by column, units first: 12 - 5 = 7 is ``2-5=7,1-0=0``.
 
-    Each column shows the two digits and the result digit; the carry (or borrow) from the
-    column before is implicit, so ``2-5=7`` reads "2 minus 5, borrow one: 7". amount_first
-    swaps an addition's operands in every column.
+    Each column shows the total's digit, the amount's digit and the result digit; the carry (or
+    borrow) from the column before is implicit, so ``2-5=7`` reads "2 minus 5, borrow one: 7".
+    Every digit is fixed by the problem and the lines before it.
     """
-    left, right = digits(total)[::-1], digits(step.amount)[::-1]
-    if amount_first and step.sign == "+":
-        left, right = right, left
-    columns = zip(left, right, digits(result)[::-1], strict=True)
+    columns = zip(digits(total)[::-1], digits(step.amount)[::-1], digits(result)[::-1],
+                  strict=True)
     return ",".join(f"{a}{step.sign}{b}={c}" for a, b, c in columns)
 
 
@@ -147,28 +155,28 @@ def check_line(total: int, step: Step, result: int) -> str:
 
 
 def worked_solution(start: int, steps: list[Step], echoes: list[tuple[str, str]],
-                    forms: list[StepForm] | None = None) -> str:
+                    form: SolutionForm | None = None) -> str:
     """The worked solution: echo the start, then each step's lines, then the box.
 
     A step is its echo after a ``> `` quote mark (the story's phrase, or its whole sentence:
     the mark makes the echo the same tokens as in the story, leading spaces included) and its
-    column sum, then,
-    where its form says so, a check line and a running-total line. echoes holds each step's
-    (phrase, sentence). Every form is a correct solution with the same box.
+    column sum, then, where its form says so, a check line and a running-total line. echoes
+    holds each step's (phrase, sentence). Every form is a correct solution with the same box,
+    and every choice between forms falls on a word, never on a digit.
     """
-    forms = forms or [StepForm()] * len(steps)
-    lines = [f"has {start}"]
+    form = form or SolutionForm(steps=(StepForm(),) * len(steps))
+    lines = [f"{form.opening} {start}"]
     total = start
-    for step, (phrase, sentence), form in zip(steps, echoes, forms, strict=True):
+    for step, (phrase, sentence), step_form in zip(steps, echoes, form.steps, strict=True):
         result = apply(total, step)
-        lines += [f"> {sentence if form.quote else phrase}",
-                  column_sum(total, step, result, form.amount_first)]
-        if form.check:
+        lines += [f"> {sentence if step_form.quote else phrase}",
+                  column_sum(total, step, result)]
+        if step_form.check:
             lines.append(check_line(total, step, result))
-        if form.running_total:
-            lines.append(f"now {result}")
+        if step_form.total_word:
+            lines.append(f"{step_form.total_word} {result}")
         total = result
-    lines.append(f"\\boxed{{{total}}}")
+    lines.append(("answer " if form.answer_word else "") + f"\\boxed{{{total}}}")
     return "\n".join(lines)
 
 
@@ -203,19 +211,21 @@ def random_steps(rng: random.Random, start: int, num_steps: int, max_operand: in
     return steps
 
 
-def random_forms(rng: random.Random, num_steps: int, config: ArithmeticConfig) -> list[StepForm]:
-    """How each step is written: every choice drawn independently at the configured rate."""
-    return [StepForm(quote=rng.random() < config.quote_rate,
-                     amount_first=rng.random() < config.amount_first_rate,
-                     check=rng.random() < config.check_rate,
-                     running_total=rng.random() < config.running_total_rate)
-            for _ in range(num_steps)]
+def random_forms(rng: random.Random, num_steps: int, config: ArithmeticConfig) -> SolutionForm:
+    """How a solution is written: every choice drawn independently at the configured rate."""
+    steps = []
+    for _ in range(num_steps):
+        quote, check = rng.random() < config.quote_rate, rng.random() < config.check_rate
+        total_word = rng.choice(TOTAL_WORDS) if rng.random() < config.running_total_rate else ""
+        steps.append(StepForm(quote, check, total_word))
+    opening = OPENINGS[rng.random() < config.start_word_rate]
+    return SolutionForm(opening, rng.random() < config.answer_word_rate, tuple(steps))
 
 
 def generate_problem(rng: random.Random, num_steps: int, max_operand: int, index: str,
-                     forms: list[StepForm] | None = None) -> Problem:
+                     form: SolutionForm | None = None) -> Problem:
     """One seeded problem with ``num_steps`` operations on numbers up to ``max_operand``,
-    its solution written with forms (default: no optional lines)."""
+    its solution written in form (default: no optional lines)."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     start = rng.randint(1, max_operand)
     steps = random_steps(rng, start, num_steps, max_operand)
@@ -227,7 +237,7 @@ def generate_problem(rng: random.Random, num_steps: int, max_operand: int, index
         id=f"arith-{index}",
         problem=text,
         answer=str(final),
-        solution=worked_solution(start, steps, echoes, forms),
+        solution=worked_solution(start, steps, echoes, form),
         source=f"arithmetic-{num_steps}step",
     )
 
@@ -240,9 +250,11 @@ class ArithmeticConfig:
     step_decay: P(num_steps = k) ∝ step_decay ** (k - min_steps); 1.0 is uniform, smaller
         makes long problems rarer (a tail of long answers rather than a block of them).
     quote_rate: probability that a step's header quotes its whole sentence.
-    amount_first_rate: probability that an addition is written amount first.
     check_rate: probability that a step is followed by its check line.
-    running_total_rate: probability that a step is followed by a ``now <total>`` line.
+    running_total_rate: probability that a step is followed by a running-total line; its word
+        (``now``, ``so``, ``total``) is then drawn uniformly.
+    start_word_rate: probability that a solution opens with ``start 12`` instead of ``has 12``.
+    answer_word_rate: probability that the box is written ``answer \\boxed{71}``.
     max_operand: largest number a story mentions.
     train_size, held_out_size, test_size: problems per split.
     seed: one seed for all three splits (each split derives its own streams).
@@ -251,10 +263,11 @@ class ArithmeticConfig:
     min_steps: int = 1
     max_steps: int = 6
     step_decay: float = 0.75
-    quote_rate: float = 0.4
-    amount_first_rate: float = 0.4
-    check_rate: float = 0.35
-    running_total_rate: float = 0.4
+    quote_rate: float = 0.5
+    check_rate: float = 0.5
+    running_total_rate: float = 0.75
+    start_word_rate: float = 0.5
+    answer_word_rate: float = 0.5
     max_operand: int = 99
     train_size: int = 20_000
     held_out_size: int = 200
@@ -271,7 +284,8 @@ class ArithmeticConfig:
                              "(one distinct phrase per step)")
         if not 0 < self.step_decay <= 1:
             raise ValueError(f"step_decay={self.step_decay} must lie in (0, 1] (1 = uniform)")
-        for name in ("quote_rate", "amount_first_rate", "check_rate", "running_total_rate"):
+        for name in ("quote_rate", "check_rate", "running_total_rate", "start_word_rate",
+                     "answer_word_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1]")
         if not 1 <= self.max_operand <= MAX_TOTAL:
@@ -318,9 +332,9 @@ def generate_splits(config: ArithmeticConfig) -> dict[str, list[Problem]]:
                     f"{config.max_steps}; lower the split size or widen the ranges"
                 )
             num_steps = rng.choices(step_counts, step_weights)[0]
-            forms = random_forms(form_rng, num_steps, config)
+            form = random_forms(form_rng, num_steps, config)
             problem = generate_problem(rng, num_steps, config.max_operand,
-                                       f"{split}-{config.seed}-{len(problems)}", forms)
+                                       f"{split}-{config.seed}-{len(problems)}", form)
             if problem.problem not in seen:
                 seen.add(problem.problem)
                 problems.append(problem)

@@ -1,21 +1,31 @@
 """The embedded default task: seeded, disjoint splits, solutions that are correct line by line in
 every written form, optional forms at their configured rates, lengths that grow with steps."""
 
+import random
 import re
 import statistics
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import pytest
 
-from tasks.arithmetic import MAX_TOTAL, ArithmeticConfig, generate_splits
+from tasks.arithmetic import (
+    MAX_TOTAL,
+    OPENINGS,
+    TOTAL_WORDS,
+    ArithmeticConfig,
+    SolutionForm,
+    StepForm,
+    generate_problem,
+    generate_splits,
+)
 from tasks.data import Problem
 from tasks.grader import grade
 from tasks.models import build_tokenizer
 
 SMALL = ArithmeticConfig(train_size=2000, held_out_size=100, test_size=200)
-PLAIN = replace(SMALL, quote_rate=0.0, amount_first_rate=0.0, check_rate=0.0,
-                running_total_rate=0.0)
+PLAIN = replace(SMALL, quote_rate=0.0, check_rate=0.0, running_total_rate=0.0,
+                start_word_rate=0.0, answer_word_rate=0.0)
 PHRASE = re.compile(r"^> (?P<echo>[a-z ]+ \d+(?: more)?)$")
 SENTENCE = re.compile(r"^> (?P<echo>(?:Then (?:she|he)|She|He) [a-z ]+ \d+(?: more)?)$")
 COLUMN = re.compile(r"^(?P<a>\d)(?P<sign>[+-])(?P<b>\d)=(?P<c>\d)$")
@@ -40,18 +50,21 @@ class FormCounts:
     steps: int = 0
     quoted: int = 0
     checked: int = 0
-    running_totals: int = 0
-    additions: int = 0  # additions whose two operands differ: the order is visible
-    amount_first: int = 0
+    running_totals: Counter = field(default_factory=Counter)  # by word
+    solutions: int = 0
+    started: int = 0  # solutions opening with "start" instead of "has"
+    answer_words: int = 0  # boxes written "answer \\boxed{..}"
 
 
 def check_solution(problem: Problem, counts: FormCounts) -> None:
     """Assert that every line of problem's worked solution is right; count its forms."""
     lines = problem.solution.split("\n")
     num_steps = int(problem.source.removeprefix("arithmetic-").removesuffix("step"))
-    start = re.fullmatch(r"has (\d+)", lines.pop(0))
-    assert start and f"has {start.group(1)} " in problem.problem
-    total = int(start.group(1))
+    start = re.fullmatch(r"(has|start) (\d+)", lines.pop(0))
+    assert start and f"has {start.group(2)} " in problem.problem
+    total = int(start.group(2))
+    counts.solutions += 1
+    counts.started += start.group(1) == "start"
     for _ in range(num_steps):
         header, column = lines.pop(0), lines.pop(0)
         if sentence := SENTENCE.match(header):
@@ -63,24 +76,20 @@ def check_solution(problem: Problem, counts: FormCounts) -> None:
         amount = int(re.findall(r"\d+", header)[-1])
         sign, a, b, c = _column_values(column)
         assert sign == ("+" if header.endswith("more") else "-")
-        if sign == "+":
-            assert sorted((a, b)) == sorted((total, amount)) and c == total + amount
-            if total != amount:
-                counts.additions += 1
-                counts.amount_first += (a, b) == (amount, total)
-        else:
-            assert (a, b, c) == (total, amount, total - amount)
+        assert (a, b, c) == (total, amount, total + amount if sign == "+" else total - amount)
         assert 0 <= c <= MAX_TOTAL
         if lines[0].startswith("check "):
             undo = _column_values(lines.pop(0).removeprefix("check "))
             assert undo == ("-" if sign == "+" else "+", c, amount, total)  # the step undone
             counts.checked += 1
-        if lines[0].startswith("now "):
-            assert lines.pop(0) == f"now {c}"
-            counts.running_totals += 1
+        if lines[0].split(" ")[0] in TOTAL_WORDS:
+            word, value = lines.pop(0).split(" ")
+            assert value == str(c)
+            counts.running_totals[word] += 1
         total = c
         counts.steps += 1
-    assert lines == [f"\\boxed{{{problem.answer}}}"]
+    assert lines in ([f"\\boxed{{{problem.answer}}}"], [f"answer \\boxed{{{problem.answer}}}"])
+    counts.answer_words += lines[0].startswith("answer ")
     assert int(problem.answer) == total
 
 
@@ -133,10 +142,34 @@ def test_optional_forms_appear_at_their_configured_rates():
         check_solution(problem, counts)
     assert counts.quoted / counts.steps == pytest.approx(SMALL.quote_rate, abs=0.03)
     assert counts.checked / counts.steps == pytest.approx(SMALL.check_rate, abs=0.03)
-    assert counts.running_totals / counts.steps == pytest.approx(SMALL.running_total_rate,
-                                                                 abs=0.03)
-    assert counts.amount_first / counts.additions == pytest.approx(SMALL.amount_first_rate,
-                                                                   abs=0.03)
+    for word in TOTAL_WORDS:  # a running-total line at its rate, its word drawn uniformly
+        assert counts.running_totals[word] / counts.steps == pytest.approx(
+            SMALL.running_total_rate / len(TOTAL_WORDS), abs=0.03)
+    assert counts.started / counts.solutions == pytest.approx(SMALL.start_word_rate, abs=0.04)
+    assert counts.answer_words / counts.solutions == pytest.approx(SMALL.answer_word_rate,
+                                                                   abs=0.04)
+
+
+def test_written_forms_differ_only_at_words_never_at_digits():
+    """Every way of writing a problem's solution first departs from another at a word: all
+    the uncertainty a teacher can legitimately have sits on words, every digit is determined."""
+    splits = generate_splits(SMALL)
+    tokenizer = build_tokenizer([p.problem + "\n" + p.solution for p in splits["train"]], 400)
+    step_forms = [StepForm(quote, check, word) for quote in (False, True)
+                  for check in (False, True) for word in ("", *TOTAL_WORDS)]
+    departures = 0
+    for seed in range(20):
+        forms = [SolutionForm(opening, answer, (first, second)) for opening in OPENINGS
+                 for answer in (False, True) for first in step_forms for second in step_forms[::5]]
+        solutions = {generate_problem(random.Random(seed), 2, 99, "x", form).solution
+                     for form in forms}
+        assert len(solutions) == len(forms)
+        tokens = [tokenizer.tokenize(text) for text in solutions]
+        for one, other in zip(tokens, tokens[1:]):
+            where = next(i for i, (a, b) in enumerate(zip(one, other)) if a != b)
+            assert not one[where].isdigit() and not other[where].isdigit(), (one, other)
+            departures += 1
+    assert departures > 1000
 
 
 def test_every_form_is_graded_correct_by_the_strict_rule():
