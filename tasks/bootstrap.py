@@ -29,6 +29,7 @@ from tasks.models import (
     SMOLLM2_GGUF,
     TinyModelConfig,
     build_tiny_model,
+    keep_layers,
     build_tokenizer,
     load_model,
     load_tokenizer,
@@ -46,8 +47,12 @@ MODEL_CODE = ("tasks.models", "tasks.sft", "tasks.bootstrap", "tasks.rollout")
 class DefaultBootstrapConfig:
     """Everything that determines the default problems, tokenizer, teacher and student.
 
-    The models' context (max_positions 512) holds the longest prompt (~80 tokens) plus an
-    evaluation cap of 1.5× the longest worked solution (~225 tokens).
+    The teacher is trained on the worked solutions until it is right where the task has one
+    right token (every digit) and spread where it has several (the written forms). The student
+    is the teacher cut to student_layers (half its depth), healed by a short SFT on the same
+    worked solutions (student_sft): it starts far below the teacher, with the capacity to catch
+    up, as a pruned model distilled from its parent does.
+    The models' context (max_positions 512) holds the longest prompt plus the evaluation cap.
     eval_problems, greedy_max_new_tokens: the held-out greedy accuracy the bootstrap records.
     """
 
@@ -57,13 +62,11 @@ class DefaultBootstrapConfig:
         default_factory=lambda: TinyModelConfig(max_positions=512)
     )
     teacher_sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=800))
-    student: TinyModelConfig = field(
-        default_factory=lambda: TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2,
-                                                intermediate_size=256, max_positions=512)
-    )
-    student_sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=750, warmup_steps=50))
+    student_layers: tuple[int, ...] = (0, 2)
+    student_sft: SFTConfig = field(default_factory=lambda: SFTConfig(
+        steps=150, learning_rate=1e-3, warmup_steps=25, seed=1))
     eval_problems: int = 200
-    greedy_max_new_tokens: int = 384
+    greedy_max_new_tokens: int = 256
 
 
 @dataclass(frozen=True)
@@ -111,12 +114,13 @@ def bootstrap_default(
                                     describe={"vocab_size": config.vocab_size,
                                               "data": data_dir.name})
 
-    def build_model(role: str, shape: TinyModelConfig, sft: SFTConfig) -> Path:
+    def build_model(role: str, key: str, make: Callable[[], torch.nn.Module], sft: SFTConfig,
+                    describe: dict) -> Path:
         def build(out: Path) -> None:
             started = time.perf_counter()
-            log(f"bootstrapping the default {role} ({shape}) …")
+            log(f"bootstrapping the default {role} ({describe['model']}) …")
             tokenizer = load_tokenizer(tokenizer_dir)
-            model = build_tiny_model(shape, tokenizer, seed=sft.seed)
+            model = make()
             log(f"  {non_embedding_parameters(model):,} non-embedding parameters")
             metrics = train_sft(model, tokenizer, train, sft, log=log)
             metrics.update(held_out_greedy_accuracy(model, tokenizer, held_out,
@@ -128,19 +132,23 @@ def bootstrap_default(
             tokenizer.save_pretrained(out)
             (out / "bootstrap_metrics.json").write_text(json.dumps(metrics, indent=2))
 
-        key = content_hash(tokenizer_key, shape, sft)
         path, reused = cached_build(f"models/default-{role}", key, build, root=root,
-                                    describe={"role": role, "model": shape, "sft": sft,
-                                              "data": data_dir.name})
+                                    describe={**describe, "sft": sft, "data": data_dir.name})
         if reused:
             log(f"reusing the default {role} at {path}")
         return path
 
-    return BootstrapArtifacts(
-        data_dir=data_dir,
-        teacher_dir=build_model("teacher", config.teacher, config.teacher_sft),
-        student_dir=build_model("student", config.student, config.student_sft),
-    )
+    teacher_dir = build_model(
+        "teacher", content_hash(tokenizer_key, config.teacher, config.teacher_sft),
+        lambda: build_tiny_model(config.teacher, load_tokenizer(tokenizer_dir),
+                                 seed=config.teacher_sft.seed),
+        config.teacher_sft, {"role": "teacher", "model": config.teacher})
+    student_dir = build_model(
+        "student", content_hash(teacher_dir.name, config.student_layers, config.student_sft),
+        lambda: keep_layers(load_model(teacher_dir), config.student_layers),
+        config.student_sft, {"role": "student", "model": f"the teacher's layers "
+                             f"{list(config.student_layers)}", "teacher": teacher_dir.name})
+    return BootstrapArtifacts(data_dir=data_dir, teacher_dir=teacher_dir, student_dir=student_dir)
 
 
 def held_out_greedy_accuracy(model, tokenizer, problems: list[Problem],
@@ -229,13 +237,7 @@ def bootstrap_smollm2(root: str | Path | None = None,
 
     def build_student(out: Path) -> None:
         model = load_model(teacher_dir)
-        keep = list(range(0, model.config.num_hidden_layers, 2))
-        model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in keep)
-        for new_index, layer in enumerate(model.model.layers):
-            layer.self_attn.layer_idx = new_index
-        model.config.num_hidden_layers = len(keep)
-        if getattr(model.config, "layer_types", None):
-            model.config.layer_types = [model.config.layer_types[i] for i in keep]
+        keep_layers(model, list(range(0, model.config.num_hidden_layers, 2)))
         model.save_pretrained(out)
         load_tokenizer(teacher_dir).save_pretrained(out)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,22 @@ def build_tiny_model(
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(llama_config)
+
+
+def keep_layers(model: PreTrainedModel, keep: Sequence[int]) -> PreTrainedModel:
+    """model cut in place to the decoder layers at the indices in keep (in that order): a
+    shallower student that starts from the teacher's own weights, as the real-weights profile
+    and the embedded default derive theirs. Embeddings, final norm and head are kept."""
+    layers = model.model.layers
+    if not keep or any(not 0 <= index < len(layers) for index in keep):
+        raise ValueError(f"keep={list(keep)}: give layer indices in [0, {len(layers) - 1}]")
+    model.model.layers = torch.nn.ModuleList(layers[index] for index in keep)
+    for new_index, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = new_index  # the KV cache is indexed by position in the stack
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[index] for index in keep]
+    model.config.num_hidden_layers = len(keep)
+    return model
 
 
 def non_embedding_parameters(model: PreTrainedModel) -> int:
