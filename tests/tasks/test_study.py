@@ -8,6 +8,7 @@ import pytest
 
 from tasks.store import RolloutStore, SampleRecord
 from tasks.study import newest_grid, read_evaluations, read_study, responses, samples_by_seed
+from tasks.tables import LEGEND
 from tasks.tracking import Tracker
 
 pytestmark = pytest.mark.slow  # its fixture logs a study to a fresh MLflow database
@@ -155,6 +156,7 @@ def test_grid_report_tables_every_child_at_the_grids_ks(grid):
     lines = table.splitlines()
     assert lines[0] == f"grid run {parent}"
     assert lines[1].startswith("| cell | avg@4 | pass@4 | avg@1 |")
-    assert [line.split(" | ")[0] for line in lines[3:]] == [
+    assert [line.split(" | ")[0] for line in lines[3:7]] == [
         "| student (start)", "| sft", "| sft", "| teacher:0.5"]
     assert lines[4].split(" | ")[1] == "0.500"
+    assert lines[7:] == ["", LEGEND]  # what greedy and gold NLL mean, under the table
