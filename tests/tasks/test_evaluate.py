@@ -294,6 +294,9 @@ def test_bootstrapped_teacher_beats_an_untrained_student(bootstrapped, tmp_path)
     assert teacher["eval/default/avg_at_4"] >= untrained["eval/default/avg_at_4"] + 0.3
     assert teacher["eval/default/pass_at_4"] >= teacher["eval/default/avg_at_4"]
     assert teacher["eval/default/greedy_accuracy"] >= 0.5
+    # trained on such worked solutions, the teacher is far less surprised by their digits
+    assert teacher["eval/default/gold_nll_digits"] < 0.5 * untrained["eval/default/gold_nll_digits"]
+    assert teacher["eval/default/gold_nll_problems"] == 40
     # the teacher was trained to stop; the untrained model babbles until the cap
     assert teacher["eval/default/truncation_rate"] < untrained["eval/default/truncation_rate"]
     assert teacher["eval/default/entropy"] < untrained["eval/default/entropy"]
@@ -305,4 +308,8 @@ def test_bootstrapped_teacher_beats_an_untrained_student(bootstrapped, tmp_path)
     with RolloutStore(store_url) as store:
         rows = store.samples("eval-teacher", stage="eval/default")
     assert len(rows) == 160
+    with RolloutStore(store_url) as store:
+        greedy = store.samples("eval-teacher", stage="eval_greedy/default")
+    assert len(greedy) == 40 and sum(r.correct for r in greedy) / 40 == pytest.approx(
+        teacher["eval/default/greedy_accuracy"])
     assert sum(r.correct for r in rows) / 160 == pytest.approx(teacher["eval/default/avg_at_4"])
