@@ -352,7 +352,6 @@ def results_section(report: Report) -> str:
             + legend_html() + table("results", heads, rows))
 
 
-
 def table(name: str, heads: Sequence[str], rows: Sequence[str]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in heads)
     return (f'<div class="scroll"><table class="{name}"><thead><tr>{head}</tr></thead><tbody>'
@@ -410,7 +409,6 @@ def forest_figure(report: Report, found: dict[str, list], metrics: list[Metric])
                            empty="No cell has paired per-problem rows with the baseline.")
     chart = Chart.new("differences", len(shown), (3.6 * len(shown), 1.0 + 0.35 * len(drawn)),
                       fit=True)
-
     for ax, (i, metric) in zip(chart.axes, shown, strict=True):
         for y, label in enumerate(reversed(drawn)):
             if (d := found[label][i]) is not None:
@@ -634,7 +632,6 @@ def benchmark_section(report: Report) -> str:
     intervals."""
     names, k = report.study.benchmarks(), report.k
     shown = ("avg", "pass", "greedy", "length", "entropy")
-
     if not names:
         return "<h2>Per benchmark</h2>" + no_plot("No run has eval/<benchmark>/… metrics.")
     top = "".join(f'<th colspan="{len(shown)}">{esc(b)}</th>' for b in names)

@@ -219,7 +219,6 @@ def greedy_metrics(rows: Sequence[SampleResult]) -> dict[str, float]:
     return {"greedy_accuracy": sum(r.correct for r in rows) / len(rows)}
 
 
-
 # ----------------------------------------------------------------------------- benchmarks
 
 

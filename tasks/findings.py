@@ -132,7 +132,7 @@ def _effect(name: str, metric: str, predicted: Direction | None,
 def _greedy_effect(name: str, terms: Sequence[tuple[float, Callable[[], ProblemValues]]]
                    ) -> list[Effect]:
     """The greedy-accuracy contrast beside an Avg@k effect, reported without a verdict: terms
-    are (coefficient, a call giving a cell's greedy values). None when a cell has no greedy
+    are (coefficient, a call giving a cell's greedy values). Nothing when a cell has no greedy
     responses (runs evaluated before they were stored)."""
     try:
         measured = [(coefficient, values()) for coefficient, values in terms]
@@ -142,7 +142,6 @@ def _greedy_effect(name: str, terms: Sequence[tuple[float, Callable[[], ProblemV
 
 
 def _finding(id_: str, claim: str, effects: list[Effect], note: str = "") -> Finding:
-
     judged = [e.verdict for e in effects if e.verdict is not None]
     return Finding(id_, claim, tuple(effects), claim_verdict(judged) if judged else None, note)
 

@@ -160,7 +160,6 @@ def _problem_value(group: list[GradedSample], metric: str, k: int) -> tuple[floa
                              "(samples_by_seed(..., greedy=True)), not its samples")
         return float(group[0].correct), 1.0
     if metric in ("avg_at_k", "pass_at_k"):
-
         if len(group) < k:
             raise ValueError(f"problem {problem!r} has {len(group)} samples but k={k}: "
                              "sample n >= k responses per problem")

@@ -54,7 +54,6 @@ EVAL_STAGE = "eval/"  # + benchmark: an evaluation's sampled responses
 GREEDY_STAGE = "eval_greedy/"  # + benchmark: its one greedy response per problem
 
 
-
 class _Base(DeclarativeBase):
     pass
 

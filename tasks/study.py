@@ -297,7 +297,6 @@ def _evaluations(store: RolloutStore, run_id: str
     return tuple(found[EVAL_STAGE]), tuple(found[GREEDY_STAGE])
 
 
-
 def followups(tracker: Tracker, run: StudyRun, store: RolloutStore | None = None,
               history_keys: Iterable[str] = ()) -> tuple[StudyRun, ...]:
     """The runs that started from this one (e.g. GRPO runs tagged ``source_run=<its id>``),
@@ -334,7 +333,6 @@ def samples_by_seed(runs: Iterable[StudyRun], benchmark: str | None = None,
     by_seed = {}
     for run in runs:
         samples = run.samples_at(step, benchmark, greedy)
-
         if samples:
             by_seed[run.seed] = samples
     return by_seed
