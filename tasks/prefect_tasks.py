@@ -411,7 +411,8 @@ def _summary_metrics(study, k: int) -> dict[str, float]:
 
     summary = {}
     for label, runs in study.cells().items():
-        for key in (f"avg_at_{k}", f"pass_at_{k}", "entropy", "response_length_mean"):
+        for key in (f"avg_at_{k}", f"pass_at_{k}", "greedy_accuracy", "entropy",
+                    "response_length_mean", "gold_nll_digits", "gold_nll_other"):
             values = [v for r in runs if (v := r.metric(f"eval/overall/{key}")) is not None]
             if values:
                 summary[f"{key}/{slug(label)}"] = sum(values) / len(values)
