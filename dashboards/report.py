@@ -96,7 +96,7 @@ def eval_metrics(k: int, benchmark: str = "overall") -> dict[str, Metric]:
             "entropy": Metric(f"{at}entropy", "entropy", "entropy", ".3f")}
 
 
-def gold_nll_metrics(benchmark: str = "overall") -> list[Metric]:
+def gold_nll_columns(benchmark: str = "overall") -> list[Metric]:
     """The gold-solution NLL split (tasks.gold_nll): logged means, no per-problem rows."""
     at = f"eval/{benchmark}/"
     return [Metric(f"{at}gold_nll_digits", None, "gold NLL, digits"),
@@ -309,7 +309,7 @@ def legend(report: Report, runs: Sequence[StudyRun]) -> str:
 def overall_columns(k: int) -> list[Metric]:
     metrics = eval_metrics(k)
     avg_1 = [Metric("eval/overall/avg_at_1", "avg_at_k", "Avg@1")] if k != 1 else []
-    return [metrics["avg"], metrics["pass"], *avg_1, metrics["greedy"], *gold_nll_metrics(),
+    return [metrics["avg"], metrics["pass"], *avg_1, metrics["greedy"], *gold_nll_columns(),
             metrics["length"], metrics["truncated"], metrics["entropy"],
             Metric(FLOPS_KEY, None, "train FLOPs", ".2e"),
             Metric(WALL_KEY, None, "wall time (s)", ".0f")]

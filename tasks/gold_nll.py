@@ -79,7 +79,7 @@ def gold_nll(model, tokenizer, benchmark: str, problems: Sequence[Problem],
     the module docstring); [] when no problem has a solution. prompts: the rendered prompts,
     one per problem (``tasks.rollout.render_prompts``)."""
     samples = gold_samples(tokenizer, problems, prompts, context_length(model))
-    digit_of: dict[int, bool] = {}
+    known: dict[int, bool] = {}  # token id -> is it an answer digit (decoded once)
     rows: list[GoldNLL] = []
     for start in range(0, len(samples), batch_size):
         part = samples[start : start + batch_size]
@@ -87,15 +87,20 @@ def gold_nll(model, tokenizer, benchmark: str, problems: Sequence[Problem],
         nll_BT = -dc.sampled_token_logprobs(response_logits(model, batch),
                                             batch.response_ids_BT.to(model.device)).cpu()
         for row, sample in enumerate(part):
-            nll = nll_BT[row, : sample.length].tolist()
-            digits = [digit_of.setdefault(t, is_answer_digit(tokenizer.decode([t])))
-                      for t in sample.response_ids]
-            rows.append(GoldNLL(
-                benchmark, problems[sample.prompt_index].id, sum(digits),
-                sum(x for x, d in zip(nll, digits, strict=True) if d),
-                len(digits) - sum(digits),
-                sum(x for x, d in zip(nll, digits, strict=True) if not d)))
+            for token in sample.response_ids:
+                if token not in known:
+                    known[token] = is_answer_digit(tokenizer.decode([token]))
+            rows.append(_split(benchmark, problems[sample.prompt_index].id,
+                               nll_BT[row, : sample.length].tolist(),
+                               [known[token] for token in sample.response_ids]))
     return rows
+
+
+def _split(benchmark: str, problem_id: str, nll: list[float], digits: list[bool]) -> GoldNLL:
+    """One solution's token NLLs summed over its answer digits and over its other tokens."""
+    digit = [x for x, is_digit in zip(nll, digits, strict=True) if is_digit]
+    other = [x for x, is_digit in zip(nll, digits, strict=True) if not is_digit]
+    return GoldNLL(benchmark, problem_id, len(digit), sum(digit), len(other), sum(other))
 
 
 def gold_nll_metrics(rows: Sequence[GoldNLL]) -> dict[str, float]:

@@ -62,7 +62,7 @@ def test_every_cell_and_seed_is_a_run_evaluated_at_its_steps(outcome):
     greedy = [r for r in rows if r.stage == "eval_greedy/tiny"]
     assert len(rows) - len(greedy) == 3 * 6 * 2 and len(greedy) == 3 * 6  # + one greedy each
     assert "avg_at_2/dagger" in parent_metrics and "entropy/opd-6-steps" in parent_metrics
-    assert "greedy_accuracy/dagger" in parent_metrics and "gold_nll_digits/opd" in parent_metrics
+    assert {"greedy_accuracy/dagger", "gold_nll_digits/opd-6-steps"} <= set(parent_metrics)
 
 
 @pytest.mark.slow
