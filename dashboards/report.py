@@ -48,6 +48,7 @@ from tasks.study import (
     responses,
     samples_by_seed,
 )
+from tasks.tables import GOLD_NLL_LEGEND, GREEDY_LEGEND
 from tasks.tracking import Tracker, default_tracking_uri
 
 CURVE_KEYS = ("train/loss", "train/entropy", "train/response_length")
@@ -83,14 +84,23 @@ class Metric:
 
 
 def eval_metrics(k: int, benchmark: str = "overall") -> dict[str, Metric]:
-    """The evaluation metrics with per-problem rows, by short name."""
+    """The evaluation metrics with per-problem rows, by short name (greedy: from each problem's
+    greedy response, kept apart from the samples)."""
     at = f"eval/{benchmark}/"
     return {"avg": Metric(f"{at}avg_at_{k}", "avg_at_k", f"Avg@{k}", k=k),
             "pass": Metric(f"{at}pass_at_{k}", "pass_at_k", f"Pass@{k}", k=k),
+            "greedy": Metric(f"{at}greedy_accuracy", stats.GREEDY, "greedy"),
             "length": Metric(f"{at}response_length_mean", "response_length_mean",
                              "mean length", ".1f"),
             "truncated": Metric(f"{at}truncation_rate", "truncation_rate", "truncated", ".1%"),
             "entropy": Metric(f"{at}entropy", "entropy", "entropy", ".3f")}
+
+
+def gold_nll_columns(benchmark: str = "overall") -> list[Metric]:
+    """The gold-solution NLL split (tasks.gold_nll): logged means, no per-problem rows."""
+    at = f"eval/{benchmark}/"
+    return [Metric(f"{at}gold_nll_digits", None, "gold NLL, digits"),
+            Metric(f"{at}gold_nll_other", None, "gold NLL, other")]
 
 
 # -- what the page shows: read once, then rendered ---------------------------------------------
@@ -210,7 +220,8 @@ def values(report: Report, runs: Sequence[StudyRun], metric: Metric,
     if key not in report.cache:
         report.cache[key] = None
         benchmark = metric.key.split("/")[1]
-        by_seed = samples_by_seed(runs, None if benchmark == "overall" else benchmark, step)
+        by_seed = samples_by_seed(runs, None if benchmark == "overall" else benchmark, step,
+                                  greedy=metric.name == stats.GREEDY)
         try:
             if by_seed and metric.name:
                 report.cache[key] = stats.problem_values(by_seed, metric.name, metric.k)
@@ -298,15 +309,26 @@ def legend(report: Report, runs: Sequence[StudyRun]) -> str:
 def overall_columns(k: int) -> list[Metric]:
     metrics = eval_metrics(k)
     avg_1 = [Metric("eval/overall/avg_at_1", "avg_at_k", "Avg@1")] if k != 1 else []
-    return [metrics["avg"], metrics["pass"], *avg_1, metrics["length"], metrics["truncated"],
-            metrics["entropy"], Metric(FLOPS_KEY, None, "train FLOPs", ".2e"),
+    return [metrics["avg"], metrics["pass"], *avg_1, metrics["greedy"], *gold_nll_columns(),
+            metrics["length"], metrics["truncated"], metrics["entropy"],
+            Metric(FLOPS_KEY, None, "train FLOPs", ".2e"),
             Metric(WALL_KEY, None, "wall time (s)", ".0f")]
 
 
+def legend_html() -> str:
+    """What greedy accuracy and the gold NLL split tell (the tables' legend, tasks.tables)."""
+    return (f'<p class="legend-text"><b>{esc(GREEDY_LEGEND)}.</b> '
+            f"<b>{esc(GOLD_NLL_LEGEND)}.</b> A cell that only sharpens (lower entropy) can "
+            "raise Avg@k at temperature 1 while its greedy accuracy falls and its gold NLL "
+            "rises; one that learnt raises greedy accuracy and lowers the gold NLL of the "
+            "digits.</p>")
+
+
 def results_section(report: Report) -> str:
-    """One row per run, grouped; Avg@k with its 95 % interval over the run's problems."""
+    """One row per run, grouped; Avg@k and greedy accuracy with their 95 % intervals over the
+    run's problems; the legend of greedy and gold NLL."""
     columns, k = overall_columns(report.k), report.k
-    avg = columns[0]
+    with_interval = {eval_metrics(k)[name].key for name in ("avg", "greedy")}
     heads = ["run", "status", "seed", "prefix", "λ", "curriculum", *(c.label for c in columns)]
     rows = []
     for group, title in GROUP_TITLES.items():
@@ -315,18 +337,19 @@ def results_section(report: Report) -> str:
             rows.append(f'<tr class="group"><th colspan="{len(heads)}">{esc(title)}</th></tr>')
         for run in members:
             setting = [run.tags.get(t, "–") for t in ("prefix_source", "lambda", "curriculum")]
-            tds = [_td(run.metric(c.key), c.spec, interval(report, [run], c) if c is avg
-                       else None) for c in columns]
+            tds = [_td(run.metric(c.key), c.spec, interval(report, [run], c)
+                       if c.key in with_interval else None) for c in columns]
             rows.append(f'<tr class="run"><td>{swatch(report, run.label)}</td><td>'
                         f"{esc(run.status)}</td><td>{run.seed}</td>"
                         + "".join(f"<td>{esc(s)}</td>" for s in setting) + "".join(tds)
                         + "</tr>")
     return (f"<h2>Results</h2><p>Overall evaluation metrics at each run's last step (Avg@{k} "
-            f"over the first {k} samples, unbiased Pass@{k}), with Avg@{k}'s 95 % interval over "
-            "the run's problems where the store has its samples; prefix: who wrote the training "
+            f"over the first {k} samples, unbiased Pass@{k}, greedy accuracy), with Avg@{k}'s "
+            "and greedy accuracy's 95 % intervals over the run's problems where the store has "
+            "its responses; gold NLL in nats per token; prefix: who wrote the training "
             "prefixes; λ: weight on the reverse KL KL(q_student ‖ p_teacher); train FLOPs: the "
             "cumulative total at the last step; wall time: the training loop's.</p>"
-            + table("results", heads, rows))
+            + legend_html() + table("results", heads, rows))
 
 
 def table(name: str, heads: Sequence[str], rows: Sequence[str]) -> str:
@@ -349,7 +372,7 @@ def difference_td(found: stats.Interval | None, spec: str) -> str:
 
 def differences_section(report: Report) -> str:
     """Each cell minus the baseline, paired by seed and problem, with 95 % intervals; a forest
-    plot of the Avg@k and entropy differences."""
+    plot of the Avg@k, greedy accuracy and entropy differences."""
     title, base = "<h2>Paired differences vs baseline</h2>", report.baseline
     cells = report.study.cells()
     if base is None or len(cells) < 2:
@@ -374,15 +397,18 @@ def differences_section(report: Report) -> str:
 
 
 def forest_figure(report: Report, found: dict[str, list], metrics: list[Metric]) -> str:
-    """Δ Avg@k and Δ entropy per cell with their intervals, 0 marked."""
-    shown = [(0, metrics[0]), (4, metrics[4])]
+    """Δ Avg@k, Δ greedy accuracy and Δ entropy per cell with their intervals, 0 marked: side
+    by side, sharpening (Avg@k up, entropy down, greedy not up) reads apart from learning."""
+    shown = [(i, m) for i, m in enumerate(metrics)
+             if m.name in ("avg_at_k", stats.GREEDY, "entropy")]
     drawn = [label for label, intervals in found.items() if any(intervals[i] for i, _ in shown)]
     caption = (f"Difference to {report.baseline} with its 95 % interval; the dashed line is no "
                "difference. A bar that crosses it is no evidence either way.")
     if not drawn:
         return figure_html(report, None, "", caption,
                            empty="No cell has paired per-problem rows with the baseline.")
-    chart = Chart.new("differences", 2, (8.0, 1.0 + 0.35 * len(drawn)), fit=True)
+    chart = Chart.new("differences", len(shown), (3.6 * len(shown), 1.0 + 0.35 * len(drawn)),
+                      fit=True)
     for ax, (i, metric) in zip(chart.axes, shown, strict=True):
         for y, label in enumerate(reversed(drawn)):
             if (d := found[label][i]) is not None:
@@ -602,8 +628,10 @@ def curves_section(report: Report) -> str:
 
 
 def benchmark_section(report: Report) -> str:
-    """Per-benchmark table (Avg@k, Pass@k, length, entropy) and Avg@k bars with intervals."""
-    names, k, shown = report.study.benchmarks(), report.k, ("avg", "pass", "length", "entropy")
+    """Per-benchmark table (Avg@k, Pass@k, greedy, length, entropy) and Avg@k bars with
+    intervals."""
+    names, k = report.study.benchmarks(), report.k
+    shown = ("avg", "pass", "greedy", "length", "entropy")
     if not names:
         return "<h2>Per benchmark</h2>" + no_plot("No run has eval/<benchmark>/… metrics.")
     top = "".join(f'<th colspan="{len(shown)}">{esc(b)}</th>' for b in names)
@@ -699,7 +727,8 @@ def rl_section(report: Report) -> str:
 
 def rl_metrics(k: int) -> list[Metric]:
     metrics = eval_metrics(k)
-    return [metrics["avg"], metrics["pass"], metrics["entropy"], metrics["length"]]
+    return [metrics["avg"], metrics["pass"], metrics["greedy"], metrics["entropy"],
+            metrics["length"]]
 
 
 def rl_arrows(report: Report, k: int) -> str:
@@ -827,6 +856,7 @@ svg.plot{height:auto;max-width:100%}
 .sample{border-left:3px solid #9ca3af;padding-left:8px;margin:6px 0}
 .sample.correct{border-left-color:#16a34a}.sample.incorrect{border-left-color:#dc2626}
 .delta{color:#6b7280}code{background:#f3f4f6;padding:0 3px}
+.legend-text{font-size:12.5px;color:#374151}
 .meta{font-size:11.5px;color:#6b7280}.problem{margin:2px 0;font-size:12.5px}
 pre{white-space:pre-wrap;word-break:break-word;max-height:9em;overflow:auto;background:#f9fafb;
  margin:2px 0;padding:4px 6px;font-size:11.5px}

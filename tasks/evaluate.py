@@ -1,26 +1,38 @@
 """Math-reasoning evaluation: one versioned procedure for every number the platform reports.
 
-``evaluate(config)`` samples ``n`` responses per problem from a model on each benchmark, grades
-them with the project's one grader, runs one full-vocabulary forward pass over the model's own
-responses for token entropy, and returns per benchmark and overall (``eval/<benchmark>/<name>``):
+``evaluate(config)`` samples ``n`` responses per problem from a model on each benchmark, adds
+one greedy response per problem, grades them with the project's one grader, runs one
+full-vocabulary forward pass over the model's own responses for token entropy and one over the
+benchmark's worked solutions for gold NLL, and returns per benchmark and overall
+(``eval/<benchmark>/<name>``):
 
 - ``avg_at_<k>``: mean correctness of the first k samples, averaged over problems;
 - ``pass_at_<k>``: the unbiased estimator 1 − C(n − c, k) / C(n, k) (distill_core), over all n;
+- ``greedy_accuracy``: correctness of the one greedy (temperature 0) response per problem, the
+  accuracy of the single most likely answer. A model that only sharpens its distribution (lower
+  entropy, the same mode) can raise Avg@k at temperature 1 but not this;
 - ``strict_accuracy`` / ``flexible_accuracy``: over every sample, under each extraction rule
   (strict: last ``\\boxed{}`` or ``####``; flexible: else the last number);
-- ``greedy_accuracy`` (optional): one greedy response per problem;
 - ``response_length_mean`` / ``response_length_median`` (tokens, EOS included),
   ``truncation_rate`` (responses that hit max_new_tokens), ``empty_responses``;
 - ``entropy``: mean per-token entropy (nats) of the model's softmax at temperature 1 over its
   own sampled response tokens, token-weighted;
+- ``gold_nll_digits`` / ``gold_nll_other``: how surprised the model is by the benchmark's
+  reference worked solutions — mean NLL (nats per token, teacher-forced) over the tokens that
+  are answer digits and over the rest (``tasks.gold_nll``), with ``gold_nll_problems``; absent
+  where no problem has a solution (the embedded default and GSM8K have them);
 - ``grader_timeouts``, ``no_answer``, ``problems``, ``samples``.
 
-Avg@k and Pass@k count a sample correct under ``answer_rule`` ("strict" by default: the answer
-must be boxed, as the prompt asks). The per-sample table (problem id, sample index, response,
-extracted answer, correct, length, truncated, entropy) goes to ``samples.jsonl`` and, with a
-store URL, to the rollout store. The result's identity — procedure version, grader version,
-prompt template text, sampling settings, benchmark file hashes, model — is recorded next to the
-numbers; ``check_comparable`` refuses to put numbers of different procedures side by side.
+Avg@k, Pass@k and greedy accuracy count a response correct under ``answer_rule`` ("strict" by
+default: the answer must be boxed, as the prompt asks). The per-sample table (problem id, sample
+index, response, extracted answer, correct, length, truncated, entropy, greedy) goes to
+``samples.jsonl`` and, with a store URL, to the rollout store: the n samples under stage
+``eval/<benchmark>``, each problem's greedy response under ``eval_greedy/<benchmark>`` (flagged
+``greedy`` in samples.jsonl), so nothing that iterates the samples (Avg@k, Pass@k, length,
+entropy) counts it. Per-problem gold NLL goes to ``gold_nll.jsonl``. The result's identity —
+procedure version, grader version, prompt template text, sampling settings, benchmark file
+hashes, model — is recorded next to the numbers; ``check_comparable`` refuses to put numbers of
+different procedures side by side.
 
 Entropy comes from ``tasks.entropy``, which the curriculum gate's held-out probe shares. The
 benchmark ``default`` must arrive resolved to a file (``tasks.inputs.benchmark_specs``).
@@ -39,13 +51,15 @@ import distill_core as dc
 from tasks.artifacts import content_hash, file_hash
 from tasks.data import Problem, load_problems
 from tasks.entropy import response_entropies
+from tasks.gold_nll import GoldNLL, gold_nll, gold_nll_metrics
 from tasks.grader import GRADER_VERSION, Grade, Grader
 from tasks.models import load_model, load_tokenizer
 from tasks.progress import Progress
 from tasks.rollout import PROMPT_TEMPLATES, Sample, SamplingConfig, render_prompts
 
 # Bump when anything below changes what a number means (sampling, metrics, entropy, layout).
-EVAL_VERSION = "distill-lab-eval/1"
+# 2: greedy responses by default, stored per problem (stage eval_greedy/…); gold NLL.
+EVAL_VERSION = "distill-lab-eval/2"
 DEFAULT_BENCHMARK = "default"  # the embedded default's test split
 ANSWER_RULES = ("strict", "flexible")
 BACKENDS = ("hf", "vllm")
@@ -61,10 +75,11 @@ class EvalConfig:
         DeepScaleR, the problems JSONL).
     n: samples per problem; ks: the k of Avg@k and Pass@k (each <= n).
     temperature, top_p, max_new_tokens, seed: sampling (temperature 0 needs n = 1).
-    greedy: also report greedy accuracy (one extra greedy pass).
+    greedy: also decode each problem greedily for greedy_accuracy (one greedy pass: 1/n of the
+        sampling's cost); on by default, so every evaluation reports it.
     backend: "hf" (transformers generate) or "vllm" (tasks.vllm_backend, its own environment).
     limit: first problems of each benchmark only (None: all).
-    answer_rule: which extraction decides "correct" for Avg@k / Pass@k.
+    answer_rule: which extraction decides "correct" for Avg@k / Pass@k and greedy accuracy.
     entropy_batch_size: responses per entropy forward pass (bounds the (B, T, V) logits).
     """
 
@@ -76,7 +91,7 @@ class EvalConfig:
     top_p: float = 1.0
     max_new_tokens: int = 96
     seed: int = 0
-    greedy: bool = False
+    greedy: bool = True
     backend: str = "hf"
     prompt_template: str = "bare"
     limit: int | None = None
@@ -117,7 +132,8 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class SampleResult:
-    """One graded response: a row of the per-sample table."""
+    """One graded response: a row of the per-sample table. greedy: the problem's one greedy
+    (temperature 0) response, not one of its n samples; only greedy_accuracy counts it."""
 
     benchmark: str
     problem_id: str
@@ -131,27 +147,37 @@ class SampleResult:
     truncated: bool
     entropy: float | None  # mean over the response's tokens; None for an empty response
     timed_out: bool = False
+    greedy: bool = False
 
 
 @dataclass
 class EvalResult:
+    """What one evaluation produced. samples: the n sampled responses per problem; greedy: the
+    one greedy response per problem (empty with config.greedy off); gold: gold NLL per problem
+    with a worked solution."""
+
     metrics: dict[str, float]
     samples: list[SampleResult]
     identity: dict
     identity_hash: str
     output_dir: Path | None = None
     per_benchmark: dict[str, dict[str, float]] = field(default_factory=dict)
+    greedy: list[SampleResult] = field(default_factory=list)
+    gold: list[GoldNLL] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- metrics
 
 
 def summarise_samples(rows: Sequence[SampleResult], ks: Sequence[int]) -> dict[str, float]:
-    """Avg@k, Pass@k, accuracy, length, truncation and entropy of a per-sample table.
+    """Avg@k, Pass@k, accuracy, length, truncation and entropy of a per-sample table, and
+    greedy_accuracy when it holds greedy rows (which count for nothing else).
 
     Every problem must have the same number of samples n >= max(ks), indexed 0..n-1; Avg@k uses
     samples 0..k-1. entropy is token-weighted: each sample's mean entropy weighs by its length.
     """
+    greedy = [r for r in rows if r.greedy]
+    rows = [r for r in rows if not r.greedy]
     if not rows:
         raise ValueError("no samples to summarise: the benchmark produced no responses")
     by_problem: dict[tuple[str, str], list[SampleResult]] = {}
@@ -181,7 +207,16 @@ def summarise_samples(rows: Sequence[SampleResult], ks: Sequence[int]) -> dict[s
         "problems": float(len(by_problem)),
         "samples": float(len(rows)),
     })
-    return metrics
+    return metrics | (greedy_metrics(greedy) if greedy else {})
+
+
+def greedy_metrics(rows: Sequence[SampleResult]) -> dict[str, float]:
+    """greedy_accuracy: the share of problems whose one greedy response is correct."""
+    problems = {(r.benchmark, r.problem_id) for r in rows}
+    if len(problems) != len(rows):
+        raise ValueError(f"{len(rows)} greedy rows for {len(problems)} problems: a problem has "
+                         "exactly one greedy response (greedy=True rows)")
+    return {"greedy_accuracy": sum(r.correct for r in rows) / len(rows)}
 
 
 # ----------------------------------------------------------------------------- benchmarks
@@ -266,36 +301,36 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate config.model on config.benchmarks (see the module docstring).
 
-    output_dir: writes metrics.json (metrics + identity) and samples.jsonl there.
-    store_url, run_id, step: also writes the per-sample table to the rollout store, stage
-    ``eval/<benchmark>``, under run_id (created if missing), at step (e.g. a training step).
+    output_dir: writes metrics.json (metrics + identity), samples.jsonl and gold_nll.jsonl there.
+    store_url, run_id, step: also writes the per-sample table to the rollout store, stages
+    ``eval/<benchmark>`` and ``eval_greedy/<benchmark>``, under run_id (created if missing), at
+    step (e.g. a training step).
     """
     benchmarks = resolve_benchmarks(config.benchmarks, config.limit, artifacts_root)
     ident = identity(config, benchmarks)
     tokenizer, model = load_tokenizer(config.model), load_model(config.model)
     started = time.perf_counter()
     rows: list[SampleResult] = []
-    metrics: dict[str, float] = {}
+    gold: list[GoldNLL] = []
     per_benchmark: dict[str, dict[str, float]] = {}
-    greedy: dict[str, list[bool]] = {}
     with Grader(timeout_s=config.grader_timeout_s) as grader, _backend(config, model,
                                                                        tokenizer) as backend:
         for benchmark in benchmarks:
             with Progress(len(benchmark.problems) * config.n,
                           f"evaluating {Path(config.model).name} on {benchmark.name}", log,
                           unit="samples") as progress:
-                bench_rows, greedy[benchmark.name] = _evaluate_benchmark(
+                bench_rows, bench_gold = _evaluate_benchmark(
                     config, benchmark, model, tokenizer, backend, grader, progress)
-            per_benchmark[benchmark.name] = _benchmark_metrics(config, bench_rows,
-                                                               greedy[benchmark.name])
+            per_benchmark[benchmark.name] = _benchmark_metrics(config, bench_rows, bench_gold)
             rows.extend(bench_rows)
+            gold.extend(bench_gold)
             _log_line(log, benchmark.name, per_benchmark[benchmark.name], config.ks)
-    per_benchmark["overall"] = _benchmark_metrics(
-        config, rows, [g for flags in greedy.values() for g in flags])
+    per_benchmark["overall"] = _benchmark_metrics(config, rows, gold)
     per_benchmark["overall"]["seconds"] = time.perf_counter() - started
-    for name, values in per_benchmark.items():
-        metrics.update({f"eval/{name}/{key}": value for key, value in values.items()})
-    result = EvalResult(metrics, rows, ident, content_hash(ident), None, per_benchmark)
+    metrics = {f"eval/{name}/{key}": value for name, values in per_benchmark.items()
+               for key, value in values.items()}
+    result = EvalResult(metrics, [r for r in rows if not r.greedy], ident, content_hash(ident),
+                        None, per_benchmark, [r for r in rows if r.greedy], gold)
     if output_dir is not None:
         result.output_dir = write_result(result, config, output_dir)
     if store_url is not None:
@@ -315,7 +350,8 @@ def _backend(config: EvalConfig, model, tokenizer):
 
 
 def _evaluate_benchmark(config, benchmark, model, tokenizer, backend, grader,
-                        progress: Progress) -> tuple[list[SampleResult], list[bool]]:
+                        progress: Progress) -> tuple[list[SampleResult], list[GoldNLL]]:
+    """The benchmark's per-sample table (its greedy rows last) and its gold NLL per problem."""
     problems = benchmark.problems
     prompts = render_prompts(tokenizer, problems, config.prompt_template)
     samples = backend.generate(prompts, config.sampling, progress=progress)
@@ -325,14 +361,21 @@ def _evaluate_benchmark(config, benchmark, model, tokenizer, backend, grader,
                                    config.entropy_batch_size)
     rows = [_row(config, benchmark.name, problems[s.prompt_index], s, g, h)
             for s, g, h in zip(samples, grades, entropies, strict=True)]
-    greedy: list[bool] = []
     if config.greedy:
-        greedy_config = SamplingConfig(temperature=0.0, max_new_tokens=config.max_new_tokens,
-                                       seed=config.seed, batch_size=config.batch_size)
-        answers = backend.generate(prompts, greedy_config)
-        greedy = [_is_correct(config, g) for g in grader.grade(
-            [s.text for s in answers], [p.answer for p in problems])]
-    return rows, greedy
+        rows += _greedy_rows(config, benchmark, prompts, backend, grader)
+    return rows, gold_nll(model, tokenizer, benchmark.name, problems, prompts,
+                          config.entropy_batch_size)
+
+
+def _greedy_rows(config, benchmark, prompts, backend, grader) -> list[SampleResult]:
+    """One greedy (temperature 0) response per problem, graded, flagged greedy; no entropy."""
+    greedy_config = SamplingConfig(temperature=0.0, max_new_tokens=config.max_new_tokens,
+                                   seed=config.seed, batch_size=config.batch_size)
+    answers = backend.generate(prompts, greedy_config)
+    grades = grader.grade([s.text for s in answers],
+                          [benchmark.problems[s.prompt_index].answer for s in answers])
+    return [_row(config, benchmark.name, benchmark.problems[s.prompt_index], s, g, None,
+                 greedy=True) for s, g in zip(answers, grades, strict=True)]
 
 
 def _is_correct(config: EvalConfig, grade: Grade) -> bool:
@@ -340,44 +383,45 @@ def _is_correct(config: EvalConfig, grade: Grade) -> bool:
 
 
 def _row(config, benchmark: str, problem: Problem, sample: Sample, grade: Grade,
-         entropy: float | None) -> SampleResult:
+         entropy: float | None, greedy: bool = False) -> SampleResult:
     answer = grade.strict_answer if config.answer_rule == "strict" else grade.flexible_answer
     return SampleResult(
         benchmark=benchmark, problem_id=problem.id, sample_index=sample.sample_index,
         response=sample.text, extracted_answer=answer, correct=_is_correct(config, grade),
         strict_correct=grade.strict_correct, flexible_correct=grade.flexible_correct,
         length=sample.length, truncated=sample.truncated, entropy=entropy,
-        timed_out=grade.timed_out,
+        timed_out=grade.timed_out, greedy=greedy,
     )
 
 
-def _benchmark_metrics(config, rows, greedy: list[bool]) -> dict[str, float]:
-    metrics = summarise_samples(rows, config.ks)
-    if greedy:
-        metrics["greedy_accuracy"] = sum(greedy) / len(greedy)
-    return metrics
+def _benchmark_metrics(config, rows: list[SampleResult], gold: list[GoldNLL]
+                       ) -> dict[str, float]:
+    return summarise_samples(rows, config.ks) | gold_nll_metrics(gold)
 
 
 def _log_line(log, name: str, metrics: dict[str, float], ks) -> None:
     k = max(ks)
+    greedy = (f"  greedy {metrics['greedy_accuracy']:.3f}" if "greedy_accuracy" in metrics
+              else "")
+    gold = ("  gold NLL digits {:.3f} / other {:.3f}".format(
+        metrics.get("gold_nll_digits", float("nan")), metrics.get("gold_nll_other", float("nan")))
+        if "gold_nll_problems" in metrics else "  gold NLL: no worked solutions")
     log(f"  {name}: avg@{k} {metrics[f'avg_at_{k}']:.3f}  pass@{k} {metrics[f'pass_at_{k}']:.3f}"
-        f"  length {metrics['response_length_mean']:.1f}  truncated "
-        f"{metrics['truncation_rate']:.1%}  entropy {metrics['entropy']:.3f}")
+        f"{greedy}  length {metrics['response_length_mean']:.1f}  truncated "
+        f"{metrics['truncation_rate']:.1%}  entropy {metrics['entropy']:.3f}{gold}")
 
 
 # ----------------------------------------------------------------------------- outputs
 
 
 def write_result(result: EvalResult, config: EvalConfig, output_dir: str | Path) -> Path:
-    """metrics.json (metrics, identity, config) and samples.jsonl (the per-sample table)."""
+    """metrics.json (metrics, identity, config), samples.jsonl (the per-sample table, the
+    greedy rows last) and gold_nll.jsonl (per problem; only where there are solutions)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    table = output_dir / "samples.jsonl"
-    tmp = table.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for row in result.samples:
-            handle.write(json.dumps(asdict(row)) + "\n")
-    tmp.replace(table)
+    _write_jsonl(output_dir / "samples.jsonl", [*result.samples, *result.greedy])
+    if result.gold:
+        _write_jsonl(output_dir / "gold_nll.jsonl", result.gold)
     summary = {"model": config.model, "metrics": result.metrics,
                "identity": result.identity, "identity_hash": result.identity_hash,
                "config": asdict(config)}
@@ -385,20 +429,36 @@ def write_result(result: EvalResult, config: EvalConfig, output_dir: str | Path)
     return output_dir
 
 
+def _write_jsonl(path: Path, rows: Sequence) -> None:
+    """One JSON object per dataclass row, atomically (a temporary file, then renamed)."""
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(asdict(row)) + "\n")
+    tmp.replace(path)
+
+
 def read_result(output_dir: str | Path) -> EvalResult:
-    """An EvalResult written by write_result."""
+    """An EvalResult written by write_result (one written before greedy rows or gold NLL
+    existed reads with none)."""
     output_dir = Path(output_dir)
     summary = json.loads((output_dir / "metrics.json").read_text())
     with open(output_dir / "samples.jsonl", encoding="utf-8") as handle:
         rows = [SampleResult(**json.loads(line)) for line in handle]
-    return EvalResult(summary["metrics"], rows, summary["identity"], summary["identity_hash"],
-                      output_dir)
+    gold_path = output_dir / "gold_nll.jsonl"
+    gold = ([GoldNLL(**json.loads(line)) for line in gold_path.read_text().splitlines()]
+            if gold_path.is_file() else [])
+    return EvalResult(summary["metrics"], [r for r in rows if not r.greedy],
+                      summary["identity"], summary["identity_hash"], output_dir,
+                      greedy=[r for r in rows if r.greedy], gold=gold)
 
 
 def store_samples(result: EvalResult, benchmarks: Sequence[Benchmark], store_url: str,
                   run_id: str, step: int, config: EvalConfig) -> None:
-    """The per-sample table into the rollout store, one transaction per benchmark."""
-    from tasks.store import RolloutStore, SampleRecord
+    """The per-sample table into the rollout store, one transaction per benchmark and stage:
+    the samples under ``eval/<benchmark>``, the greedy responses under
+    ``eval_greedy/<benchmark>``."""
+    from tasks.store import EVAL_STAGE, GREEDY_STAGE, RolloutStore, SampleRecord
 
     with RolloutStore(store_url) as store:
         store.ensure_run(run_id, f"evaluate {config.model}", "evaluate",
@@ -406,7 +466,8 @@ def store_samples(result: EvalResult, benchmarks: Sequence[Benchmark], store_url
         for benchmark in benchmarks:
             store.add_prompts(run_id, [(f"{benchmark.name}/{p.id}", p.problem, p.answer)
                                        for p in benchmark.problems])
-            store.add_samples(run_id, f"eval/{benchmark.name}", step, [
-                SampleRecord(f"{r.benchmark}/{r.problem_id}", r.sample_index, r.response,
-                             r.length, r.truncated, r.correct, r.entropy)
-                for r in result.samples if r.benchmark == benchmark.name], replace=True)
+            for stage, rows in ((EVAL_STAGE, result.samples), (GREEDY_STAGE, result.greedy)):
+                store.add_samples(run_id, f"{stage}{benchmark.name}", step, [
+                    SampleRecord(f"{r.benchmark}/{r.problem_id}", r.sample_index, r.response,
+                                 r.length, r.truncated, r.correct, r.entropy)
+                    for r in rows if r.benchmark == benchmark.name], replace=True)

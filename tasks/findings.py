@@ -23,6 +23,11 @@ The claims (arXiv 2605.16826), as tested here at the study's horizon ``steps`` u
 - C5 RL after distillation: a forward-KL student gains more Avg@k under GRPO than the
   reverse-KL student of the same prefix source (after − before, difference of differences).
 
+Wherever an effect on Avg@k is measured, the same contrast on greedy accuracy is reported beside
+it without a verdict (like Pass@k in C1): a cell that learnt raises both, one that only sharpened
+its distribution can raise Avg@k at temperature 1 while its greedy accuracy stays or falls. Runs
+evaluated before greedy responses were stored simply lack that effect.
+
 The committed findings (``docs/findings.json``) become the README's findings block (one row per
 claim) and docs/study.md's (every effect) through ``findings_markdown`` / ``update_readme``
 (``distill findings docs/findings.json --readme README.md --study docs/study.md``); without the
@@ -32,14 +37,16 @@ file each block says they are not measured yet.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from distill_core import Objective
 from tasks.configs import StudyConfig
 from tasks.plan import cells
 from tasks.stats import (
+    GREEDY,
     Direction,
     Interval,
     ProblemValues,
@@ -96,18 +103,22 @@ class _Cells:
         return wanted[0].label if wanted and wanted[0].label in self.runs else None
 
     def values(self, label: str, metric: str, step: int | None = None) -> ProblemValues:
-        """A cell's per-problem values at a training step (None: its last evaluation)."""
-        by_seed = samples_by_seed(self.runs[label], step=step)
+        """A cell's per-problem values at a training step (None: its last evaluation); greedy
+        accuracy from the greedy responses."""
+        by_seed = samples_by_seed(self.runs[label], step=step, greedy=metric == GREEDY)
         if not by_seed:
-            raise LookupError(f"{label!r} has no evaluation samples at step {step}")
+            what = "greedy responses" if metric == GREEDY else "samples"
+            raise LookupError(f"{label!r} has no evaluation {what} at step {step}")
         return problem_values(by_seed, metric, self.k)
 
     def rl_values(self, source_label: str, metric: str) -> ProblemValues:
         """The GRPO runs started from source_label's runs, at their last evaluation."""
         runs = self.runs.get(f"grpo {source_label}", ())
-        if not runs:
-            raise LookupError(f"no GRPO run from {source_label!r}")
-        return problem_values(samples_by_seed(runs), metric, self.k)
+        by_seed = samples_by_seed(runs, greedy=metric == GREEDY)
+        if not by_seed:
+            what = "greedy responses" if metric == GREEDY else "samples"
+            raise LookupError(f"no GRPO run from {source_label!r} with evaluation {what}")
+        return problem_values(by_seed, metric, self.k)
 
 
 def _effect(name: str, metric: str, predicted: Direction | None,
@@ -116,6 +127,18 @@ def _effect(name: str, metric: str, predicted: Direction | None,
     judged = verdict(measured, predicted) if predicted else None
     return Effect(name, metric, predicted, measured.estimate, measured.low, measured.high,
                   judged)
+
+
+def _greedy_effect(name: str, terms: Sequence[tuple[float, Callable[[], ProblemValues]]]
+                   ) -> list[Effect]:
+    """The greedy-accuracy contrast beside an Avg@k effect, reported without a verdict: terms
+    are (coefficient, a call giving a cell's greedy values). Nothing when a cell has no greedy
+    responses (runs evaluated before they were stored)."""
+    try:
+        measured = [(coefficient, values()) for coefficient, values in terms]
+    except LookupError:
+        return []
+    return [_effect(f"{GREEDY}: {name}", GREEDY, None, measured)]
 
 
 def _finding(id_: str, claim: str, effects: list[Effect], note: str = "") -> Finding:
@@ -149,10 +172,13 @@ def _c1(c: _Cells) -> Finding:
             base = metric.replace(f"_at_{k}", "_at_k")
             effects.append(_effect(f"{metric}: {name}", metric, direction,
                                    [(1, c.values(r, base, step)), (-1, c.values(f, base, step))]))
+        effects += _greedy_effect(name, [(1, partial(c.values, r, GREEDY, step)),
+                                         (-1, partial(c.values, f, GREEDY, step))])
     if not effects:
         return _untested("C1", C1, "needs sft and offline_rl, or dagger and opd")
-    return _finding("C1", C1, effects, "Pass@k is reported without a verdict (the paper: its "
-                    "advantage is smaller and can flip)")
+    return _finding("C1", C1, effects, "Pass@k and greedy accuracy are reported without a "
+                    "verdict (the paper: Pass@k's advantage is smaller and can flip; greedy "
+                    "accuracy tells learning from sharpening)")
 
 
 def _c2(c: _Cells) -> Finding:
@@ -162,14 +188,16 @@ def _c2(c: _Cells) -> Finding:
     if not pairs:
         return _untested("C2", C2, "needs sft and dagger, or offline_rl and opd")
     share = 1 / len(pairs)
+    name = (f"student − teacher prefixes (mean over {len(pairs)} KL "
+            f"direction{'s' * (len(pairs) > 1)})")
     effects = []
     for metric in (f"avg_at_{k}", f"pass_at_{k}"):
         base = metric.replace(f"_at_{k}", "_at_k")
         terms = [(sign * share, c.values(label, base, step)) for t, s in pairs
                  for sign, label in ((1, s), (-1, t))]
-        effects.append(_effect(f"{metric}: student − teacher prefixes (mean over "
-                               f"{len(pairs)} KL direction{'s' * (len(pairs) > 1)})", metric,
-                               "higher", terms))
+        effects.append(_effect(f"{metric}: {name}", metric, "higher", terms))
+    effects += _greedy_effect(name, [(sign * share, partial(c.values, label, GREEDY, step))
+                                     for t, s in pairs for sign, label in ((1, s), (-1, t))])
     return _finding("C2", C2, effects)
 
 
@@ -196,6 +224,9 @@ def _c3(c: _Cells) -> Finding:
                 f"avg_at_{k}", "higher",
                 [(1, c.values(mix, "avg_at_k", long)),
                  (-RETAINED_SHARE, c.values(opd, "avg_at_k", long))]),
+        *_greedy_effect("student:0.25 − opd at long horizon",
+                        [(1, partial(c.values, mix, GREEDY, long)),
+                         (-1, partial(c.values, opd, GREEDY, long))]),
     ]
     return _finding("C3", C3, effects, f"short horizon = {short} steps, long = {long}")
 
@@ -217,6 +248,9 @@ def _c4(c: _Cells) -> Finding:
             effects.append(_effect(f"{metric}: {gated} − {fixed}", metric, direction,
                                    [(1, c.values(gated, base, config.steps)),
                                     (-1, c.values(fixed, base, config.steps))]))
+        effects += _greedy_effect(f"{gated} − {fixed}",
+                                  [(1, partial(c.values, gated, GREEDY, config.steps)),
+                                   (-1, partial(c.values, fixed, GREEDY, config.steps))])
     if not effects:
         return _untested("C4", C4, "the curriculum and fixed-cap runs are missing")
     return _finding("C4", C4, effects, f"fixed cap = top rung = {top} tokens")
@@ -234,12 +268,16 @@ def _c5(c: _Cells) -> Finding:
                      (-1, c.rl_values(r, "avg_at_k")), (1, c.values(r, "avg_at_k"))]
         except LookupError as missing:
             return _untested("C5", C5, str(missing))
-        effects.append(_effect(f"avg_at_{k}: GRPO gain of {forward} − GRPO gain of {reverse}",
-                               f"avg_at_{k}", "higher", terms))
+        name = f"GRPO gain of {forward} − GRPO gain of {reverse}"
+        effects.append(_effect(f"avg_at_{k}: {name}", f"avg_at_{k}", "higher", terms))
+        effects += _greedy_effect(name, [(1, partial(c.rl_values, f, GREEDY)),
+                                         (-1, partial(c.values, f, GREEDY)),
+                                         (-1, partial(c.rl_values, r, GREEDY)),
+                                         (1, partial(c.values, r, GREEDY))])
     if not effects:
         return _untested("C5", C5, "needs rl_cells with a forward and a reverse student of one "
                          "prefix source (dagger and opd, or sft and offline_rl)")
-    return _finding("C5", C5, effects, "gain = Avg@k after GRPO − before, on the same problems")
+    return _finding("C5", C5, effects, "gain = after GRPO − before, on the same problems")
 
 
 def study_findings(study: Study, config: StudyConfig) -> list[Finding]:

@@ -158,8 +158,8 @@ def teacher_product_configs(config: StudyConfig | ExperimentConfig, inputs: Inpu
 # The code whose change can change a run's result: part of every run's identity, so a rerun after
 # a code change trains anew instead of resuming a checkpoint the old code wrote.
 RUN_CODE = ("tasks.train", "tasks.loop", "tasks.checkpoints", "tasks.rollout", "tasks.scoring",
-            "tasks.models", "tasks.evaluate", "tasks.grader", "tasks.compute", "tasks.data",
-            "tasks.rl")
+            "tasks.models", "tasks.evaluate", "tasks.gold_nll", "tasks.grader", "tasks.compute",
+            "tasks.data", "tasks.rl")
 
 
 def code_identity() -> str:

@@ -125,7 +125,8 @@ def train_task(config: TrainConfig, run: RunRef | None = None,
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(config: EvalConfig, output_dir: str, store_url: str | None = None,
                   run: RunRef | None = None, step: int = 0, root: str | None = None) -> dict:
-    """Evaluate one model; the per-sample table goes to output_dir, the store and the run."""
+    """Evaluate one model; its metrics (greedy accuracy and gold NLL among them) and the
+    per-sample table go to output_dir, the store and the run."""
     result = evaluate(config, output_dir=output_dir, store_url=store_url,
                       run_id=run.run_id if run else None, step=step, artifacts_root=root,
                       log=_log)
@@ -141,6 +142,9 @@ def evaluate_task(config: EvalConfig, output_dir: str, store_url: str | None = N
                              deferrable=True)
             tracker.log_table(run.run_id, [asdict(r) for r in result.samples[:200]],
                               "eval/samples.json", deferrable=True)
+            if result.greedy:  # one greedy response per problem
+                tracker.log_table(run.run_id, [asdict(r) for r in result.greedy[:200]],
+                                  "eval/greedy.json", deferrable=True)
     return {"metrics": result.metrics, "identity_hash": result.identity_hash,
             "output_dir": output_dir}
 
@@ -410,7 +414,8 @@ def _summary_metrics(study, k: int) -> dict[str, float]:
 
     summary = {}
     for label, runs in study.cells().items():
-        for key in (f"avg_at_{k}", f"pass_at_{k}", "entropy", "response_length_mean"):
+        for key in (f"avg_at_{k}", f"pass_at_{k}", "greedy_accuracy", "entropy",
+                    "response_length_mean", "gold_nll_digits", "gold_nll_other"):
             values = [v for r in runs if (v := r.metric(f"eval/overall/{key}")) is not None]
             if values:
                 summary[f"{key}/{slug(label)}"] = sum(values) / len(values)

@@ -3,9 +3,11 @@ percentile bootstrap, verdicts computed from intervals, and the interval a study
 
 A cell's metric is held as a grid of per-problem values, one row per training seed and one
 column per problem (``ProblemValues``). The metric is the ratio of two sums over the grid,
-Σ values / Σ weights: the weight is 1 for a plain mean over problems (Avg@k, Pass@k, mean
-length, truncation rate) and the response's token count for entropy, so every estimate equals
-the number ``tasks.evaluate`` reports for the same samples (its entropy is token-weighted).
+Σ values / Σ weights: the weight is 1 for a plain mean over problems (Avg@k, Pass@k, greedy
+accuracy, mean length, truncation rate) and the response's token count for entropy, so every
+estimate equals the number ``tasks.evaluate`` reports for the same samples (its entropy is
+token-weighted). Greedy accuracy reads each problem's one greedy response, which the study keeps
+apart from the n samples (``tasks.study.samples_by_seed(..., greedy=True)``).
 
 - **Pairing.** Cells are compared on the problems both have and on the seeds both have; a side
   evaluated with a single seed (an untrained reference) is paired with every seed of the other.
@@ -39,7 +41,9 @@ import numpy as np
 RESAMPLES = 2000
 LEVEL = 0.95
 SEED = 0
-METRICS = ("avg_at_k", "pass_at_k", "response_length_mean", "truncation_rate", "entropy")
+GREEDY = "greedy_accuracy"  # the one metric read from greedy responses, not from the n samples
+METRICS = ("avg_at_k", "pass_at_k", GREEDY, "response_length_mean", "truncation_rate",
+           "entropy")
 SAMPLE_FIELDS = ("correct", "length", "truncated", "entropy")
 Verdict = Literal["reproduced", "opposite", "inconclusive"]
 Direction = Literal["higher", "lower"]
@@ -115,8 +119,10 @@ def problem_values(samples_by_seed: Mapping[int, Iterable[GradedSample]], metric
     """A cell's per-problem values of one metric from its graded samples, per training seed.
 
     metric: ``avg_at_k`` (mean correctness of samples 0..k-1), ``pass_at_k`` (the unbiased
-    1 − C(n − c, k) / C(n, k) over all n samples), ``response_length_mean``,
-    ``truncation_rate`` or ``entropy`` (token-weighted, as tasks.evaluate reports it).
+    1 − C(n − c, k) / C(n, k) over all n samples), ``greedy_accuracy`` (the correctness of
+    each problem's one greedy response: pass the greedy responses, ``samples_by_seed(...,
+    greedy=True)``), ``response_length_mean``, ``truncation_rate`` or ``entropy``
+    (token-weighted, as tasks.evaluate reports it).
     Problems that not every seed has are dropped (and listed in ``dropped``).
     """
     if metric not in METRICS:
@@ -147,6 +153,12 @@ def _per_problem(samples: Iterable[GradedSample], metric: str,
 
 def _problem_value(group: list[GradedSample], metric: str, k: int) -> tuple[float, float]:
     problem = group[0].problem_id
+    if metric == GREEDY:
+        if len(group) != 1 or group[0].correct is None:
+            raise ValueError(f"problem {problem!r} has {len(group)} responses for greedy "
+                             "accuracy: pass its one graded greedy response "
+                             "(samples_by_seed(..., greedy=True)), not its samples")
+        return float(group[0].correct), 1.0
     if metric in ("avg_at_k", "pass_at_k"):
         if len(group) < k:
             raise ValueError(f"problem {problem!r} has {len(group)} samples but k={k}: "

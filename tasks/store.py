@@ -6,7 +6,10 @@ team. Tables:
 - ``runs``: one row per run (id, name, kind, created_at, config JSON);
 - ``prompts``: the problems a run used (run id, prompt id, problem, answer);
 - ``samples``: one row per response (run id, stage, step, prompt id, sample index, response
-  text, token count, truncated, correct, mean token entropy);
+  text, token count, truncated, correct, mean token entropy). An evaluation's n samples per
+  problem are stage ``eval/<benchmark>``, its one greedy response per problem stage
+  ``eval_greedy/<benchmark>`` (``EVAL_STAGE``, ``GREEDY_STAGE``): a reader of one never sees
+  the other;
 - ``schema_version``: the schema's version, checked on open.
 
 Every ``add_*`` call is one transaction: a batch is written whole or not at all, so a killed
@@ -47,6 +50,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 SCHEMA_VERSION = 1
 DEFAULT_URL_ENV = "DISTILL_LAB_STORE_URL"
+EVAL_STAGE = "eval/"  # + benchmark: an evaluation's sampled responses
+GREEDY_STAGE = "eval_greedy/"  # + benchmark: its one greedy response per problem
 
 
 class _Base(DeclarativeBase):

@@ -9,7 +9,9 @@ or — for an experiment without a grid — every run of the experiment. Each ru
   training seed; a run without it is seed 0);
 - its params, final metrics, and on request the full history of named metrics;
 - with a rollout store, its graded evaluation samples (benchmark, problem id, sample index,
-  correct, length, truncated, entropy, step): what ``tasks.stats`` computes intervals from.
+  correct, length, truncated, entropy, step): what ``tasks.stats`` computes intervals from —
+  the n samples per problem in ``evaluations``, the one greedy response per problem apart in
+  ``greedy`` (``samples_by_seed(..., greedy=True)``), so Avg@k and the rest never see it.
 
 MLflow is reached only through ``tasks.tracking.Tracker``, the store only through
 ``tasks.store.RolloutStore``. Reading never writes: a missing metric, history or sample is an
@@ -28,11 +30,10 @@ from types import MappingProxyType
 
 from tasks.checkpoints import latest_checkpoint
 from tasks.configs import RLFlowConfig
-from tasks.store import RolloutStore
+from tasks.store import EVAL_STAGE, GREEDY_STAGE, RolloutStore
 from tasks.tables import results_table
 from tasks.tracking import RunSummary, Tracker
 
-EVAL_STAGE = "eval/"  # store stages of evaluations: eval/<benchmark>
 RL_SOURCE_TAG = "source_run"  # set by rl_after_distill on each GRPO run: the run it started from
 GROUPS = ("reference", "grid cell", "λ mix", "curriculum")
 _HEADLINE_K = re.compile(r"eval/overall/avg_at_(\d+)")
@@ -86,6 +87,7 @@ class StudyRun:
     histories: Mapping[str, tuple[tuple[int, float], ...]] = field(  # only the keys asked for
         default_factory=_frozen)
     evaluations: tuple[EvalSample, ...] = ()  # from the store; () without one
+    greedy: tuple[EvalSample, ...] = ()  # each problem's greedy response, apart from the above
 
     @property
     def label(self) -> str:
@@ -150,15 +152,15 @@ class StudyRun:
     def evaluated_steps(self) -> list[int]:
         return sorted({s.step for s in self.evaluations})
 
-    def samples_at(self, step: int | None = None,
-                   benchmark: str | None = None) -> tuple[EvalSample, ...]:
+    def samples_at(self, step: int | None = None, benchmark: str | None = None,
+                   greedy: bool = False) -> tuple[EvalSample, ...]:
         """The evaluation samples at one step (default: the last evaluated step), optionally
-        of one benchmark."""
+        of one benchmark; greedy: the greedy responses of that evaluation instead."""
         steps = self.evaluated_steps()
         if not steps:
             return ()
         step = steps[-1] if step is None else step
-        return tuple(s for s in self.evaluations if s.step == step
+        return tuple(s for s in (self.greedy if greedy else self.evaluations) if s.step == step
                      and (benchmark is None or s.benchmark == benchmark))
 
 
@@ -262,11 +264,11 @@ def read_run(tracker: Tracker, summary: RunSummary, store: RolloutStore | None =
     metrics = tracker.run_metrics(summary.run_id)
     histories = {key: tuple(tracker.metric_history(summary.run_id, key))
                  for key in metrics if _wanted(key, history_keys)}
+    sampled, greedy = _evaluations(store, summary.run_id) if store is not None else ((), ())
     return StudyRun(summary.run_id, summary.run_name, summary.status,
                     _frozen(tracker.run_tags(summary.run_id)),
                     _frozen(tracker.run_params(summary.run_id)), _frozen(metrics),
-                    _frozen(histories),
-                    read_evaluations(store, summary.run_id) if store is not None else ())
+                    _frozen(histories), sampled, greedy)
 
 
 def _wanted(key: str, history_keys: Iterable[str]) -> bool:
@@ -274,12 +276,25 @@ def _wanted(key: str, history_keys: Iterable[str]) -> bool:
     return any(key == h or (h.endswith("*") and key.startswith(h[:-1])) for h in history_keys)
 
 
-def read_evaluations(store: RolloutStore, run_id: str) -> tuple[EvalSample, ...]:
-    """Every graded evaluation sample of a run (stages ``eval/<benchmark>``), by step."""
-    return tuple(EvalSample(row.stage.removeprefix(EVAL_STAGE), row.prompt_id, row.sample_index,
-                            row.correct, row.token_count, row.truncated, row.mean_entropy,
-                            row.step)
-                 for row in store.samples(run_id) if row.stage.startswith(EVAL_STAGE))
+def read_evaluations(store: RolloutStore, run_id: str,
+                     greedy: bool = False) -> tuple[EvalSample, ...]:
+    """Every graded evaluation sample of a run (stages ``eval/<benchmark>``), by step; greedy:
+    its greedy responses instead (stages ``eval_greedy/<benchmark>``)."""
+    sampled, greedy_responses = _evaluations(store, run_id)
+    return greedy_responses if greedy else sampled
+
+
+def _evaluations(store: RolloutStore, run_id: str
+                 ) -> tuple[tuple[EvalSample, ...], tuple[EvalSample, ...]]:
+    """(sampled, greedy) evaluation rows of a run, from one read of the store."""
+    found: dict[str, list[EvalSample]] = {EVAL_STAGE: [], GREEDY_STAGE: []}
+    for row in store.samples(run_id):
+        for stage, rows in found.items():
+            if row.stage.startswith(stage):
+                rows.append(EvalSample(row.stage.removeprefix(stage), row.prompt_id,
+                                       row.sample_index, row.correct, row.token_count,
+                                       row.truncated, row.mean_entropy, row.step))
+    return tuple(found[EVAL_STAGE]), tuple(found[GREEDY_STAGE])
 
 
 def followups(tracker: Tracker, run: StudyRun, store: RolloutStore | None = None,
@@ -309,13 +324,15 @@ def responses(store: RolloutStore, run: StudyRun, per_verdict: int) -> tuple[Res
 
 
 def samples_by_seed(runs: Iterable[StudyRun], benchmark: str | None = None,
-                    step: int | None = None) -> dict[int, tuple[EvalSample, ...]]:
+                    step: int | None = None, greedy: bool = False
+                    ) -> dict[int, tuple[EvalSample, ...]]:
     """The evaluation samples of a cell's runs keyed by training seed (each run's last
     evaluated step unless step is given); runs without samples are left out. Two runs with one
-    seed: the later one counts."""
+    seed: the later one counts. greedy: each problem's greedy response instead (what
+    ``tasks.stats``' greedy_accuracy reads)."""
     by_seed = {}
     for run in runs:
-        samples = run.samples_at(step, benchmark)
+        samples = run.samples_at(step, benchmark, greedy)
         if samples:
             by_seed[run.seed] = samples
     return by_seed

@@ -31,13 +31,13 @@ CELLS = [
 ]
 # References: the teacher (no store rows) and the starting student (store rows: the baseline).
 # Marks (SVG groups with a class and a <title>), all cells single-seed:
-#   points: differences 2 panels × 2 cells with rows; entropy and length scatters 2 references +
-#   3 evaluated cells each; FLOPs scatter 3 evaluated trained cells; Avg@k against FLOPs: the 2
-#   trained cells with store rows, one evaluated step each;
+#   points: differences 3 panels (Avg@k, greedy, entropy) × 2 cells with rows; entropy and
+#   length scatters 2 references + 3 evaluated cells each; FLOPs scatter 3 evaluated trained
+#   cells; Avg@k against FLOPs: the 2 trained cells with store rows, one evaluated step each;
 #   intervals: (x and y) × 3 cells with rows on 2 scatters, y × 2 on FLOPs, y × 2 on Avg@k
-#   against FLOPs, 4 in the forest plot, 2 benchmarks × 3 cells with rows on the bars.
-EXPECTED_POINTS = 2 * 2 + 5 + 5 + 3 + 2
-EXPECTED_INTERVALS = 2 * 3 * 2 + 2 + 2 + 4 + 2 * 3
+#   against FLOPs, 6 in the forest plot, 2 benchmarks × 3 cells with rows on the bars.
+EXPECTED_POINTS = 3 * 2 + 5 + 5 + 3 + 2
+EXPECTED_INTERVALS = 2 * 3 * 2 + 2 + 2 + 6 + 2 * 3
 EXPECTED_SVGS = 1 + 4 + 3 + 1  # differences, 4 tradeoff plots, 3 training curves, 1 bar chart
 EXPECTED_TABLES = 4  # results, paired differences, matched FLOPs, per benchmark
 
@@ -50,20 +50,29 @@ def synthetic_metrics(accuracy: float, length: float, entropy: float) -> dict[st
                     f"eval/{benchmark}/avg_at_4": accuracy + shift,
                     f"eval/{benchmark}/pass_at_4": min(1.0, accuracy + shift + 0.2),
                     f"eval/{benchmark}/response_length_mean": length,
+                    f"eval/{benchmark}/greedy_accuracy": accuracy + shift + 0.1,
                     f"eval/{benchmark}/truncation_rate": 0.02,
-                    f"eval/{benchmark}/entropy": entropy}
+                    f"eval/{benchmark}/entropy": entropy} | gold_nll(benchmark, accuracy)
     return metrics
+
+
+def gold_nll(benchmark: str, accuracy: float) -> dict[str, float]:
+    """The gold-solution NLL a run logs (no per-problem rows anywhere)."""
+    return {f"eval/{benchmark}/gold_nll_digits": 1.0 - accuracy,
+            f"eval/{benchmark}/gold_nll_other": 2.0}
 
 
 def stored_evaluation(url: str, run_id: str, accuracy: float, length: float, step: int,
                       seed: int = 0) -> dict[str, float]:
-    """Graded samples of a run in the store (problems drawn around accuracy), and the metrics
-    tasks.evaluate would log for exactly these samples."""
+    """Graded samples of a run in the store (problems drawn around accuracy) with one greedy
+    response per problem, and the metrics tasks.evaluate would log for exactly these rows."""
     rng = np.random.default_rng(seed * 1000 + int(accuracy * 100))
     samples = {b: [EvalSample(b, f"{b}/{i}", j, bool(rng.random() < accuracy),
                               int(length + rng.integers(-5, 6)), bool(rng.random() < 0.05),
                               float(rng.uniform(0.1, 0.4)), step)
                    for i in range(PROBLEMS) for j in range(SAMPLES)] for b in BENCHMARKS}
+    greedy = {b: [EvalSample(b, f"{b}/{i}", 0, bool(rng.random() < accuracy + 0.1), 30, False,
+                             None, step) for i in range(PROBLEMS)] for b in BENCHMARKS}
     with RolloutStore(url) as store:
         store.ensure_run(run_id, run_id, "evaluate")
         for benchmark, rows in samples.items():
@@ -74,12 +83,19 @@ def stored_evaluation(url: str, run_id: str, accuracy: float, length: float, ste
                              f"{SCRIPT} \\boxed{{{s.sample_index}}}" if i == 0 else "\\boxed{1}",
                              s.length, s.truncated, s.correct, s.entropy)
                 for i, s in enumerate(rows)])
+            store.add_samples(run_id, f"eval_greedy/{benchmark}", step, [
+                SampleRecord(s.problem_id, 0, "\\boxed{1}", s.length, s.truncated, s.correct)
+                for s in greedy[benchmark]])
     metrics = {}
     for benchmark, rows in (*samples.items(), ("overall", sum(samples.values(), []))):
         for name, k in (("avg_at_k", 1), ("avg_at_k", 4), ("pass_at_k", 4),
                         ("response_length_mean", 1), ("truncation_rate", 1), ("entropy", 1)):
             values = problem_values({0: rows}, name, k)
             metrics[f"eval/{benchmark}/{values.metric}"] = values.estimate
+        greedy_rows = greedy.get(benchmark) or sum(greedy.values(), [])
+        metrics[f"eval/{benchmark}/greedy_accuracy"] = problem_values(
+            {0: greedy_rows}, "greedy_accuracy").estimate
+        metrics |= gold_nll(benchmark, accuracy)
     return metrics
 
 
@@ -155,6 +171,13 @@ def test_table_has_a_row_per_run_grouped(study):
     sft = run_row(page, "sft")
     avg = format(study["metrics"]["sft"]["eval/overall/avg_at_4"], ".3f")
     assert f"<td>{avg}<br><span class=\"ci\">[" in sft  # Avg@4 with its interval
+    greedy = format(study["metrics"]["sft"]["eval/overall/greedy_accuracy"], ".3f")
+    assert f"<td>{greedy}<br><span class=\"ci\">[" in sft  # greedy accuracy with its interval
+    assert sft.count('class="ci"') == 2
+    gold = format(study["metrics"]["sft"]["eval/overall/gold_nll_digits"], ".3f")
+    assert f"<td>{gold}</td><td>2.000</td>" in sft  # gold NLL, digits and other
+    assert "sharpening alone cannot raise it" in page and "learning lowers the first" in page
+    assert "the store's samples give" not in page  # the greedy rows give the logged number
     assert "1.00e+10" in sft and "FINISHED" in sft  # FLOPs
     assert run_row(page, "opd +curriculum").count('class="ci"') == 0  # no rows: no interval
 
@@ -181,15 +204,19 @@ def test_paired_differences_against_the_starting_student(study):
     delta = (metrics["sft"]["eval/overall/avg_at_4"]
              - metrics["student (start)"]["eval/overall/avg_at_4"])
     assert f">{delta:+.3f}<br>" in rows[1]  # the paired difference of the same numbers
-    assert rows[1].count('class="ci"') == 5 and rows[0].count('class="missing"') == 5
-    assert "This table makes 25 comparisons at 95 % each" in page
+    assert rows[1].count('class="ci"') == 6 and rows[0].count('class="missing"') == 6
+    greedy = (metrics["sft"]["eval/overall/greedy_accuracy"]
+              - metrics["student (start)"]["eval/overall/greedy_accuracy"])
+    assert f">{greedy:+.3f}<br>" in rows[1]  # Δ greedy from the greedy responses alone
+    assert "<th>Δ greedy</th>" in page
+    assert "This table makes 30 comparisons at 95 % each" in page
     assert "No paired rows in the store (no interval): teacher, dagger, opd +curriculum." in page
 
 
 def test_missing_metrics_are_gaps_with_a_note(study):
     page = study["html"]
     dagger = run_row(page, "dagger")
-    assert dagger.count('class="missing"') == 6  # the six eval columns; FLOPs and time logged
+    assert dagger.count('class="missing"') == 9  # the nine eval columns; FLOPs, time logged
     assert "FAILED" in dagger
     assert re.search(r"dagger \(FAILED, run \w+\): no evaluation metrics", page)
     assert "Not plotted (no eval/overall/entropy or eval/overall/avg_at_4): dagger." in page

@@ -298,8 +298,9 @@ def test_two_writers_at_once_lose_nothing_with_everything_on_postgresql(
             assert sorted(r.id for r in store.runs()) == sorted(r.run_id for r in runs)
             for run in runs:
                 samples = store.samples(run.run_id)
-                assert len(samples) == EVAL_LIMIT * EVAL_N, run.run_name
-                assert {s.stage for s in samples} == {"eval/tiny"}
+                # n samples and one greedy response per problem
+                assert len(samples) == EVAL_LIMIT * (EVAL_N + 1), run.run_name
+                assert {s.stage for s in samples} == {"eval/tiny", "eval_greedy/tiny"}
                 assert len(store.problems(run.run_id)) == EVAL_LIMIT
 
         assert _flow_runs(services["prefect_api"]) == [("distill", "COMPLETED")] * 2
@@ -307,7 +308,7 @@ def test_two_writers_at_once_lose_nothing_with_everything_on_postgresql(
         assert cluster.query("distill_mlflow", "SELECT count(*) FROM runs") == [(2,)]
         assert cluster.query("distill_prefect", "SELECT count(*) FROM flow_run") == [(2,)]
         assert cluster.query("distill_store", "SELECT count(*) FROM samples") == [
-            (2 * EVAL_LIMIT * EVAL_N,)]
+            (2 * EVAL_LIMIT * (EVAL_N + 1),)]
         assert not list(tmp_path.rglob("*.db")), list(tmp_path.rglob("*.db"))
         for database in ("distill_prefect", "distill_mlflow", "distill_store"):
             assert "s3cret" not in cluster.dump(database), f"{database} holds the password"

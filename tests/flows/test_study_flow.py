@@ -59,8 +59,11 @@ def test_every_cell_and_seed_is_a_run_evaluated_at_its_steps(outcome):
     assert [step for step, _ in history] == [2, 4, 6]  # every 2 steps, the study's horizon
     with RolloutStore(f"sqlite:///{root / 'distill_lab.db'}") as store:
         rows = store.samples(long_opd.run_id)
-    assert sorted({r.step for r in rows}) == [2, 4, 6] and len(rows) == 3 * 6 * 2
+    assert sorted({r.step for r in rows}) == [2, 4, 6]
+    greedy = [r for r in rows if r.stage == "eval_greedy/tiny"]
+    assert len(rows) - len(greedy) == 3 * 6 * 2 and len(greedy) == 3 * 6  # + one greedy each
     assert "avg_at_2/dagger" in parent_metrics and "entropy/opd-6-steps" in parent_metrics
+    assert {"greedy_accuracy/dagger", "gold_nll_digits/opd-6-steps"} <= set(parent_metrics)
 
 
 @pytest.mark.slow
@@ -71,7 +74,10 @@ def test_the_study_concludes_with_intervals_readiness_and_findings(outcome):
     for claim in claims.values():  # every claim's runs were made: each has a computed verdict
         assert claim["verdict"] in ("reproduced", "opposite", "inconclusive"), claim
         assert all(e["low"] <= e["estimate"] <= e["high"] for e in claim["effects"])
-    assert len(claims["C1"]["effects"]) == 8 and len(claims["C3"]["effects"]) == 5
+    # each Avg@k effect has its greedy-accuracy effect beside it, reported without a verdict
+    assert len(claims["C1"]["effects"]) == 10 and len(claims["C3"]["effects"]) == 6
+    greedy = [e for c in claims.values() for e in c["effects"] if e["metric"] == "greedy_accuracy"]
+    assert len(greedy) == 2 + 1 + 1 + 1 + 1 and all(e["verdict"] is None for e in greedy)
     assert result["findings"]["readiness"]["ready"] is False  # tiny models: it says so
     assert "[" in result["table"] and "Δ avg@2 vs student (start)" in result["table"]
     written = json.loads((Path(result["run_dir"]) / "findings.json").read_text())

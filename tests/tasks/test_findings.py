@@ -75,3 +75,36 @@ def test_claims_without_their_runs_are_not_tested():
                                        evaluate_references=False))
     assert [f.verdict for f in found] == [None] * 5
     assert all(f.note.startswith("not tested") for f in found)
+
+
+def _toy_run(label: str, seed: int, correct: bool, greedy: bool | None) -> StudyRun:
+    """Ten problems × four samples all graded ``correct``; each problem's greedy response
+    graded ``greedy`` (None: no greedy rows, as in runs from before they were stored)."""
+    samples = tuple(EvalSample("b", f"b/{p}", i, correct, 10 + p, False, 0.5, STUDY.steps)
+                    for p in range(10) for i in range(4))
+    greedy_rows = () if greedy is None else tuple(
+        EvalSample("b", f"b/{p}", 0, greedy, 10, False, None, STUDY.steps) for p in range(10))
+    return StudyRun(f"{label}-{seed}", label, "FINISHED",
+                    {"cell": label, "objective": label, "seed": str(seed)},
+                    evaluations=samples, greedy=greedy_rows)
+
+
+def test_greedy_accuracy_is_reported_beside_avg_at_k_without_a_verdict():
+    """A sharpening cell: offline_rl right on every sample, sft on none, but greedily the other
+    way round. The greedy effect shows it (−1) and does not enter the claim's verdict."""
+    def study(with_greedy: bool) -> Study:
+        return Study("toy", "", None, tuple(
+            [_toy_run("offline_rl", s, True, False if with_greedy else None) for s in (0, 1)]
+            + [_toy_run("sft", s, False, True if with_greedy else None) for s in (0, 1)]))
+
+    c1 = study_findings(study(True), STUDY)[0]
+    greedy = [e for e in c1.effects if e.metric == "greedy_accuracy"]
+    assert [(e.name, e.estimate, e.low, e.high, e.verdict, e.predicted) for e in greedy] == [
+        ("greedy_accuracy: offline_rl − sft", -1.0, -1.0, -1.0, None, None)]
+    avg = next(e for e in c1.effects if e.metric == "avg_at_4")
+    assert (avg.estimate, avg.verdict) == (1.0, "reproduced")
+    without = study_findings(study(False), STUDY)[0]
+    assert [e for e in c1.effects if e.metric != "greedy_accuracy"] == list(without.effects)
+    assert c1.verdict == without.verdict
+    assert "greedy_accuracy: offline_rl − sft | -1.000 [-1.000, -1.000] | – |" in findings_table(
+        [c1])

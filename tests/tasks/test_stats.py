@@ -120,6 +120,28 @@ def test_estimates_equal_what_the_evaluation_reports():
             expected[key or metric], abs=1e-12), metric
 
 
+def test_greedy_accuracy_reads_one_greedy_response_per_problem():
+    """Its estimate equals the evaluation's greedy_accuracy; the problem's n samples, passed by
+    mistake, are refused rather than averaged."""
+    from dataclasses import replace
+
+    from tasks.evaluate import SampleResult, summarise_samples
+
+    rng = np.random.default_rng(6)
+    sampled = [SampleResult("b", f"p{i}", j, "", None, False, False, False, 5, False, 0.1)
+               for i in range(20) for j in range(2)]
+    greedy = [replace(r, sample_index=0, correct=bool(rng.random() < 0.6), greedy=True)
+              for r in sampled if r.sample_index == 0]
+    expected = summarise_samples(sampled + greedy, [1])["greedy_accuracy"]
+    cell = problem_values({0: [Graded(r.problem_id, 0, r.correct) for r in greedy]},
+                          "greedy_accuracy")
+    assert cell.metric == "greedy_accuracy" and cell.estimate == pytest.approx(expected)
+    assert 0 < expected < 1
+    with pytest.raises(ValueError, match="greedy=True"):
+        problem_values({0: [Graded(r.problem_id, r.sample_index, r.correct) for r in sampled]},
+                       "greedy_accuracy")
+
+
 def test_pairing_shares_problems_and_repeats_a_single_seed_baseline():
     cell = problem_values({s: [Graded(f"p{i}", 0, i % 2 == 0) for i in range(6)]
                            for s in (0, 1, 2)}, "avg_at_k")

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from tasks.store import RolloutStore, SampleRecord
-from tasks.study import newest_grid, read_study, responses, samples_by_seed
+from tasks.study import newest_grid, read_evaluations, read_study, responses, samples_by_seed
+from tasks.tables import LEGEND
 from tasks.tracking import Tracker
 
 pytestmark = pytest.mark.slow  # its fixture logs a study to a fresh MLflow database
@@ -15,12 +16,17 @@ pytestmark = pytest.mark.slow  # its fixture logs a study to a fresh MLflow data
 EXPERIMENT = "study-test"
 
 
-def add_evaluation(store: RolloutStore, run_id: str, step: int, correct: list[bool]) -> None:
+def add_evaluation(store: RolloutStore, run_id: str, step: int, correct: list[bool],
+                   greedy: list[bool] = ()) -> None:
+    """One sample per problem (stage eval/gsm8k) and, when given, one greedy response per
+    problem (stage eval_greedy/gsm8k), as tasks.evaluate stores them."""
     store.ensure_run(run_id, run_id, "evaluate")
     store.add_prompts(run_id, [(f"gsm8k/{i}", f"problem {i}", "1") for i in range(len(correct))])
     store.add_samples(run_id, "eval/gsm8k", step, [
         SampleRecord(f"gsm8k/{i}", 0, f"answer {i}", 10 + i, i == 0, c, 0.5)
         for i, c in enumerate(correct)])
+    store.add_samples(run_id, "eval_greedy/gsm8k", step, [
+        SampleRecord(f"gsm8k/{i}", 0, f"greedy {i}", 7, False, c) for i, c in enumerate(greedy)])
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,7 @@ def grid(tmp_path_factory):
         tracker.end_run(parent)
     add_evaluation(store, ids["student"], 0, [False, False, True])
     add_evaluation(store, ids["sft"], 1, [False, False, False])  # an earlier evaluation
-    add_evaluation(store, ids["sft"], 2, [True, False, True])
+    add_evaluation(store, ids["sft"], 2, [True, False, True], greedy=[False, False, True])
     add_evaluation(store, ids["sft seed 1"], 2, [True, True, False])
     add_evaluation(store, ids["rl"], 0, [True, True, True])
     with Tracker(uri, artifacts_dir=tmp_path) as tracker:
@@ -95,6 +101,12 @@ def test_evaluations_are_per_sample_and_grouped_by_seed(grid):
     assert sorted(by_seed) == [0, 1]
     assert [s.correct for s in by_seed[0]] == [True, False, True]  # the last step only
     assert samples_by_seed(study.cells()["teacher:0.5"]) == {}  # no rows in the store
+    assert len(sft0.evaluations) == 6  # the greedy responses are not among the samples
+    greedy = samples_by_seed(study.cells()["sft"], greedy=True)
+    assert list(greedy) == [0]  # seed 1 has no greedy rows
+    assert [(s.problem_id, s.correct, s.length, s.step) for s in greedy[0]] == [
+        ("gsm8k/0", False, 7, 2), ("gsm8k/1", False, 7, 2), ("gsm8k/2", True, 7, 2)]
+    assert [s.benchmark for s in read_evaluations(store, ids["sft"], greedy=True)] == ["gsm8k"] * 3
     assert read_study(tracker, parent_run_id=parent).runs[1].evaluations == ()  # no store
 
 
@@ -144,6 +156,7 @@ def test_grid_report_tables_every_child_at_the_grids_ks(grid):
     lines = table.splitlines()
     assert lines[0] == f"grid run {parent}"
     assert lines[1].startswith("| cell | avg@4 | pass@4 | avg@1 |")
-    assert [line.split(" | ")[0] for line in lines[3:]] == [
+    assert [line.split(" | ")[0] for line in lines[3:7]] == [
         "| student (start)", "| sft", "| sft", "| teacher:0.5"]
     assert lines[4].split(" | ")[1] == "0.500"
+    assert lines[7:] == ["", LEGEND]  # what greedy and gold NLL mean, under the table
