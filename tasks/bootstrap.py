@@ -29,8 +29,8 @@ from tasks.models import (
     SMOLLM2_GGUF,
     TinyModelConfig,
     build_tiny_model,
-    keep_layers,
     build_tokenizer,
+    keep_layers,
     load_model,
     load_tokenizer,
     non_embedding_parameters,
@@ -49,9 +49,12 @@ class DefaultBootstrapConfig:
 
     The teacher is trained on the worked solutions until it is right where the task has one
     right token (every digit) and spread where it has several (the written forms). The student
-    is the teacher cut to student_layers (half its depth), healed by a short SFT on the same
-    worked solutions (student_sft): it starts far below the teacher, with the capacity to catch
-    up, as a pruned model distilled from its parent does.
+    is the teacher cut to student_layers (half its depth) and healed by SFT on the same worked
+    solutions (student_sft, a constant rate after warm-up) until its held-out greedy accuracy
+    reaches student_target, checked every student_check_every steps on the first
+    student_check_problems held-out problems: it has the capacity to catch up and starts where
+    learning is under way, at the same accuracy whichever machine builds it (a fixed number of
+    steps left it anywhere from 2 % to 30 % on two builds).
     The models' context (max_positions 512) holds the longest prompt plus the evaluation cap.
     eval_problems, greedy_max_new_tokens: the held-out greedy accuracy the bootstrap records.
     """
@@ -61,10 +64,13 @@ class DefaultBootstrapConfig:
     teacher: TinyModelConfig = field(
         default_factory=lambda: TinyModelConfig(max_positions=512)
     )
-    teacher_sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=800))
+    teacher_sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=700))
     student_layers: tuple[int, ...] = (0, 2)
     student_sft: SFTConfig = field(default_factory=lambda: SFTConfig(
-        steps=150, learning_rate=1e-3, warmup_steps=25, seed=1))
+        steps=600, learning_rate=1e-3, warmup_steps=25, min_lr_ratio=1.0, seed=1))
+    student_target: float = 0.30
+    student_check_every: int = 10
+    student_check_problems: int = 100
     eval_problems: int = 200
     greedy_max_new_tokens: int = 256
 
@@ -115,14 +121,27 @@ def bootstrap_default(
                                               "data": data_dir.name})
 
     def build_model(role: str, key: str, make: Callable[[], torch.nn.Module], sft: SFTConfig,
-                    describe: dict) -> Path:
+                    describe: dict, target: float | None = None) -> Path:
         def build(out: Path) -> None:
             started = time.perf_counter()
             log(f"bootstrapping the default {role} ({describe['model']}) …")
             tokenizer = load_tokenizer(tokenizer_dir)
             model = make()
             log(f"  {non_embedding_parameters(model):,} non-embedding parameters")
-            metrics = train_sft(model, tokenizer, train, sft, log=log)
+            stop = None
+            if target is not None:
+                log(f"  healing until held-out greedy accuracy >= {target:.0%}, checked every "
+                    f"{config.student_check_every} steps on {config.student_check_problems} "
+                    "held-out problems")
+
+                def stop() -> bool:
+                    accuracy = held_out_greedy_accuracy(
+                        model, tokenizer, held_out[: config.student_check_problems],
+                        config.greedy_max_new_tokens)["strict_accuracy"]
+                    log(f"  check: held-out greedy accuracy {accuracy:.0%}")
+                    return accuracy >= target
+            metrics = train_sft(model, tokenizer, train, sft, log=log, stop=stop,
+                                stop_every=config.student_check_every)
             metrics.update(held_out_greedy_accuracy(model, tokenizer, held_out,
                                                     config.greedy_max_new_tokens))
             metrics["grader_version"] = GRADER_VERSION
@@ -144,10 +163,13 @@ def bootstrap_default(
                                  seed=config.teacher_sft.seed),
         config.teacher_sft, {"role": "teacher", "model": config.teacher})
     student_dir = build_model(
-        "student", content_hash(teacher_dir.name, config.student_layers, config.student_sft),
+        "student", content_hash(teacher_dir.name, config.student_layers, config.student_sft,
+                                config.student_target, config.student_check_every,
+                                config.student_check_problems),
         lambda: keep_layers(load_model(teacher_dir), config.student_layers),
         config.student_sft, {"role": "student", "model": f"the teacher's layers "
-                             f"{list(config.student_layers)}", "teacher": teacher_dir.name})
+                             f"{list(config.student_layers)}", "teacher": teacher_dir.name},
+        target=config.student_target)
     return BootstrapArtifacts(data_dir=data_dir, teacher_dir=teacher_dir, student_dir=student_dir)
 
 
@@ -270,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
         metrics = bootstrap_metrics(path)
         print(f"  {role} {path}\n    held-out greedy accuracy {metrics['strict_accuracy']:.1%}"
               f" (strict) / {metrics['flexible_accuracy']:.1%} (flexible); SFT "
-              f"{metrics['sft/seconds']:.0f} s, final loss {metrics['sft/final_loss']:.3f}")
+              f"{metrics.get('sft/steps', '?')} steps, {metrics['sft/seconds']:.0f} s, final "
+              f"loss {metrics['sft/final_loss']:.3f}")
 
 
 if __name__ == "__main__":

@@ -128,8 +128,13 @@ def train_sft(
     problems: list[Problem],
     config: SFTConfig,
     log: Callable[[str], None] = print,
+    stop: Callable[[], bool] | None = None,
+    stop_every: int = 25,
 ) -> dict[str, float]:
-    """Fine-tune model in place on the problems' worked solutions; returns summary metrics."""
+    """Fine-tune model in place on the problems' worked solutions; returns summary metrics.
+
+    stop: asked every stop_every steps (with the model in eval mode); training ends at the
+    first True, before config.steps (sft/steps says where)."""
     examples = encode_examples(tokenizer, problems)
     if len(examples) < config.batch_size:
         raise ValueError(f"{len(examples)} problems cannot fill one batch of "
@@ -157,7 +162,17 @@ def train_sft(
         loss_value = loss.item()
         elapsed = time.perf_counter() - start
         progress.update(note=f"loss {loss_value:.4f}  {tokens / elapsed:,.0f} tok/s")
+        if stop is not None and (step + 1) % stop_every == 0 and _stopped(model, stop):
+            break
     progress.close()
     model.eval()
-    return {"sft/final_loss": loss_value, "sft/tokens": float(tokens),
+    return {"sft/final_loss": loss_value, "sft/tokens": float(tokens), "sft/steps": step + 1,
             "sft/seconds": time.perf_counter() - start}
+
+
+def _stopped(model: PreTrainedModel, stop: Callable[[], bool]) -> bool:
+    model.eval()
+    try:
+        return stop()
+    finally:
+        model.train()

@@ -278,7 +278,7 @@ def test_greedy_rows_match_a_direct_greedy_generate(tmp_path, tiny_pair, tokeniz
 def test_bootstrapped_teacher_beats_an_untrained_student(bootstrapped, tmp_path):
     artifacts = bootstrapped.artifacts
     tokenizer = load_tokenizer(artifacts.teacher_dir)
-    untrained = build_tiny_model(bootstrapped.config.student, tokenizer, seed=0)
+    untrained = build_tiny_model(bootstrapped.config.teacher, tokenizer, seed=0)
     untrained.save_pretrained(tmp_path / "untrained")
     tokenizer.save_pretrained(tmp_path / "untrained")
     benchmark = f"default={artifacts.split('test')}"

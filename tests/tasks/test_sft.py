@@ -83,3 +83,22 @@ def test_a_short_sft_lowers_the_loss(tiny_pair, tiny_problems):
     assert after < before - 0.5, (before, after)  # untrained: ~ln(300) = 5.7 nats to start
     # 20 steps of 16 are five epochs of the 64 examples: every token counted five times
     assert metrics["sft/tokens"] == 5 * sum(len(p) + len(r) for p, r in examples)
+
+
+def test_training_stops_at_the_first_check_that_says_so(tiny_pair, tiny_problems):
+    """The stop rule is asked every stop_every steps, with the model in eval mode, and ends the
+    run at its first True (the student's heal stops at a held-out accuracy this way)."""
+    model, tokenizer = load_model(tiny_pair[1]), load_tokenizer(tiny_pair[1])
+    asked: list[bool] = []
+
+    def stop() -> bool:
+        asked.append(model.training)
+        return len(asked) == 2
+
+    metrics = train_sft(model, tokenizer, tiny_problems["train"][:64],
+                        SFTConfig(steps=50, batch_size=16, warmup_steps=2), log=lambda _: None,
+                        stop=stop, stop_every=4)
+    assert metrics["sft/steps"] == 8 and asked == [False, False]
+    unstopped = train_sft(model, tokenizer, tiny_problems["train"][:64],
+                          SFTConfig(steps=6, batch_size=16, warmup_steps=2), log=lambda _: None)
+    assert unstopped["sft/steps"] == 6
