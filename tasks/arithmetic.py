@@ -1,19 +1,20 @@
 """The embedded default task: multi-step arithmetic word problems with worked solutions.
 
-Every problem is a short story of 1–6 additions and subtractions on a count of things, and its
-worked solution ends in ``\\boxed{answer}``. One problem, written two of the valid ways::
+Every problem is a short story of 1–4 additions and subtractions of amounts up to 20 on a count
+of things, and its worked solution ends in ``\\boxed{answer}``. One problem, written two of the
+valid ways::
 
-    Mia has 12 books. She drops 5. Then she wins 64 more. How many books now?
+    Mia has 12 books. She drops 5. Then she wins 14 more. How many books now?
 
-    has 12                           has 12
+    has 12                           start 12
     > drops 5                        > She drops 5
     2-5=7,1-0=0                      2-5=7,1-0=0
-    > wins 64 more                   check 7+5=2,0+0=1
-    7+4=1,0+6=7                      now 7
-    \\boxed{71}                       > Then she wins 64 more
-                                     4+7=1,6+0=7
-                                     now 71
-                                     \\boxed{71}
+    > wins 14 more                   check 7+5=2,0+0=1
+    7+4=1,0+1=2                      so 7
+    \\boxed{21}                       > Then she wins 14 more
+                                     7+4=1,0+1=2
+                                     total 21
+                                     answer \\boxed{21}
 
 Each step echoes the story after a ``> `` mark — its phrase, or its whole sentence — then works
 the sum column by column, units first: ``2-5=7,1-0=0`` is 12 − 5 = 7 (units: 2 − 5, borrow
@@ -22,7 +23,7 @@ total in the usual order.
 
 Why this shape: a model of about a million parameters trained for minutes on a CPU learns it
 only if every sub-skill is local and regular. Each choice was measured on the default teacher
-(1.05M non-embedding parameters, held-out greedy accuracy after 5–6 minutes of SFT, 2 cores):
+(1.05M non-embedding parameters, held-out greedy accuracy after minutes of SFT, 2 cores):
 
 - Operands found in the story ("the third number") without an echo: the model mis-copied them
   (29.5%). Echoing each step turns finding the operand into copying the sentence after the one
@@ -32,22 +33,30 @@ only if every sub-skill is local and regular. Each choice was measured on the de
   units digit, predicted right after ``=``, was learnt in one run out of three (74.5%, 16.5%,
   12%); learning rate 5e-3 instead of 3e-3 made it worse (6.5%).
 - Column by column (this format): every result digit comes right after the two digits it
-  depends on, with the carry three tokens back. 96.5% after 700 steps (loss 0.009).
+  depends on, with the carry three tokens back.
+- The digit tables are what a model learns last, suddenly: held-out greedy accuracy stays
+  below 15 % for 300 steps and then climbs within a few hundred. With amounts up to 99 the
+  climb came between steps 400 and 750 (0.27 → 0.94) and two runs of 800 steps ended at 91.5 %
+  and 98 %; with amounts up to 20 (fewer tens-column cases) it came between 300 and 600
+  (0.27 → 0.97) and the run stayed at 0.97 to step 700. A teacher that ends well past its climb
+  lands in the same place on every machine.
 - Totals stay within [0, 99]; three-digit totals were not learnt reliably in the budget.
 
-What the study needs from it (issue 17; measured by ``python -m bench.default_profile``):
+What distillation needs from it (measured by ``python -m bench.default_profile``):
 
-- **Real uncertainty on the teacher's own answers.** Every step is written in one of several
-  equally correct forms, drawn independently per step (``StepForm``): the echo is the phrase or
-  the whole sentence (quote_rate), an addition's columns name the amount first or the total
-  first (amount_first_rate), an optional check line undoes the step (check_rate), an optional
-  ``now <total>`` line states the running total (running_total_rate). A teacher that learnt the
-  data spreads its probability over these choices where they arise, so mode-seeking (reverse
-  KL) and mode-covering (forward KL) students have different targets to pick from.
+- **A teacher that is right where one token is right and free where several are.** Every
+  choice between equally correct forms falls on a word, never on a digit (a test checks it):
+  the solution opens with ``has`` or ``start``; each step echoes its phrase or its whole
+  sentence (quote_rate), may add a check line that undoes it (check_rate) and a running-total
+  line worded ``now``, ``so`` or ``total`` (running_total_rate); the box may be introduced by
+  ``answer`` (answer_word_rate). A teacher that learnt the data spreads its probability over
+  these words and is sure of every digit, so what it teaches beyond the gold solution is the
+  legitimate spread, not its errors; mode-seeking (reverse KL) and mode-covering (forward KL)
+  students have different targets among the forms.
 - **Length that grows with difficulty.** The number of steps is the difficulty knob, drawn with
-  P(k) ∝ step_decay^(k−1): answers run from about 27 tokens (one step) to about 220 (six steps
-  with every optional line), so a training cap of 128 truncates a minority of the teacher's
-  answers and an evaluation cap of 1.5× the longest holds all of them.
+  P(k) ∝ step_decay^(k−1): answers run from about 25 tokens (one step) to 170 (four steps with
+  every optional line), so a training cap of 128 truncates about 9 % of them and an evaluation
+  cap of 256 holds 1.5× the longest.
 
 Generation is seeded and deterministic; train / held-out / test splits come from separate
 seeded streams and are deduplicated against each other by problem text; the written forms come
@@ -261,14 +270,14 @@ class ArithmeticConfig:
     """
 
     min_steps: int = 1
-    max_steps: int = 6
+    max_steps: int = 4
     step_decay: float = 0.75
     quote_rate: float = 0.5
     check_rate: float = 0.5
     running_total_rate: float = 0.75
     start_word_rate: float = 0.5
     answer_word_rate: float = 0.5
-    max_operand: int = 99
+    max_operand: int = 20
     train_size: int = 20_000
     held_out_size: int = 200
     test_size: int = 500

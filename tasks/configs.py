@@ -41,12 +41,12 @@ REAL_WEIGHTS = "real-weights"  # the SmolLM2-135M profile
 # box its answer, since the grader's strict rule (the one accuracy counts) reads the box. A bare
 # prompt leaves SmolLM2 writing unboxed prose: every answer graded wrong, the study says nothing.
 PROFILE_TEMPLATES = {DEFAULT: "bare", REAL_WEIGHTS: "boxed"}
-# Response caps, measured against the embedded default (bench/default_profile.py, 100 test
-# problems × 4 samples): the training cap truncates 12.8 % of the teacher's answers (a
-# measurable share, the length curriculum's room), the evaluation cap holds 1.5× the longest
-# worked solution of any split (223 tokens, a 6-step problem with every optional line).
+# Response caps, measured against the embedded default's worked solutions (5,000 train and
+# the 500 test problems): the training cap truncates 9 % of them (a measurable share, the
+# length curriculum's room), the evaluation cap holds 1.5× the longest (170 tokens, a 4-step
+# problem with every optional line).
 TRAIN_CAP = 128
-EVAL_CAP = 336
+EVAL_CAP = 256
 
 
 class _Config(BaseModel):

