@@ -864,7 +864,7 @@ pre{white-space:pre-wrap;word-break:break-word;max-height:9em;overflow:auto;back
 
 
 def findings_section(report: Report) -> str:
-    """The study's claims (C1–C5): each effect with its 95 % interval and verdict, as the grid
+    """The study's claims (C0–C5): each effect with its 95 % interval and verdict, as the grid
     flow computed them (findings.json of the parent run); nothing for a study without them."""
     if not report.findings:
         return ""

@@ -1,6 +1,6 @@
 """The grid flow: a study — every cell and seed trained and evaluated on the same paired
 problems, the teacher and the starting student as references, a readiness check before any
-training, optional GRPO afterwards, and the results with intervals and the findings (C1–C5) on
+training, optional GRPO afterwards, and the results with intervals and the findings (C0–C5) on
 one parent MLflow run. The same config again after a kill resumes the study: finished runs are
 reused, the interrupted one resumes from its checkpoint."""
 

@@ -1,4 +1,4 @@
-"""The study's findings: each of the method's claims (C1–C5) measured with an interval and a
+"""The study's findings: each of the method's claims (C0–C5) measured with an interval and a
 verdict computed from it — never typed by hand.
 
 Every effect is a paired contrast (``tasks.stats.contrast``) of per-problem values over the
@@ -9,6 +9,10 @@ study did not make is reported as not tested (verdict ``None``), never guessed.
 
 The claims (arXiv 2605.16826), as tested here at the study's horizon ``steps`` unless said:
 
+- C0 distillation teaches (the premise every other claim stands on): each cell of the 2×2 grid
+  raises Avg@k above the starting student. Greedy accuracy is reported beside it, and the note
+  says how much of the teacher − student gap the best cell closes. Were it not reproduced, the
+  comparisons below would measure which way of distilling hurts least.
 - C1 KL direction: with the same prefix source, reverse KL gives higher Avg@k, lower token
   entropy and shorter responses than forward KL (offline_rl vs sft on teacher prefixes, opd vs
   dagger on student prefixes; Pass@k is reported, not judged: the paper finds its advantage
@@ -152,12 +156,45 @@ def _untested(id_: str, claim: str, why: str) -> Finding:
 
 # ----------------------------------------------------------------------------- the claims
 
+C0 = "Distillation teaches: every cell of the 2×2 grid raises Avg@k above the starting student"
 C1 = "Same prefix source: reverse KL gives higher Avg@k, lower entropy, shorter responses"
 C2 = "Same KL direction: student prefixes beat teacher prefixes on Avg@k and Pass@k"
 C3 = ("Long training with reverse KL lowers entropy and lengthens responses; λ = 0.25 keeps "
       "them stable and most of the accuracy")
 C4 = "The entropy-gated curriculum beats a fixed cap at its top rung, with shorter responses"
 C5 = "Forward-KL students gain more from GRPO than reverse-KL students"
+
+
+GRID = ("sft", "dagger", "offline_rl", "opd")
+START, TEACHER = "student (start)", "teacher"
+
+
+def _c0(c: _Cells) -> Finding:
+    k, step = c.k, c.config.steps
+    grid = [(cell, label) for cell in GRID if (label := c.label(cell))]
+    if START not in c.runs or not grid:
+        return _untested("C0", C0, "needs the starting student evaluated and a cell of the grid")
+    start, effects, gains = c.values(START, "avg_at_k"), [], {}
+    for cell, label in grid:
+        trained = c.values(label, "avg_at_k", step)
+        effects.append(_effect(f"avg_at_{k}: {cell} − {START}", f"avg_at_{k}", "higher",
+                               [(1, trained), (-1, start)]))
+        gains[cell] = effects[-1].estimate
+        effects += _greedy_effect(f"{cell} − {START}",
+                                  [(1, partial(c.values, label, GREEDY, step)),
+                                   (-1, partial(c.values, START, GREEDY))])
+    return _finding("C0", C0, effects, _gap_note(c, start, gains))
+
+
+def _gap_note(c: _Cells, start: ProblemValues, gains: dict[str, float]) -> str:
+    """How much of the teacher − starting student gap in Avg@k the best cell closes."""
+    best = max(gains, key=gains.get)
+    if TEACHER not in c.runs:
+        return f"best cell: {best}"
+    gap = c.values(TEACHER, "avg_at_k").estimate - start.estimate
+    closed = f"{gains[best] / gap:.0%} of" if gap > 0 else "none of (no gap)"
+    return (f"the best cell, {best}, closes {closed} the teacher − student gap in "
+            f"avg@{c.k} ({start.estimate:.3f} → teacher {start.estimate + gap:.3f})")
 
 
 def _c1(c: _Cells) -> Finding:
@@ -281,9 +318,9 @@ def _c5(c: _Cells) -> Finding:
 
 
 def study_findings(study: Study, config: StudyConfig) -> list[Finding]:
-    """C1–C5 measured on a finished study (see the module docstring)."""
+    """C0–C5 measured on a finished study (see the module docstring)."""
     table = _Cells(study, config)
-    return [claim(table) for claim in (_c1, _c2, _c3, _c4, _c5)]
+    return [claim(table) for claim in (_c0, _c1, _c2, _c3, _c4, _c5)]
 
 
 def _signed(value: float | None) -> str:
@@ -342,7 +379,7 @@ def findings_from_json(data: dict | list) -> tuple[list[Finding], dict]:
 
 def _finding_from_dict(claim: dict, index: int) -> Finding:
     if not isinstance(claim, dict) or not claim.get("id"):
-        raise ValueError(f"findings.json: claim {index} has no 'id' (C1–C5): {claim!r:.80}")
+        raise ValueError(f"findings.json: claim {index} has no 'id' (C0–C5): {claim!r:.80}")
     if "effects" in claim:
         effects = tuple(Effect(e.get("name") or e.get("metric") or "effect", e.get("metric", ""),
                                e.get("predicted"), e.get("estimate"), e.get("low"),

@@ -384,7 +384,7 @@ def readiness_task(config, references: list[dict], products: list[dict], parent:
 @task(name="conclude-study", cache_policy=NO_CACHE, **IO_RETRIES)
 def conclude_task(config, parent: RunRef, store_url: str, run_dir: str,
                   context: dict) -> dict:
-    """The study's results with intervals and its findings (C1–C5), from what its runs stored:
+    """The study's results with intervals and its findings (C0–C5), from what its runs stored:
     findings.json and findings.md beside results.md in run_dir, and per-cell summary metrics on
     the parent run (e.g. ``avg_at_4/opd``) for comparing studies in MLflow."""
     from tasks.findings import findings_document, findings_table, study_findings
