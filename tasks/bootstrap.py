@@ -40,6 +40,7 @@ from tasks.rollout import SamplingConfig, generate_hf, render_prompts
 from tasks.sft import SFTConfig, train_sft
 
 DATA_CODE = ("tasks.arithmetic", "tasks.data")
+CHECK_SAMPLES = 4  # samples per problem in the student's heal check (avg@4, temperature 1)
 MODEL_CODE = ("tasks.models", "tasks.sft", "tasks.bootstrap", "tasks.rollout")
 
 
@@ -50,11 +51,12 @@ class DefaultBootstrapConfig:
     The teacher is trained on the worked solutions until it is right where the task has one
     right token (every digit) and spread where it has several (the written forms). The student
     is the teacher cut to student_layers (half its depth) and healed by SFT on the same worked
-    solutions (student_sft, a constant rate after warm-up) until its held-out greedy accuracy
-    reaches student_target, checked every student_check_every steps on the first
-    student_check_problems held-out problems: it has the capacity to catch up and starts where
-    learning is under way, at the same accuracy whichever machine builds it (a fixed number of
-    steps left it anywhere from 2 % to 30 % on two builds).
+    solutions (student_sft, a constant rate after warm-up) until its avg@4 at temperature 1 on
+    the first student_check_problems held-out problems reaches student_target, checked every
+    student_check_every steps: it has the capacity to catch up and starts where learning is
+    under way, near the same accuracy whichever machine builds it (a fixed number of steps left
+    it at 1.5 % and 15 % held-out greedy on two builds; a greedy-accuracy target left two
+    builds of equal greedy accuracy 8.5 points apart at temperature 1).
     The models' context (max_positions 512) holds the longest prompt plus the evaluation cap.
     eval_problems, greedy_max_new_tokens: the held-out greedy accuracy the bootstrap records.
     """
@@ -68,7 +70,7 @@ class DefaultBootstrapConfig:
     student_layers: tuple[int, ...] = (0, 2)
     student_sft: SFTConfig = field(default_factory=lambda: SFTConfig(
         steps=600, learning_rate=1e-3, warmup_steps=25, min_lr_ratio=1.0, seed=1))
-    student_target: float = 0.30
+    student_target: float = 0.20
     student_check_every: int = 10
     student_check_problems: int = 100
     eval_problems: int = 200
@@ -130,15 +132,15 @@ def bootstrap_default(
             log(f"  {non_embedding_parameters(model):,} non-embedding parameters")
             stop = None
             if target is not None:
-                log(f"  healing until held-out greedy accuracy >= {target:.0%}, checked every "
-                    f"{config.student_check_every} steps on {config.student_check_problems} "
-                    "held-out problems")
+                log(f"  healing until held-out avg@{CHECK_SAMPLES} (temperature 1) >= "
+                    f"{target:.2f}, checked every {config.student_check_every} steps on "
+                    f"{config.student_check_problems} held-out problems")
 
                 def stop() -> bool:
-                    accuracy = held_out_greedy_accuracy(
+                    accuracy = held_out_accuracy(
                         model, tokenizer, held_out[: config.student_check_problems],
-                        config.greedy_max_new_tokens)["strict_accuracy"]
-                    log(f"  check: held-out greedy accuracy {accuracy:.0%}")
+                        config.greedy_max_new_tokens, CHECK_SAMPLES, 1.0)["strict_accuracy"]
+                    log(f"  check: held-out avg@{CHECK_SAMPLES} {accuracy:.3f}")
                     return accuracy >= target
             metrics = train_sft(model, tokenizer, train, sft, log=log, stop=stop,
                                 stop_every=config.student_check_every)
@@ -176,11 +178,19 @@ def bootstrap_default(
 def held_out_greedy_accuracy(model, tokenizer, problems: list[Problem],
                              max_new_tokens: int = 384) -> dict[str, float]:
     """Greedy accuracy on problems, graded by the project's one grader."""
-    samples = generate_hf(model, tokenizer, render_prompts(tokenizer, problems),
-                          SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens,
-                                         batch_size=64))
+    return held_out_accuracy(model, tokenizer, problems, max_new_tokens)
+
+
+def held_out_accuracy(model, tokenizer, problems: list[Problem], max_new_tokens: int = 384,
+                      samples: int = 1, temperature: float = 0.0) -> dict[str, float]:
+    """Accuracy on problems over every sample (greedy by default; with samples > 1 at a
+    temperature, the mean over n seeded samples: avg@n), graded by the project's one grader."""
+    responses = generate_hf(model, tokenizer, render_prompts(tokenizer, problems),
+                            SamplingConfig(n=samples, temperature=temperature,
+                                           max_new_tokens=max_new_tokens, batch_size=64))
     with Grader() as grader:
-        grades = grader.grade([s.text for s in samples], [p.answer for p in problems])
+        grades = grader.grade([r.text for r in responses],
+                              [problems[r.prompt_index].answer for r in responses])
     return summarise(grades)
 
 
