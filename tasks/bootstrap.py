@@ -71,7 +71,7 @@ class DefaultBootstrapConfig:
     student_sft: SFTConfig = field(default_factory=lambda: SFTConfig(
         steps=600, learning_rate=1e-3, warmup_steps=25, min_lr_ratio=1.0, seed=1))
     student_target: float = 0.20
-    student_check_every: int = 10
+    student_check_every: int = 5
     student_check_problems: int = 100
     eval_problems: int = 200
     greedy_max_new_tokens: int = 256
