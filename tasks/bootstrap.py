@@ -11,6 +11,7 @@ config, its inputs' keys and the code that builds it; a later run reuses it inst
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -131,19 +132,24 @@ def bootstrap_default(
             model = make()
             log(f"  {non_embedding_parameters(model):,} non-embedding parameters")
             stop = None
-            if target is not None:
-                log(f"  healing until held-out avg@{CHECK_SAMPLES} (temperature 1) >= "
-                    f"{target:.2f}, checked every {config.student_check_every} steps on "
-                    f"{config.student_check_problems} held-out problems")
+            with contextlib.ExitStack() as resources:
+                if target is not None:
+                    log(f"  healing until held-out avg@{CHECK_SAMPLES} (temperature 1) >= "
+                        f"{target:.2f}, checked every {config.student_check_every} steps on "
+                        f"{config.student_check_problems} held-out problems")
+                    grader = resources.enter_context(Grader())  # one pool for every check
 
-                def stop() -> bool:
-                    accuracy = held_out_accuracy(
-                        model, tokenizer, held_out[: config.student_check_problems],
-                        config.greedy_max_new_tokens, CHECK_SAMPLES, 1.0)["strict_accuracy"]
-                    log(f"  check: held-out avg@{CHECK_SAMPLES} {accuracy:.3f}")
-                    return accuracy >= target
-            metrics = train_sft(model, tokenizer, train, sft, log=log, stop=stop,
-                                stop_every=config.student_check_every)
+                    def stop() -> bool:
+                        checked = time.perf_counter()
+                        accuracy = held_out_accuracy(
+                            model, tokenizer, held_out[: config.student_check_problems],
+                            config.greedy_max_new_tokens, CHECK_SAMPLES, 1.0,
+                            grader)["strict_accuracy"]
+                        log(f"  check: held-out avg@{CHECK_SAMPLES} {accuracy:.3f} "
+                            f"({time.perf_counter() - checked:.1f} s)")
+                        return accuracy >= target
+                metrics = train_sft(model, tokenizer, train, sft, log=log, stop=stop,
+                                    stop_every=config.student_check_every)
             metrics.update(held_out_greedy_accuracy(model, tokenizer, held_out,
                                                     config.greedy_max_new_tokens))
             metrics["grader_version"] = GRADER_VERSION
@@ -182,16 +188,20 @@ def held_out_greedy_accuracy(model, tokenizer, problems: list[Problem],
 
 
 def held_out_accuracy(model, tokenizer, problems: list[Problem], max_new_tokens: int = 384,
-                      samples: int = 1, temperature: float = 0.0) -> dict[str, float]:
+                      samples: int = 1, temperature: float = 0.0,
+                      grader: Grader | None = None) -> dict[str, float]:
     """Accuracy on problems over every sample (greedy by default; with samples > 1 at a
-    temperature, the mean over n seeded samples: avg@n), graded by the project's one grader."""
+    temperature, the mean over n seeded samples: avg@n), graded by the project's one grader
+    (pass an open Grader to reuse its worker processes across many checks)."""
     responses = generate_hf(model, tokenizer, render_prompts(tokenizer, problems),
                             SamplingConfig(n=samples, temperature=temperature,
                                            max_new_tokens=max_new_tokens, batch_size=64))
-    with Grader() as grader:
-        grades = grader.grade([r.text for r in responses],
-                              [problems[r.prompt_index].answer for r in responses])
-    return summarise(grades)
+    texts = [r.text for r in responses]
+    answers = [problems[r.prompt_index].answer for r in responses]
+    if grader is not None:
+        return summarise(grader.grade(texts, answers))
+    with Grader() as own:
+        return summarise(own.grade(texts, answers))
 
 
 def bootstrap_metrics(model_dir: str | Path) -> dict[str, float]:

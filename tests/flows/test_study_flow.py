@@ -70,14 +70,15 @@ def test_every_cell_and_seed_is_a_run_evaluated_at_its_steps(outcome):
 def test_the_study_concludes_with_intervals_readiness_and_findings(outcome):
     root, config, result = outcome
     claims = {c["id"]: c for c in result["findings"]["claims"]}
-    assert list(claims) == ["C1", "C2", "C3", "C4", "C5"]
+    assert list(claims) == ["C0", "C1", "C2", "C3", "C4", "C5"]
     for claim in claims.values():  # every claim's runs were made: each has a computed verdict
         assert claim["verdict"] in ("reproduced", "opposite", "inconclusive"), claim
         assert all(e["low"] <= e["estimate"] <= e["high"] for e in claim["effects"])
     # each Avg@k effect has its greedy-accuracy effect beside it, reported without a verdict
+    assert len(claims["C0"]["effects"]) == 4 * 2  # each grid cell − the start: Avg@k, greedy
     assert len(claims["C1"]["effects"]) == 10 and len(claims["C3"]["effects"]) == 6
     greedy = [e for c in claims.values() for e in c["effects"] if e["metric"] == "greedy_accuracy"]
-    assert len(greedy) == 2 + 1 + 1 + 1 + 1 and all(e["verdict"] is None for e in greedy)
+    assert len(greedy) == 4 + 2 + 1 + 1 + 1 + 1 and all(e["verdict"] is None for e in greedy)
     assert result["findings"]["readiness"]["ready"] is False  # tiny models: it says so
     assert "[" in result["table"] and "Δ avg@2 vs student (start)" in result["table"]
     written = json.loads((Path(result["run_dir"]) / "findings.json").read_text())
