@@ -67,7 +67,7 @@ class DefaultBootstrapConfig:
     teacher: TinyModelConfig = field(
         default_factory=lambda: TinyModelConfig(max_positions=512)
     )
-    teacher_sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=700))
+    teacher_sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=1000))
     student_layers: tuple[int, ...] = (0, 2)
     student_sft: SFTConfig = field(default_factory=lambda: SFTConfig(
         steps=600, learning_rate=1e-3, warmup_steps=25, min_lr_ratio=1.0, seed=1))
