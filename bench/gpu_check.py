@@ -146,7 +146,7 @@ def default_models(sizes: Sizes, root: Path):
         config = DefaultBootstrapConfig(
             task=ArithmeticConfig(train_size=200, held_out_size=8, test_size=8), vocab_size=300,
             teacher=toy, teacher_sft=SFTConfig(steps=2, batch_size=8, warmup_steps=1),
-            student_layers=(0,), student_problems=8,
+            student_layers=(0,),
             student_sft=SFTConfig(steps=1, batch_size=8, warmup_steps=1),
             eval_problems=4, greedy_max_new_tokens=96)  # inside the toy's 256 positions
     return bootstrap_default(config, root=root, log=lambda line: None)

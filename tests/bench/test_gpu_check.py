@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.gpu_check import NO_CUDA_EXIT, SMOKE, Report, loss_rows
+from bench.gpu_check import NO_CUDA_EXIT, SMOKE, Report, default_models, loss_rows
+from tasks.models import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,3 +34,12 @@ def test_loss_section_measures_every_case_of_kl_memory_and_the_fused_loss_at_toy
     assert all(row.result.endswith("s fwd+bwd") for row in report.rows), report.table()
     assert report.rows[-1].setting.startswith("fused λ=0.5") and "bf16" in report.rows[-1].setting
     assert report.table().count("\n") == 7 + 1  # header, separator, one line per row
+
+
+@pytest.mark.slow
+def test_the_smokes_toy_default_builds_with_the_bootstraps_own_config(tmp_path):
+    """The CPU smoke's toy default goes through bootstrap_default with a DefaultBootstrapConfig;
+    a field the config no longer has (it happened: student_problems) fails here, not on a GPU."""
+    built = default_models(SMOKE, tmp_path)
+    teacher, student = load_model(built.teacher_dir), load_model(built.student_dir)
+    assert student.config.num_hidden_layers == teacher.config.num_hidden_layers == 1
