@@ -11,7 +11,6 @@ config, its inputs' keys and the code that builds it; a later run reuses it inst
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -132,12 +131,11 @@ def bootstrap_default(
             model = make()
             log(f"  {non_embedding_parameters(model):,} non-embedding parameters")
             stop = None
-            with contextlib.ExitStack() as resources:
+            with Grader() as grader:  # one pool for the heal's checks and the final check
                 if target is not None:
                     log(f"  healing until held-out avg@{CHECK_SAMPLES} (temperature 1) >= "
                         f"{target:.2f}, checked every {config.student_check_every} steps on "
                         f"{config.student_check_problems} held-out problems")
-                    grader = resources.enter_context(Grader())  # one pool for every check
 
                     def stop() -> bool:
                         checked = time.perf_counter()
@@ -150,8 +148,8 @@ def bootstrap_default(
                         return accuracy >= target
                 metrics = train_sft(model, tokenizer, train, sft, log=log, stop=stop,
                                     stop_every=config.student_check_every)
-            metrics.update(held_out_greedy_accuracy(model, tokenizer, held_out,
-                                                    config.greedy_max_new_tokens))
+                metrics.update(held_out_accuracy(model, tokenizer, held_out,
+                                                 config.greedy_max_new_tokens, grader=grader))
             metrics["grader_version"] = GRADER_VERSION
             metrics["build_seconds"] = time.perf_counter() - started  # SFT + greedy check
             log(f"  {role} held-out greedy accuracy: {metrics['strict_accuracy']:.1%}")
