@@ -46,8 +46,8 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from distill_core import Objective
-from tasks.configs import StudyConfig
+from distill_core import PRESETS, Objective
+from tasks.configs import REFERENCES, StudyConfig
 from tasks.plan import cells
 from tasks.stats import (
     GREEDY,
@@ -165,8 +165,8 @@ C4 = "The entropy-gated curriculum beats a fixed cap at its top rung, with short
 C5 = "Forward-KL students gain more from GRPO than reverse-KL students"
 
 
-GRID = ("sft", "dagger", "offline_rl", "opd")
-START, TEACHER = "student (start)", "teacher"
+GRID = tuple(PRESETS)  # the 2×2 grid's four cells: sft, dagger, offline_rl, opd
+TEACHER, START = REFERENCES
 
 
 def _c0(c: _Cells) -> Finding:
