@@ -52,7 +52,7 @@ from tasks.bootstrap import (
 )
 from tasks.data import Problem, read_problems, write_problems
 from tasks.evaluate import EvalConfig, SampleResult, evaluate
-from tasks.gold_nll import gold_samples, is_answer_digit
+from tasks.gold_nll import answer_digit_flags, gold_samples
 from tasks.models import load_model, load_tokenizer
 from tasks.rollout import Sample, SamplingConfig, context_length, generate_hf, render_prompts
 from tasks.scoring import response_batch, response_logits
@@ -91,10 +91,9 @@ def entropy_split(model, tokenizer, samples: list[Sample]) -> dict[str, float]:
         entropy_BT = dc.token_entropy(response_logits(model, response_batch(
             part, tokenizer.pad_token_id)))
         for row, sample in enumerate(part):
-            for position, token in enumerate(sample.response_ids):
-                if token not in digit:
-                    digit[token] = is_answer_digit(tokenizer.decode([token]))
-                kind = sums["digits" if digit[token] else "other"]
+            flags = answer_digit_flags(tokenizer, sample.response_ids, digit)
+            for position, is_digit in enumerate(flags):
+                kind = sums["digits" if is_digit else "other"]
                 kind[0] += float(entropy_BT[row, position])
                 kind[1] += 1
     return {kind: total / count for kind, (total, count) in sums.items() if count}

@@ -87,13 +87,19 @@ def gold_nll(model, tokenizer, benchmark: str, problems: Sequence[Problem],
         nll_BT = -dc.sampled_token_logprobs(response_logits(model, batch),
                                             batch.response_ids_BT.to(model.device)).cpu()
         for row, sample in enumerate(part):
-            for token in sample.response_ids:
-                if token not in known:
-                    known[token] = is_answer_digit(tokenizer.decode([token]))
             rows.append(_split(benchmark, problems[sample.prompt_index].id,
                                nll_BT[row, : sample.length].tolist(),
-                               [known[token] for token in sample.response_ids]))
+                               answer_digit_flags(tokenizer, sample.response_ids, known)))
     return rows
+
+
+def answer_digit_flags(tokenizer, token_ids: Sequence[int], known: dict[int, bool]) -> list[bool]:
+    """For each token id, whether it decodes to an answer digit; known caches the decoding of
+    every id seen (pass the same dict across calls)."""
+    for token in token_ids:
+        if token not in known:
+            known[token] = is_answer_digit(tokenizer.decode([token]))
+    return [known[token] for token in token_ids]
 
 
 def _split(benchmark: str, problem_id: str, nll: list[float], digits: list[bool]) -> GoldNLL:
