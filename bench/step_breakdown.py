@@ -17,7 +17,7 @@ measures the code of git revision REV (exported with ``git archive``, not checke
 alternates the two run by run, so "before" and "after" see the same load. Wall and CPU seconds
 (the process's, all threads).
 
-    python -m bench.step_breakdown [--profiles default smollm2] [--cells sft dagger ...]
+    python -m bench.step_breakdown [--profiles default real-weights] [--cells sft dagger ...]
         [--runs 3] [--steps 3] [--threads N] [--compare REV]
 """
 
@@ -61,21 +61,22 @@ class Profile:
     max_new_tokens: int
 
 
+# The step's shape each profile was measured at (docs/performance.md); a profile not listed
+# here is timed at batch 8 and its own train cap.
+SHAPES = {"default": (16, 96), "real-weights": (4, 64)}
+
+
 def resolve_profile(name: str, root: Path, batch_size: int | None = None,
                     max_new_tokens: int | None = None) -> Profile:
-    """The embedded default (batch 16, responses ≤ 96 tokens) or the SmolLM2-135M profile
-    (30-layer teacher, 15-layer student; batch 4, ≤ 64 tokens), bootstrapped or reused."""
-    from tasks import bootstrap
-    from tasks.configs import DEFAULT, PROFILE_TEMPLATES, REAL_WEIGHTS
+    """A profile of tasks.profiles (the embedded default: batch 16, responses ≤ 96 tokens; the
+    SmolLM2-135M profile, real-weights: batch 4, ≤ 64 tokens), bootstrapped or reused."""
+    from tasks.profiles import PROFILES
 
-    if name == "default":
-        built = bootstrap.bootstrap_default(root=root, log=lambda line: None)
-        shape, template = (16, 96), PROFILE_TEMPLATES[DEFAULT]
-    elif name == "smollm2":
-        built = bootstrap.bootstrap_real_weights(root=root, log=lambda line: None)
-        shape, template = (4, 64), PROFILE_TEMPLATES[REAL_WEIGHTS]
-    else:
-        raise SystemExit(f"--profiles: {name!r} is not one of default, smollm2")
+    if name not in PROFILES:
+        raise SystemExit(f"--profiles: {name!r} is not one of {', '.join(PROFILES)}")
+    chosen = PROFILES[name]
+    built = chosen.build(root=root, log=lambda line: None)
+    shape, template = SHAPES.get(name, (8, chosen.train_cap)), chosen.prompt_template
     # Teacher-prefix cells roll the teacher out over the whole problem file on first use: a
     # short run gets the first PROBLEMS (cached under root/bench, like every other product).
     from tasks.data import read_problems, write_problems
@@ -213,7 +214,7 @@ def _export(revision: str, into: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profiles", nargs="+", default=["default", "smollm2"])
+    parser.add_argument("--profiles", nargs="+", default=["default", "real-weights"])
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
     parser.add_argument("--runs", type=int, default=3, help="runs per (code, cell): medians")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run (+1 warm-up)")

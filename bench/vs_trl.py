@@ -28,7 +28,7 @@ the last step — it sees everything (tensors, allocator caches, Python); tracem
 torch's buffers and torch has no CPU peak counter. Every (trainer, cell, run) is its own process;
 runs alternate ours / GKD / DistillationTrainer, and the table gives medians over runs.
 
-    python -m bench.vs_trl [--profiles default smollm2] [--runs 3] [--steps 3] [--threads 1]
+    python -m bench.vs_trl [--profiles default real-weights] [--runs 3] [--steps 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def _child(spec: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profiles", nargs="+", default=["default", "smollm2"])
+    parser.add_argument("--profiles", nargs="+", default=["default", "real-weights"])
     parser.add_argument("--cells", nargs="+", default=list(TRAINERS), choices=list(TRAINERS))
     parser.add_argument("--runs", type=int, default=3, help="runs per trainer and cell")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run")
@@ -281,7 +281,7 @@ def main() -> None:
           "tokens/step | peak RSS | RSS above start | tokens/s ÷ TRL's |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.profiles:
-        shape = ((args.smollm2_batch, args.smollm2_max_new_tokens) if name == "smollm2"
+        shape = ((args.smollm2_batch, args.smollm2_max_new_tokens) if name == "real-weights"
                  else (None, None))
         profile = resolve_profile(name, args.root, *shape)
         for cell in args.cells:

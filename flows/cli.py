@@ -4,7 +4,7 @@
     distill run CONFIG                 one experiment (the distill flow)
     distill eval [--config YAML] [--model DIR ...]
     distill rl [--config YAML]         GRPO from every student of the newest grid study
-    distill bootstrap [--real-weights] / distill prepare CONFIG
+    distill bootstrap [--profile NAME] / distill prepare CONFIG
     distill serve [--cron "0 2 * * *"] [--timezone UTC] [--pool distill-pool]
                                        the flows as Prefect deployments (the UI's forms)
     distill up / down / status         local Prefect + MLflow servers (SQLite) on 127.0.0.1
@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from tasks.artifacts import ROOT_ENV, artifact_root
+from tasks.profiles import DEFAULT, PROFILE_HELP, PROFILES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,9 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     rl = commands.add_parser("rl", help="GRPO after distillation (the rl_after_distill flow)")
     rl.add_argument("--config", type=Path, help="YAML file of RLFlowConfig fields (default: "
                     "GRPO from every student of the newest 'demo' study)")
-    boot = commands.add_parser("bootstrap", help="build the default (or real-weights) models")
-    boot.add_argument("--real-weights", action="store_true",
-                      help="the SmolLM2-135M profile instead of the embedded default")
+    boot = commands.add_parser("bootstrap", help="build a profile's models and problems")
+    boot.add_argument("--profile", choices=list(PROFILES), default=DEFAULT, help=PROFILE_HELP)
+    boot.add_argument("--real-weights", dest="profile", action="store_const",
+                      const="real-weights", help="the same as --profile real-weights")
     serve = commands.add_parser(
         "serve", help="serve the flows as Prefect deployments",
         description="Register the deployments (distill, grid, bootstrap, rl-after-distill, and "
@@ -274,8 +276,7 @@ def _bootstrap(args) -> None:
     from flows.prepare import bootstrap_flow
     from tasks.configs import BootstrapFlowConfig
 
-    print(bootstrap_flow(BootstrapFlowConfig(profile="real-weights" if args.real_weights
-                                             else "default")))
+    print(bootstrap_flow(BootstrapFlowConfig(profile=args.profile)))
 
 
 def _serve(args) -> None:

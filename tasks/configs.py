@@ -17,36 +17,63 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
+    WithJsonSchema,
+    create_model,
     field_validator,
     model_validator,
 )
 
 import distill_core as dc
-from tasks.evaluate import DEFAULT_BENCHMARK
+from tasks.evaluate import EvalConfig
+from tasks.profiles import DEFAULT, DEFAULT_BENCHMARK, PROFILE_HELP, PROFILES, ProfileName
+from tasks.rl import GRPOConfig
 from tasks.runs import check_name
+from tasks.settings import built_for_form, form_fields, profile_defaults, stage_values
+from tasks.train import TrainConfig
 
-DEFAULT = "default"  # the embedded default's teacher / student / problems
+REFERENCES = ("teacher", "student (start)")  # the study's untrained reference runs
+OBJECTIVE_CHOICES = (*dc.PRESETS, "teacher:λ", "student:λ")
+OBJECTIVE_HELP = ("sft, dagger, offline_rl, opd, or teacher:λ / student:λ with λ in [0, 1] the "
+                  "weight on reverse KL(q_student ‖ p_teacher)")
 
-REAL_WEIGHTS = "real-weights"  # the SmolLM2-135M profile
-# Each profile's prompt: the default models learnt the bare problem; SmolLM2-Instruct is asked to
-# box its answer, since the grader's strict rule (the one accuracy counts) reads the box. A bare
-# prompt leaves SmolLM2 writing unboxed prose: every answer graded wrong, the study says nothing.
-PROFILE_TEMPLATES = {DEFAULT: "bare", REAL_WEIGHTS: "boxed"}
-# Response caps, measured against the embedded default's worked solutions (5,000 train and
-# the 500 test problems): the training cap truncates 9 % of them (a measurable share, the
-# length curriculum's room), the evaluation cap holds 1.5× the longest (170 tokens, a 4-step
-# problem with every optional line).
-TRAIN_CAP = 128
-EVAL_CAP = 256
+
+def _objective(text: str) -> str:
+    """An objective's config text, refused with the choices when it is none of them."""
+    try:
+        dc.Objective.parse(text)
+    except ValueError:
+        raise ValueError(f"objective {text!r}: must be {', '.join(OBJECTIVE_CHOICES[:-1])} or "
+                         f"{OBJECTIVE_CHOICES[-1]} (λ in [0, 1], e.g. student:0.25)") from None
+    return text
+
+
+# In the Prefect UI an objective is a choice among the four cells, or a λ mix typed in.
+_OBJECTIVE_SCHEMA = {"anyOf": [
+    {"title": "a cell of the grid", "enum": list(dc.PRESETS)},
+    {"title": "a λ mix: teacher:λ or student:λ", "type": "string",
+     "pattern": r"^(teacher|student):(0(\.\d+)?|1(\.0+)?)$"}]}
+Objective = Annotated[str, AfterValidator(_objective), WithJsonSchema(_OBJECTIVE_SCHEMA)]
+
+
+# The rules between fields that JSON Schema can state: the Prefect server checks them when a
+# form is submitted (a deployment enforces its parameter schema), before a run is queued. The
+# others (relative bounds such as batch_size <= train_size) are checked by the model when the
+# run starts, before any work.
+_SPARSE_NEEDS_CACHE = [
+    {"if": {"required": ["loss"], "properties": {"loss": {"const": "sparse"}}},
+     "then": {"required": ["cache_k"], "properties": {"cache_k": {"minimum": 1}}}},
+    {"if": {"required": ["cache_k"], "properties": {"cache_k": {"minimum": 1}}},
+     "then": {"required": ["loss"], "properties": {"loss": {"const": "sparse"}}}},
+]
 
 
 class _Config(BaseModel):
@@ -57,40 +84,50 @@ class _Config(BaseModel):
     def _safe_name(cls, name: str) -> str:
         return check_name("experiment", name)
 
-    @field_validator("prompt_template", check_fields=False)
+    @model_validator(mode="before")
     @classmethod
-    def _template_or_the_profiles(cls, template: str | None, info: ValidationInfo) -> str:
-        """The prompt template as given, else the profile's (the profile field comes first)."""
-        return template or PROFILE_TEMPLATES[info.data.get("profile", DEFAULT)]
+    def _profile_defaults(cls, data: Any) -> Any:
+        """Empty profile knobs (prompt template, caps) take the form's profile's values."""
+        if not isinstance(data, dict) or data.get("profile", DEFAULT) not in PROFILES:
+            return data
+        filled = dict(data)
+        for stage, prefix in cls._stages:
+            for name, value in profile_defaults(stage, filled.get("profile", DEFAULT),
+                                                prefix).items():
+                if name in cls.model_fields and filled.get(name) is None:
+                    filled[name] = value
+        return filled
+
+    # (stage config, field prefix) of the knobs the form holds
+    _stages: ClassVar[tuple] = ()
 
 
-def _check_ks(field: str, ks: list[int], n: int) -> None:
-    if not ks:
-        raise ValueError(f"{field} is empty: give the k of Avg@k / Pass@k, e.g. [1, 4]")
-    if min(ks) < 1 or max(ks) > n:
-        raise ValueError(f"{field}={ks}: every k must lie in 1..{n} (the samples per problem)")
+def _knobs(name: str, base: type, *sections: dict) -> type:
+    """A form class: base's fields, then each section's generated knobs in order."""
+    fields = {k: v for section in sections for k, v in section.items()}
+    return create_model(name, __base__=base, **fields)
 
 
-OBJECTIVE_PATTERN = r"^(sft|dagger|offline_rl|opd|(teacher|student):(0(\.\d+)?|1(\.0+)?))$"
-OBJECTIVE_HELP = ("sft, dagger, offline_rl, opd, or teacher:λ / student:λ with λ in [0, 1] the "
-                  "weight on reverse KL(q_student ‖ p_teacher)")
-REFERENCES = ("teacher", "student (start)")
-TEMPLATE_HELP = ("bare: the default task's prompt; boxed: asks instruction-tuned models to box "
-                 "their answer; empty: the profile's (bare for default, boxed for real-weights)")
+BENCHMARKS_HELP = ("Evaluation benchmarks: 'default' (the profile's test split), a file, or "
+                   "name=path.")
+# How the study's and the RL flow's forms hold the stages' knobs: the trainer's unprefixed, the
+# evaluation's as eval_*, GRPO's as rl_* (in a study; unprefixed in the RL flow). A study's GRPO
+# follows its training cap, sampling temperature, prompt template and seeds.
+_TRAIN = form_fields(TrainConfig, group="training")
+_EVAL = form_fields(EvalConfig, "eval_", group="evaluation")
+_STUDY_RL = form_fields(GRPOConfig, "rl_", group="GRPO after distillation",
+                        exclude=("max_new_tokens", "temperature", "prompt_template", "seed"))
 
 
-def _check_objective(objective: str) -> str:
-    dc.Objective.parse(objective)
-    return objective
+class _RunBase(_Config):
+    """What one distillation run needs besides its knobs, shared by the distill and study
+    forms: where models and problems come from."""
 
-
-class _RunSettings(_Config):
-    """What one distillation run needs, shared by the distill form and the study form."""
+    _stages: ClassVar[tuple] = ((TrainConfig, ""), (EvalConfig, "eval_"))
 
     name: str = Field("demo", description="Experiment name in MLflow; runs group under it "
                       "(letters, digits, '_', '-', '.').")
-    profile: Literal["default", "real-weights"] = Field(
-        DEFAULT, description="Where teacher, student and problems come from unless given.")
+    profile: ProfileName = Field(DEFAULT, description=PROFILE_HELP)
     teacher: str | None = Field(None, description="Teacher directory or hub id (empty: the "
                                                   "profile's).")
     student: str | None = Field(None, description="Student directory or hub id (empty: the "
@@ -101,74 +138,55 @@ class _RunSettings(_Config):
                                           "curriculum gate's entropy (empty: the profile's).")
     train_size: int = Field(512, ge=1, description="Train problems used; teacher rollouts "
                                                    "cover exactly these.")
-    steps: int = Field(60, ge=1, le=10_000_000, description="Optimiser steps per run.")
-    checkpoint_every: int = Field(10, ge=1, description="Steps between checkpoints; the same "
-                                  "command after a kill resumes from the newest.")
-    batch_size: int = Field(16, ge=1, description="Prompts per optimiser step.")
-    learning_rate: float = Field(5e-4, gt=0, le=1, description="AdamW learning rate (5e-4: the "
-                                 "validation pilot's best on the embedded default).")
-    max_new_tokens: int = Field(TRAIN_CAP, ge=1, le=1_000_000,
-                                description="Response cap while training (no curriculum).")
-    curriculum: list[int] = Field([], description="Increasing response caps of the length "
-                                  "curriculum, e.g. [32, 64, 128] (empty: none).")
-    min_entropy: float = Field(0.0, ge=0, description="The curriculum gate's H_min in nats: a "
-                               "rung is climbed only while held-out entropy is at least this.")
-    stage_steps: int = Field(10, ge=1, description="Steps between curriculum gate decisions.")
-    loss: Literal["exact", "sparse", "sampled"] = Field(
-        "exact", description="exact: full-vocabulary KL; sparse: against the top-k score "
-        "cache (needs cache_k); sampled: REINFORCE reverse KL on student samples.")
-    cache_k: int = Field(0, ge=0, description="Top-k of the teacher score cache that "
-                         "teacher-prefix runs train from (0: live teacher; needs loss sparse).")
-    rollout_temperature: float = Field(1.0, ge=0, description="Sampling temperature of the "
-                                       "teacher's and the student's training responses.")
-    prompt_template: Literal["bare", "boxed"] | None = Field(
-        None, validate_default=True, description=TEMPLATE_HELP + ".")
-    benchmarks: list[str] = Field([DEFAULT_BENCHMARK], description="Evaluation benchmarks: "
-                                  "'default' (the profile's test split), a file, or name=path.")
-    eval_n: int = Field(4, ge=1, description="Samples per evaluation problem.")
-    eval_ks: list[int] = Field([1, 4], description="The k of Avg@k and Pass@k (each at most "
-                                                   "eval_n).")
-    eval_limit: int | None = Field(50, ge=1, description="Problems per benchmark (empty: all).")
-    eval_temperature: float = Field(1.0, ge=0, description="Evaluation sampling temperature.")
-    eval_max_new_tokens: int = Field(EVAL_CAP, ge=1, description="Evaluation response cap.")
-    eval_seed: int = Field(0, description="Evaluation sampling seed, the same for every run "
-                           "so that runs are compared on paired samples.")
+    benchmarks: list[str] = Field([DEFAULT_BENCHMARK], min_length=1,
+                                  description=BENCHMARKS_HELP)
     register_model: bool = Field(True, description="Register each trained student in MLflow's "
                                                    "model registry.")
 
     @model_validator(mode="after")
-    def _consistent(self):
-        _check_ks("eval_ks", self.eval_ks, self.eval_n)
-        if (self.loss == "sparse") != (self.cache_k > 0):
-            raise ValueError("loss: sparse and cache_k > 0 go together (the sparse loss reads "
-                             "the top-k cache)")
+    def _stages_accept(self):
+        """The form's own rules, then every stage config the plan makes from it, built now:
+        each stage's cross-field rules (tasks.train.check_train_rules, EvalConfig's) refuse a
+        bad mix here, naming the fields, before a run is queued or any work starts."""
+        self._check_own_fields()
         if self.batch_size > self.train_size:
             raise ValueError(f"batch_size={self.batch_size} > train_size={self.train_size}")
-        if self.curriculum:
-            dc.EntropyGatedLengthCurriculum(tuple(self.curriculum), self.min_entropy)
+        # tasks.plan makes the stage configs from this form (it imports this module)
+        from tasks.plan import check_stage_configs
+
+        check_stage_configs(self)
         return self
 
+    def _check_own_fields(self) -> None:
+        """Rules among the form's fields other than the knobs (a study adds its own)."""
 
-class ExperimentConfig(_RunSettings):
+
+_RunSettings = _knobs("_RunSettings", _RunBase, _TRAIN, _EVAL)
+
+
+class _ObjectiveFirst(_Config):
+    objective: Objective = Field("sft", description=OBJECTIVE_HELP + ".")
+
+
+class ExperimentConfig(_RunSettings, _ObjectiveFirst):
     """One distillation run (the distill flow): one objective, one seed."""
 
-    objective: str = Field("sft", pattern=OBJECTIVE_PATTERN, description=OBJECTIVE_HELP + ".")
+    model_config = ConfigDict(json_schema_extra={"allOf": _SPARSE_NEEDS_CACHE})
+
     seed: int = Field(0, description="Training seed: data order and the student's sampling.")
 
-    @field_validator("objective")
-    @classmethod
-    def _known_objective(cls, objective: str) -> str:
-        return _check_objective(objective)
 
+class _StudyBase(_RunSettings):
+    """A study's runs and analysis besides the knobs (the grid flow's form)."""
 
-class StudyConfig(_RunSettings):
-    """A study (the grid flow): the 2×2 grid and more, over several seeds, every run evaluated
-    on the same paired problems and samples, compared with intervals and summed up as findings.
-    """
+    model_config = ConfigDict(json_schema_extra={"allOf": [*_SPARSE_NEEDS_CACHE, {
+        "if": {"required": ["compare_curriculum"],
+               "properties": {"compare_curriculum": {"const": True}}},
+        "then": {"required": ["curriculum"], "properties": {"curriculum": {"minItems": 1}}}}]})
 
-    cells: list[str] = Field(["sft", "dagger", "offline_rl", "opd"],
-                             description="Objectives trained at matched steps (each: "
-                             + OBJECTIVE_HELP + ").")
+    cells: list[Objective] = Field(["sft", "dagger", "offline_rl", "opd"], min_length=1,
+                                   description="Objectives trained at matched steps (each: "
+                                   + OBJECTIVE_HELP + ").")
     lambdas: list[float] = Field([], description="Extra KL mixes λ (weight on reverse KL), "
                                  "each trained on the prefix sources of lambda_prefixes.")
     lambda_prefixes: list[Literal["teacher", "student"]] = Field(
@@ -176,13 +194,13 @@ class StudyConfig(_RunSettings):
     compare_curriculum: bool = Field(False, description="Train each of curriculum_cells with "
                                      "the length curriculum and with a fixed cap equal to its "
                                      "top rung.")
-    curriculum_cells: list[str] = Field([], description="Cells compared with and without the "
-                                        "curriculum (empty: every cell).")
+    curriculum_cells: list[Objective] = Field([], description="Cells compared with and "
+                                              "without the curriculum (empty: every cell).")
     min_entropy_fraction: float | None = Field(
         None, gt=0, le=10, description="Set H_min to this fraction of the starting student's "
         "measured entropy (needs evaluate_references); empty: min_entropy as given.")
-    seeds: list[int] = Field([0], description="Training seeds; every run is repeated per seed "
-                             "(evaluation stays paired: eval_seed).")
+    seeds: list[int] = Field([0], description="Training seeds; every run is "
+                             "repeated per seed (evaluation stays paired: eval_seed).")
     baseline: str = Field("student (start)", description="The run every other is compared "
                           "with (paired differences with intervals).")
     evaluate_references: bool = Field(True, description="Also evaluate the teacher and the "
@@ -191,14 +209,11 @@ class StudyConfig(_RunSettings):
                                    "steps (Avg@k at matched steps and matched FLOPs).")
     long_steps: int | None = Field(None, ge=1, description="A longer horizon for long_cells "
                                    "(evaluated at steps and at long_steps).")
-    long_cells: list[str] = Field([], description="Cells trained to long_steps instead of "
-                                  "steps.")
-    rl_cells: list[str] = Field([], description="Cells whose students continue with GRPO "
-                                "(accuracy reward), evaluated before and after.")
-    rl_steps: int = Field(20, ge=1, description="GRPO steps per student.")
-    rl_prompts_per_step: int = Field(8, ge=1, description="GRPO prompts per step.")
-    rl_group_size: int = Field(4, ge=2, description="GRPO samples per prompt (G >= 2).")
-    rl_learning_rate: float = Field(1e-5, gt=0, le=1, description="GRPO learning rate.")
+    long_cells: list[Objective] = Field([], description="Cells trained to long_steps instead "
+                                        "of steps.")
+    rl_cells: list[Objective] = Field([], description="Cells whose students continue with "
+                                      "GRPO (accuracy reward; see the rl_ fields), evaluated "
+                                      "before and after.")
     min_effect: float = Field(0.05, gt=0, le=1, description="The smallest Avg@k difference "
                               "the study must be able to resolve (readiness check).")
     min_teacher_lead: float = Field(0.25, ge=0, le=1, description="How far the teacher's "
@@ -218,13 +233,6 @@ class StudyConfig(_RunSettings):
     max_concurrent_runs: int = Field(4, ge=1, le=1000, description="With executor pool: at "
                                      "most this many of the study's runs submitted at once.")
 
-    @field_validator("cells", "long_cells", "rl_cells", "curriculum_cells")
-    @classmethod
-    def _known_cells(cls, cells: list[str]) -> list[str]:
-        for cell in cells:
-            _check_objective(cell)
-        return cells
-
     @field_validator("lambdas")
     @classmethod
     def _in_unit_interval(cls, lambdas: list[float]) -> list[float]:
@@ -233,10 +241,7 @@ class StudyConfig(_RunSettings):
             raise ValueError(f"λ must lie in [0, 1]; got {bad}")
         return lambdas
 
-    @model_validator(mode="after")
-    def _study_consistent(self) -> StudyConfig:
-        if not self.cells:
-            raise ValueError("cells is empty: name at least one objective")
+    def _check_own_fields(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds={self.seeds}: give distinct training seeds, e.g. [0, 1, 2]")
         for field_name in ("long_cells", "rl_cells", "curriculum_cells"):
@@ -259,7 +264,6 @@ class StudyConfig(_RunSettings):
         if self.min_entropy_fraction is not None and not self.evaluate_references:
             raise ValueError("min_entropy_fraction needs evaluate_references: true (it is a "
                              "fraction of the starting student's measured entropy)")
-        return self
 
     def objectives(self) -> list[str]:
         """The study's objectives: cells, then each λ on each of lambda_prefixes."""
@@ -269,65 +273,51 @@ class StudyConfig(_RunSettings):
         return list(dict.fromkeys(objectives))
 
 
-def _study(field_name: str):
-    """The study form's default of field_name: the nightly evaluation and the RL flow evaluate
-    with the study's procedure, so their numbers line up with the study's."""
-    return _RunSettings.model_fields[field_name].default
+StudyConfig = create_model(
+    "StudyConfig", __base__=_StudyBase, __module__=__name__,
+    __doc__="A study (the grid flow): the 2×2 grid and more, over several seeds, every run "
+    "evaluated on the same paired problems and samples, compared with intervals and summed up "
+    "as findings. Its knobs are the trainer's, the evaluation's (eval_*) and GRPO's (rl_*).",
+    **_STUDY_RL)
 
 
-PROFILE_HELP = "Where models and problems come from: default (the embedded arithmetic task) or " \
-    "real-weights (the SmolLM2-135M profile)."
-
-
-class EvaluateFlowConfig(_Config):
-    """Evaluate models on benchmarks: given paths, or the newest version of each registered
-    student (the nightly schedule). The evaluation defaults are the study's (eval_n, eval_ks,
-    eval_temperature, eval_max_new_tokens, eval_limit, eval_seed, prompt_template), so a
-    student's nightly numbers equal its study's."""
+class _EvaluateBase(_Config):
+    _stages: ClassVar[tuple] = ((EvalConfig, ""),)
 
     name: str = Field("nightly-evaluation", description="MLflow experiment for the results: a "
                       "parent run per night (tag night), a child run per model.")
-    profile: Literal["default", "real-weights"] = Field(
-        _study("profile"), description="Whose test split the benchmark 'default' is.")
+    profile: ProfileName = Field(DEFAULT, description="Whose test split the benchmark "
+                                 "'default' is. " + PROFILE_HELP)
     models: list[str] = Field([], description="Model directories or hub ids; empty: the newest "
                               "version of each registered student.")
     registered_prefix: str = Field("distill-", description="When models is empty: evaluate the "
                                    "registered models whose names start with this.")
-    benchmarks: list[str] = Field(_study("benchmarks"), description="Evaluation benchmarks: "
-                                  "'default' (the profile's test split), a file, or name=path.")
-    n: int = Field(_study("eval_n"), ge=1, description="Samples per problem (the study's "
-                   "eval_n).")
-    ks: list[int] = Field(_study("eval_ks"), description="The k of Avg@k and Pass@k, each at "
-                          "most n (the study's eval_ks).")
-    temperature: float = Field(_study("eval_temperature"), ge=0, description="Sampling "
-                               "temperature (the study's eval_temperature).")
-    max_new_tokens: int = Field(_study("eval_max_new_tokens"), ge=1, description="Response cap "
-                                "(the study's eval_max_new_tokens).")
-    limit: int | None = Field(_study("eval_limit"), ge=1, description="Problems per benchmark, "
-                              "the first ones (empty: all; the study's eval_limit).")
-    prompt_template: Literal["bare", "boxed"] | None = Field(
-        _study("prompt_template"), validate_default=True,
-        description=TEMPLATE_HELP + " (the study's prompt_template).")
-    seed: int = Field(_study("eval_seed"), description="Sampling seed, the same for every model "
-                      "and night: paired samples (the study's eval_seed).")
-    backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers' generate; vllm: "
-                                           "vLLM in its own environment (tasks/vllm_backend.py).")
+    benchmarks: list[str] = Field([DEFAULT_BENCHMARK], min_length=1,
+                                  description=BENCHMARKS_HELP)
 
     @model_validator(mode="after")
-    def _ks_within_n(self) -> EvaluateFlowConfig:
-        _check_ks("ks", self.ks, self.n)
+    def _stage_accepts(self):
+        built_for_form(lambda: EvalConfig("<model>", tuple(self.benchmarks),
+                                          **stage_values(self, EvalConfig)), EvalConfig)
         return self
+
+
+EvaluateFlowConfig = create_model(
+    "EvaluateFlowConfig", __base__=_EvaluateBase, __module__=__name__,
+    __doc__="Evaluate models on benchmarks: given paths, or the newest version of each "
+    "registered student (the nightly schedule). Its knobs are the evaluation stage's, with the "
+    "same defaults as a study's eval_* fields, so a student's nightly numbers equal its "
+    "study's.", **form_fields(EvalConfig, group="evaluation"))
 
 
 class BootstrapFlowConfig(_Config):
     """Build (or reuse) a profile's problems, teacher and student."""
 
-    profile: Literal["default", "real-weights"] = Field(DEFAULT, description=PROFILE_HELP)
+    profile: ProfileName = Field(DEFAULT, description=PROFILE_HELP)
 
 
-class RLFlowConfig(_Config):
-    """GRPO with the same budget from each distilled student of a study (or given checkpoints),
-    evaluated before and after with the study's evaluation procedure."""
+class _RLBase(_Config):
+    _stages: ClassVar[tuple] = ((GRPOConfig, ""), (EvalConfig, "eval_"))
 
     name: str = Field("rl-after-distill", description="MLflow experiment for the RL runs.")
     study_experiment: str = Field("demo", description="Experiment holding the grid study.")
@@ -335,40 +325,29 @@ class RLFlowConfig(_Config):
                                       "(empty: the newest study of study_experiment).")
     checkpoints: list[str] = Field([], description="Student directories to start from instead "
                                    "of a study's students.")
-    profile: Literal["default", "real-weights"] = Field(DEFAULT, description=PROFILE_HELP)
+    profile: ProfileName = Field(DEFAULT, description=PROFILE_HELP)
     train_problems: str | None = Field(None, description="Problems JSONL of the RL prompts "
                                        "(empty: the profile's train split).")
     train_size: int = Field(512, ge=1, description="RL prompts used, the first ones.")
-    steps: int = Field(20, ge=1, description="GRPO steps per student.")
-    prompts_per_step: int = Field(8, ge=1, description="Prompts per GRPO step.")
-    group_size: int = Field(4, ge=2, description="Samples per prompt (GRPO's group G, at "
-                            "least 2).")
-    learning_rate: float = Field(1e-5, gt=0, le=1, description="AdamW learning rate.")
-    max_new_tokens: int = Field(_study("max_new_tokens"), ge=1, description="Response cap "
-                                "while training (the study's max_new_tokens).")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the training "
-                               "responses.")
-    kl_coef: float = Field(0.0, ge=0, description="Weight of the KL penalty (k3) to the student "
-                           "the run starts from (0: none, the accuracy reward alone).")
-    prompt_template: Literal["bare", "boxed"] | None = Field(
-        _study("prompt_template"), validate_default=True, description=TEMPLATE_HELP + ".")
-    seed: int = Field(0, description="Seed of the prompt order and the sampling.")
-    benchmarks: list[str] = Field(_study("benchmarks"), description="Evaluation benchmarks: "
-                                  "'default' (the profile's test split), a file, or name=path.")
-    eval_n: int = Field(_study("eval_n"), ge=1, description="Samples per evaluation problem.")
-    eval_ks: list[int] = Field(_study("eval_ks"), description="The k of Avg@k and Pass@k (each "
-                               "at most eval_n).")
-    eval_limit: int | None = Field(_study("eval_limit"), ge=1, description="Problems per "
-                                   "benchmark (empty: all).")
-    eval_max_new_tokens: int = Field(_study("eval_max_new_tokens"), ge=1,
-                                     description="Evaluation response cap.")
-    eval_temperature: float = Field(_study("eval_temperature"), gt=0,
-                                    description="Evaluation sampling temperature.")
+    benchmarks: list[str] = Field([DEFAULT_BENCHMARK], min_length=1,
+                                  description=BENCHMARKS_HELP)
 
     @model_validator(mode="after")
-    def _ks_within_n(self) -> RLFlowConfig:
-        _check_ks("eval_ks", self.eval_ks, self.eval_n)
+    def _stages_accept(self):
+        built_for_form(lambda: GRPOConfig("<policy>", "<problems>", "<output>",
+                                          **stage_values(self, GRPOConfig)), GRPOConfig)
+        built_for_form(lambda: EvalConfig("<model>", tuple(self.benchmarks),
+                                          **stage_values(self, EvalConfig, "eval_")),
+                       EvalConfig, "eval_")
         return self
+
+
+RLFlowConfig = create_model(
+    "RLFlowConfig", __base__=_RLBase, __module__=__name__,
+    __doc__="GRPO with the same budget from each distilled student of a study (or given "
+    "checkpoints), evaluated before and after with the study's evaluation procedure: the "
+    "knobs are GRPO's and the evaluation stage's (eval_*), with their one set of defaults.",
+    **form_fields(GRPOConfig, group="GRPO"), **_EVAL)
 
 
 def load_config(path: str | Path, model: type[_Config] = ExperimentConfig) -> _Config:

@@ -54,73 +54,72 @@ from tasks.entropy import response_entropies
 from tasks.gold_nll import GoldNLL, gold_nll, gold_nll_metrics
 from tasks.grader import GRADER_VERSION, Grade, Grader
 from tasks.models import load_model, load_tokenizer
+from tasks.profiles import DEFAULT_BENCHMARK
 from tasks.progress import Progress
 from tasks.rollout import PROMPT_TEMPLATES, Sample, SamplingConfig, render_prompts
+from tasks.settings import check_settings, fill_profile_defaults, setting
 
 # Bump when anything below changes what a number means (sampling, metrics, entropy, layout).
 # 2: greedy responses by default, stored per problem (stage eval_greedy/…); gold NLL.
 EVAL_VERSION = "distill-lab-eval/2"
-DEFAULT_BENCHMARK = "default"  # the embedded default's test split
 ANSWER_RULES = ("strict", "flexible")
 BACKENDS = ("hf", "vllm")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """One evaluation.
+    """One evaluation: a model on benchmarks. Each knob is declared once, here
+    (``tasks.settings.setting``); the study's eval_* fields, the RL flow's eval_* fields and the
+    evaluate flow's form are generated from these declarations.
 
     model: model directory or hub id (offline: it must be local or cached).
-    benchmarks: each "default" (the embedded default's test split), a file path (named by its
-        stem) or "name=path"; files are read by tasks.data's loaders (GSM8K, MATH500, AIME, AMC,
+    benchmarks: each "default" (the profile's test split), a file path (named by its stem) or
+        "name=path"; files are read by tasks.data's loaders (GSM8K, MATH500, AIME, AMC,
         DeepScaleR, the problems JSONL).
-    n: samples per problem; ks: the k of Avg@k and Pass@k (each <= n).
-    temperature, top_p, max_new_tokens, seed: sampling (temperature 0 needs n = 1).
-    greedy: also decode each problem greedily for greedy_accuracy (one greedy pass: 1/n of the
-        sampling's cost); on by default, so every evaluation reports it.
-    backend: "hf" (transformers generate) or "vllm" (tasks.vllm_backend, its own environment).
-    limit: first problems of each benchmark only (None: all).
-    answer_rule: which extraction decides "correct" for Avg@k / Pass@k and greedy accuracy.
-    entropy_batch_size: responses per entropy forward pass (bounds the (B, T, V) logits).
     """
 
     model: str
     benchmarks: tuple[str, ...] = (DEFAULT_BENCHMARK,)
-    n: int = 4
-    ks: tuple[int, ...] = (1, 4)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 96
-    seed: int = 0
-    greedy: bool = True
-    backend: str = "hf"
-    prompt_template: str = "bare"
-    limit: int | None = None
-    answer_rule: str = "strict"
-    batch_size: int = 64
-    entropy_batch_size: int = 16
-    grader_timeout_s: float = 5.0
+    n: int = setting(4, "Samples per problem.", ge=1)
+    ks: tuple[int, ...] = setting((1, 4), "The k of Avg@k and Pass@k, each at most the samples "
+                                  "per problem.", ge=1)
+    temperature: float = setting(1.0, "Sampling temperature (0: greedy, one sample per "
+                                 "problem).", ge=0)
+    top_p: float = setting(1.0, "Nucleus sampling's top-p.", gt=0, le=1)
+    max_new_tokens: int | None = setting(None, "Response cap (empty: the profile's evaluation "
+                                         "cap).", ge=1, profile="eval_cap")
+    seed: int = setting(0, "Sampling seed, the same for every model so that models are "
+                        "compared on paired samples.")
+    greedy: bool = setting(True, "Also decode each problem greedily for greedy accuracy (one "
+                           "greedy pass: 1/n of the sampling's cost).")
+    backend: str = setting("hf", "hf: transformers' generate; vllm: vLLM in its own "
+                           "environment (tasks/vllm_backend.py).", choices=BACKENDS)
+    prompt_template: str | None = setting(
+        None, "bare: the default task's prompt; boxed: asks instruction-tuned models to box "
+        "their answer; empty: the profile's.", choices=tuple(PROMPT_TEMPLATES),
+        profile="prompt_template")
+    limit: int | None = setting(50, "Problems per benchmark, the first ones (empty: all).",
+                                ge=1)
+    answer_rule: str = setting("strict", "Which answer extraction decides correct: strict (the "
+                               "boxed or final answer) or flexible (the last number, a "
+                               "diagnostic).", choices=ANSWER_RULES)
+    batch_size: int = setting(64, "Prompts per generation batch.", ge=1)
+    entropy_batch_size: int = setting(16, "Responses per entropy forward pass (bounds the "
+                                      "(B, T, V) logits).", ge=1)
+    grader_timeout_s: float = setting(5.0, "Seconds the grader may spend on one answer.", gt=0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "benchmarks", tuple(self.benchmarks))
         object.__setattr__(self, "ks", tuple(sorted(set(self.ks))))
+        fill_profile_defaults(self)
+        check_settings(self)
         if not self.benchmarks:
             raise ValueError("benchmarks is empty: name at least one (e.g. 'default')")
-        if not self.ks or min(self.ks) < 1:
-            raise ValueError(f"ks={self.ks}: give one or more k >= 1")
+        if not self.ks:
+            raise ValueError("ks is empty: give the k of Avg@k / Pass@k, e.g. [1, 4]")
         if max(self.ks) > self.n:
-            raise ValueError(f"ks={self.ks} has k={max(self.ks)} > n={self.n}: Avg@k and Pass@k "
-                             "need at least k samples per problem; raise n or lower k")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r} is not one of {BACKENDS}")
-        if self.answer_rule not in ANSWER_RULES:
-            raise ValueError(f"answer_rule={self.answer_rule!r} is not one of {ANSWER_RULES}")
-        if self.prompt_template not in PROMPT_TEMPLATES:
-            raise ValueError(f"prompt_template={self.prompt_template!r} is not one of "
-                             f"{sorted(PROMPT_TEMPLATES)}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit={self.limit} must be >= 1 (or None for every problem)")
-        if self.entropy_batch_size < 1:
-            raise ValueError(f"entropy_batch_size={self.entropy_batch_size} must be >= 1")
+            raise ValueError(f"ks={list(self.ks)} has k={max(self.ks)} > n={self.n}: Avg@k and "
+                             "Pass@k need at least k samples per problem; raise n or lower k")
         self.sampling  # noqa: B018  (validates temperature, top_p, n, max_new_tokens)
 
     @property

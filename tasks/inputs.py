@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.artifacts import cached_build, content_hash, file_hash
-from tasks.configs import REAL_WEIGHTS, ExperimentConfig, RLFlowConfig
+from tasks.configs import ExperimentConfig, RLFlowConfig
 from tasks.data import read_problems, write_problems
-from tasks.evaluate import DEFAULT_BENCHMARK
+from tasks.profiles import DEFAULT_BENCHMARK, profile
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,9 @@ class RLInputs:
     benchmarks: tuple[str, ...]
 
 
-def bootstrap(profile: str, root: str | Path | None = None, log=print):
+def bootstrap(profile_name: str, root: str | Path | None = None, log=print):
     """The profile's data and models (built once, then reused from the artifact directory)."""
-    from tasks.bootstrap import bootstrap_default, bootstrap_real_weights
-
-    if profile == REAL_WEIGHTS:
-        return bootstrap_real_weights(root=root, log=log)
-    return bootstrap_default(root=root, log=log)
+    return profile(profile_name).build(root=root, log=log)
 
 
 def resolve_inputs(config: ExperimentConfig, root: str | Path | None = None,

@@ -21,7 +21,9 @@ from tasks.artifacts import artifact_root, code_version, content_hash, package_m
 from tasks.configs import EvaluateFlowConfig, ExperimentConfig, RLFlowConfig, StudyConfig
 from tasks.evaluate import EvalConfig
 from tasks.inputs import Inputs, RLInputs
+from tasks.rl import GRPOConfig
 from tasks.runs import RunSpec, inside, slug
+from tasks.settings import built_for_form, stage_values
 from tasks.train import TrainConfig
 
 
@@ -84,75 +86,89 @@ def eval_steps(config: StudyConfig | ExperimentConfig, cell: Cell) -> list[int]:
 def train_config(config: StudyConfig | ExperimentConfig, inputs: Inputs, cell: Cell, seed: int,
                  output_dir: str | Path, root: str | Path | None = None,
                  min_entropy: float | None = None) -> TrainConfig:
-    """The TrainConfig of one cell and seed. min_entropy overrides the config's H_min (a study
-    derives it from the starting student's measured entropy)."""
-    sparse = config.cache_k > 0 and not cell.objective.on_policy
+    """The TrainConfig of one cell and seed: the form's training knobs as they are, but for
+    what the cell changes (its horizon, cap and curriculum; a study's sparse loss serves its
+    teacher-prefix cells, while its student-prefix cells, which sample their own prefixes and
+    so have no teacher cache, train exact). min_entropy overrides the
+    config's H_min (a study derives it from the starting student's measured entropy)."""
+    knobs = stage_values(config, TrainConfig)
     steps = cell_steps(config, cell)
+    knobs.update(steps=steps, max_new_tokens=cell.max_new_tokens or config.max_new_tokens,
+                 curriculum=tuple(config.curriculum) if cell.curriculum else (),
+                 checkpoint_every=min(config.checkpoint_every, steps))
+    if cell.objective.on_policy and config.loss == "sparse":  # no teacher cache to read
+        knobs.update(loss="exact", cache_k=0)
+    if min_entropy is not None:
+        knobs["min_entropy"] = min_entropy
     return TrainConfig(
         objective=cell.objective, teacher=inputs.teacher, student=inputs.student,
         train_problems=inputs.train_problems, held_out_problems=inputs.held_out_problems,
-        output_dir=str(output_dir), steps=steps, batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        max_new_tokens=cell.max_new_tokens or config.max_new_tokens,
-        curriculum=tuple(config.curriculum) if cell.curriculum else (),
-        min_entropy=config.min_entropy if min_entropy is None else min_entropy,
-        stage_steps=config.stage_steps,
-        loss="sparse" if sparse else ("exact" if config.loss == "sparse" else config.loss),
-        cache_k=config.cache_k if sparse else 0,
-        rollout_temperature=config.rollout_temperature, prompt_template=config.prompt_template,
-        seed=seed, checkpoint_every=min(config.checkpoint_every, steps),
-        keep_steps=tuple(eval_steps(config, cell)), artifacts_root=str(artifact_root(root)),
-    )
+        output_dir=str(output_dir), seed=seed, keep_steps=tuple(eval_steps(config, cell)),
+        artifacts_root=str(artifact_root(root)), **knobs)
 
 
 def eval_config(config: ExperimentConfig | RLFlowConfig, inputs: Inputs | RLInputs,
                 model: str) -> EvalConfig:
-    """The one evaluation procedure of a flow's config (the grid's and the RL flow's fields
-    share their names)."""
-    return EvalConfig(model=model, benchmarks=inputs.benchmarks, n=config.eval_n,
-                      ks=tuple(config.eval_ks), temperature=config.eval_temperature,
-                      max_new_tokens=config.eval_max_new_tokens,
-                      seed=getattr(config, "eval_seed", getattr(config, "seed", 0)),
-                      prompt_template=config.prompt_template, limit=config.eval_limit)
+    """The one evaluation procedure of a flow's config: its eval_* knobs."""
+    return EvalConfig(model, inputs.benchmarks, **stage_values(config, EvalConfig, "eval_"))
 
 
 def flow_eval_config(config: EvaluateFlowConfig, model: str,
                      benchmarks: tuple[str, ...]) -> EvalConfig:
     """The evaluate flow's procedure; benchmarks resolved by tasks.inputs.benchmark_specs."""
-    return EvalConfig(model=model, benchmarks=benchmarks, n=config.n,
-                      ks=tuple(config.ks), temperature=config.temperature,
-                      max_new_tokens=config.max_new_tokens, seed=config.seed,
-                      prompt_template=config.prompt_template, limit=config.limit,
-                      backend=config.backend)
+    return EvalConfig(model, benchmarks, **stage_values(config, EvalConfig))
 
 
-def grpo_config(config: RLFlowConfig, inputs: RLInputs, source: dict, output_dir: str):
-    """The GRPO run of one source student (tasks.rl.GRPOConfig)."""
-    from tasks.rl import GRPOConfig
-
+def grpo_config(config: RLFlowConfig, inputs: RLInputs, source: dict, output_dir: str
+                ) -> GRPOConfig:
+    """The GRPO run of one source student."""
     return GRPOConfig(policy=source["checkpoint"], train_problems=inputs.train_problems,
-                      output_dir=output_dir, steps=config.steps,
-                      prompts_per_step=config.prompts_per_step, group_size=config.group_size,
-                      learning_rate=config.learning_rate, max_new_tokens=config.max_new_tokens,
-                      temperature=config.temperature, kl_coef=config.kl_coef,
-                      prompt_template=config.prompt_template, seed=config.seed,
-                      reference=source["reference"])
+                      output_dir=output_dir, reference=source["reference"],
+                      **stage_values(config, GRPOConfig))
+
+
+# Stand-ins for what a form does not know before its run starts, so that every stage config
+# it will make can be built, and refused, when the form is submitted.
+_NOT_YET = Inputs("<teacher>", "<student>", "<train problems>", "<held-out problems>",
+                  ("<benchmark>",))
+
+
+def check_stage_configs(config: StudyConfig | ExperimentConfig) -> None:
+    """Build every stage config the form's runs will use (each cell's training, the
+    evaluation, each rl_cells student's GRPO): a stage's refusal is the form's, here."""
+    for cell in cells(config):
+        built_for_form(lambda cell=cell: train_config(config, _NOT_YET, cell, 0, "<output>",
+                                                      "<artifacts>"),
+                       TrainConfig, what=f"training {cell.label}")
+    built_for_form(lambda: eval_config(config, _NOT_YET, "<model>"), EvalConfig, "eval_")
+    if getattr(config, "rl_cells", None):
+        built_for_form(lambda: study_grpo_config(config, _NOT_YET, "<student>", 0, "<output>"),
+                       GRPOConfig, "rl_", "GRPO after distillation")
+
+
+def teacher_product_groups(config: StudyConfig | ExperimentConfig, inputs: Inputs,
+                           cells_: list[Cell], root: str | Path | None = None
+                           ) -> dict[tuple, tuple[TrainConfig, list[str]]]:
+    """The teacher-prefix cells grouped by the teacher products (rollouts, score cache) they
+    train on: {(longest response, cache_k): (a TrainConfig that makes them, the cells' labels)}.
+    Student-prefix cells need none."""
+    groups: dict[tuple, tuple[TrainConfig, list[str]]] = {}
+    for cell in cells_:
+        train = train_config(config, inputs, cell, 0, Path(artifact_root(root)) / "unused",
+                             root)
+        if not train.objective.on_policy:
+            groups.setdefault((train.longest_response, train.cache_k), (train, []))[1].append(
+                cell.label)
+    return groups
 
 
 def teacher_product_configs(config: StudyConfig | ExperimentConfig, inputs: Inputs,
                             cells_: list[Cell], root: str | Path | None = None
                             ) -> list[TrainConfig]:
-    """One TrainConfig per distinct set of teacher products (rollouts, score cache) the
-    teacher-prefix cells need; student-prefix cells need none. Priming these before training
-    lets every cell and seed share them (the rollouts' sampling seed is rollout_seed, not the
-    training seed)."""
-    needed: dict[tuple, TrainConfig] = {}
-    for cell in cells_:
-        train = train_config(config, inputs, cell, 0, Path(artifact_root(root)) / "unused",
-                             root)
-        if not train.parsed_objective.on_policy:
-            needed.setdefault((train.longest_response, train.cache_k), train)
-    return list(needed.values())
+    """One TrainConfig per distinct set of teacher products the teacher-prefix cells need.
+    Priming these before training lets every cell and seed share them (the rollouts' sampling
+    seed is rollout_seed, not the training seed)."""
+    return [train for train, _ in teacher_product_groups(config, inputs, cells_, root).values()]
 
 
 # The code whose change can change a run's result: part of every run's identity, so a rerun after
@@ -283,20 +299,17 @@ def night_spec(config: EvaluateFlowConfig, models: list[tuple[str, str, dict]],
 
 
 def study_grpo_config(config: StudyConfig, inputs: Inputs, checkpoint: str, seed: int,
-                      output_dir: str | Path):
-    """GRPO from one of a study's students (its rl_* fields), on the study's train problems,
+                      output_dir: str | Path) -> GRPOConfig:
+    """GRPO from one of a study's students: its rl_* knobs, on the study's train problems,
+    with the study's training cap, sampling temperature, prompt template and the cell's seed;
     its reference tokenizer the starting student's."""
-    from tasks.rl import GRPOConfig
-
+    knobs = stage_values(config, GRPOConfig, "rl_")
+    knobs.update(max_new_tokens=config.max_new_tokens,
+                 temperature=config.rollout_temperature or 1.0,
+                 prompt_template=config.prompt_template, seed=seed,
+                 checkpoint_every=min(knobs["checkpoint_every"], knobs["steps"]))
     return GRPOConfig(policy=checkpoint, train_problems=inputs.train_problems,
-                      output_dir=str(output_dir), steps=config.rl_steps,
-                      prompts_per_step=config.rl_prompts_per_step,
-                      group_size=config.rl_group_size, learning_rate=config.rl_learning_rate,
-                      max_new_tokens=config.max_new_tokens,
-                      temperature=config.rollout_temperature or 1.0,
-                      prompt_template=config.prompt_template, seed=seed,
-                      checkpoint_every=min(config.checkpoint_every, config.rl_steps),
-                      reference=inputs.student)
+                      output_dir=str(output_dir), reference=inputs.student, **knobs)
 
 
 def grpo_spec(config: StudyConfig, inputs: Inputs, cell: Cell, seed: int, grpo,
@@ -318,15 +331,10 @@ def products_shares(config: StudyConfig | ExperimentConfig, inputs: Inputs, stud
     generation FLOPs divided over every run (cells × seeds) that shares them. Student-prefix
     cells share nothing (0)."""
     seeds = len(getattr(config, "seeds", [0]))
-    keyed = {}
-    for cell in study:
-        train = train_config(config, inputs, cell, 0, Path(artifact_root(root)) / "unused",
-                             root)
-        if not train.parsed_objective.on_policy:
-            keyed.setdefault((train.longest_response, train.cache_k), []).append(cell.label)
+    groups = teacher_product_groups(config, inputs, study, root)
     shares = {cell.label: 0.0 for cell in study}
     for product in products:
-        users = keyed.get(tuple(product["rollouts"]["key"]), [])
+        _, users = groups.get(tuple(product["rollouts"]["key"]), (None, []))
         for label in users:
             shares[label] = product["rollouts"]["flops"] / (len(users) * seeds)
     return shares

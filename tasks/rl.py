@@ -31,7 +31,6 @@ number continues the run validly but not bit for bit.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -64,20 +63,17 @@ from tasks.rollout import (
     render_prompts,
 )
 from tasks.scoring import response_batch, response_logits
+from tasks.settings import check_settings, fill_profile_defaults, setting
 
 
 @dataclass(frozen=True)
 class GRPOConfig:
-    """One GRPO run from a distilled student.
+    """One GRPO run from a distilled student. Each knob is declared once, here
+    (``tasks.settings.setting``); the RL flow's form and a study's rl_* fields are generated
+    from these declarations.
 
     policy: model directory (or hub id) of the starting policy, e.g. a distilled student.
     train_problems: Problem JSONL the prompts come from; output_dir: checkpoints and metrics.
-    steps: optimiser steps (skipped steps count); prompts_per_step: prompts per step;
-        group_size: G responses sampled per prompt (>= 2: the group is the baseline).
-    max_new_tokens, temperature: sampling (the loss's log-probs use the same temperature).
-    clip_eps: PPO trust region ε; kl_coef: weight of the k3 penalty to the initial policy.
-    normalise_std: divide advantages by the group's reward std.
-    format_reward: bonus for a \\boxed{} answer (0: accuracy-only reward).
     reference: optional model directory whose tokenizer the policy must match.
     answer_rule: which extraction decides the reward; only "strict" may (the flexible
         last-number rule has false positives: a diagnostic, never a training signal).
@@ -86,43 +82,35 @@ class GRPOConfig:
     policy: str
     train_problems: str
     output_dir: str
-    steps: int = 20
-    prompts_per_step: int = 8
-    group_size: int = 4
-    learning_rate: float = 1e-5
-    max_new_tokens: int = 96
-    temperature: float = 1.0
-    clip_eps: float = 0.2
-    kl_coef: float = 0.0
-    normalise_std: bool = True
-    format_reward: float = 0.0
-    prompt_template: str = "bare"
-    seed: int = 0
-    checkpoint_every: int = 10
     reference: str | None = None
     answer_rule: str = "strict"
+    steps: int = setting(20, "GRPO steps (skipped steps, whose groups all score alike, "
+                         "count).", ge=1)
+    prompts_per_step: int = setting(8, "Prompts per GRPO step.", ge=1)
+    group_size: int = setting(4, "Responses sampled per prompt (the group G, whose mean reward "
+                              "is the baseline: at least 2).", ge=2)
+    learning_rate: float = setting(1e-5, "AdamW learning rate.", gt=0, le=1)
+    max_new_tokens: int | None = setting(None, "Response cap while training (empty: the "
+                                         "profile's train cap).", ge=1, profile="train_cap")
+    temperature: float = setting(1.0, "Sampling temperature of the training responses (the "
+                                 "loss's log-probs use it too).", gt=0)
+    clip_eps: float = setting(0.2, "PPO trust region ε of the clipped ratio.", gt=0)
+    kl_coef: float = setting(0.0, "Weight of the KL penalty (k3) to the policy the run starts "
+                             "from (0: none, the accuracy reward alone).", ge=0)
+    normalise_std: bool = setting(True, "Divide advantages by their group's reward std.")
+    format_reward: float = setting(0.0, "Bonus for a \\boxed{} answer (0: the accuracy reward "
+                                   "alone).", ge=0)
+    prompt_template: str | None = setting(
+        None, "bare: the default task's prompt; boxed: asks instruction-tuned models to box "
+        "their answer; empty: the profile's.", choices=tuple(PROMPT_TEMPLATES),
+        profile="prompt_template")
+    seed: int = setting(0, "Seed of the prompt order and the sampling.")
+    checkpoint_every: int = setting(10, "Steps between checkpoints.", ge=1)
 
     def __post_init__(self) -> None:
         check_training_rule(self.answer_rule)
-        if self.group_size < 2:
-            raise ValueError(f"group_size={self.group_size}: GRPO needs >= 2 samples per prompt "
-                             "(the group's mean reward is the baseline)")
-        for name in ("steps", "prompts_per_step", "max_new_tokens", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate={self.learning_rate} must be > 0")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature={self.temperature} must be > 0: GRPO samples a "
-                             "group per prompt, and greedy samples would all be identical")
-        if not self.clip_eps > 0:
-            raise ValueError(f"clip_eps={self.clip_eps} must be > 0")
-        for name in ("kl_coef", "format_reward"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        if self.prompt_template not in PROMPT_TEMPLATES:
-            raise ValueError(f"prompt_template={self.prompt_template!r} is not one of "
-                             f"{sorted(PROMPT_TEMPLATES)}")
+        fill_profile_defaults(self)
+        check_settings(self)
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the trained weights (not the output place)."""

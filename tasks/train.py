@@ -41,11 +41,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -93,6 +91,7 @@ from tasks.scoring import (
     response_hidden_states,
     response_logits,
 )
+from tasks.settings import check_settings, fill_profile_defaults, setting
 
 FUSED_LOSS_CHOICES = ("auto", "on", "off")
 OVERLAP_K = 20
@@ -103,101 +102,88 @@ __all__ = ["TrainConfig", "TrainResult", "NonFiniteError", "train", "teacher_pre
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One distillation run.
+    """One distillation run: what it trains (objective, models, problems, where its checkpoints
+    go) and its knobs. Each knob is declared once, here (``tasks.settings.setting``): the study
+    and distill forms, the Prefect UI and ``python -m tasks.train`` all take its default, bounds
+    and description from this declaration.
 
-    objective: "sft", "dagger", "offline_rl", "opd" or "teacher:λ" / "student:λ" — or that
-        value already parsed (a ``distill_core.Objective``, as a study's cell holds it), kept
-        as ``parsed_objective`` with its name here.
+    objective: a ``distill_core.Objective``; given as its config text ("sft", "dagger",
+        "offline_rl", "opd", "teacher:λ" / "student:λ") it is parsed once, here.
     teacher, student: model directories or hub ids (the student is the starting point).
-    train_problems, held_out_problems: Problem JSONL files (held-out: curriculum entropy).
-    steps, batch_size: optimiser steps, prompts per step; micro_batch_size splits a step for
-        gradient accumulation (None: one micro-batch).
-    max_new_tokens: response length cap without a curriculum.
-    curriculum: increasing max lengths (empty: none); min_entropy: the gate's H_min in nats;
-        stage_steps: steps between gate decisions; entropy_prompts: held-out prompts per gate.
-    temperature: the loss's softmax temperature; rollout_temperature: sampling temperature.
-    seed: data order and the student's sampling; rollout_seed: the teacher rollouts' sampling
-        (shared by every seed of a study, so all its teacher-prefix runs reuse one set).
+    train_problems, held_out_problems: Problem JSONL files (held-out: the curriculum's entropy).
+    seed: data order and the student's sampling.
     keep_steps: steps whose checkpoints are kept (evaluated later), beyond the newest few.
-    loss: "exact", "sparse" (needs cache_k) or "sampled" (distill_core.LOSSES).
-    cache_k: > 0 trains teacher-prefix cells from a top-k score cache.
-    fused_loss: "auto" computes the loss fused with the LM heads (distill_core.fused: no
-        (B, T, V) logits; the models' forwards stop at their final hidden states) where it
-        applies — exact or sparse loss, plain linear heads — and from logits otherwise;
-        "on" refuses a run where it does not apply; "off" always uses logits.
     """
 
-    objective: str
+    objective: dc.Objective
     teacher: str
     student: str
     train_problems: str
     output_dir: str
     held_out_problems: str | None = None
-    steps: int = 50
-    batch_size: int = 8
-    micro_batch_size: int | None = None
-    learning_rate: float = 1e-4
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_new_tokens: int = 96
-    curriculum: tuple[int, ...] = ()
-    min_entropy: float = 0.0
-    stage_steps: int = 0
-    entropy_prompts: int = 32
-    temperature: float = 1.0
-    rollout_temperature: float = 1.0
-    loss: str = "exact"
-    cache_k: int = 0
-    prompt_template: str = "bare"
     seed: int = 0
-    rollout_seed: int = 0
-    checkpoint_every: int = 25
     keep_steps: tuple[int, ...] = ()
-    mixed_precision: str = "no"
-    fused_loss: str = "auto"
     artifacts_root: str | None = None
+    # -- optimisation
+    steps: int = setting(60, "Optimiser steps per run.", ge=1, le=10_000_000)
+    batch_size: int = setting(16, "Prompts per optimiser step (the global batch over all "
+                              "processes).", ge=1)
+    micro_batch_size: int | None = setting(
+        None, "Sequences per forward/backward pass on each process; a step accumulates "
+        "gradients over its micro-batches (empty: the whole per-process batch at once). Lower "
+        "it when a step does not fit in GPU memory.", ge=1)
+    learning_rate: float = setting(5e-4, "AdamW learning rate (5e-4: the validation pilot's "
+                                   "best on the embedded default).", gt=0)
+    warmup_steps: int = setting(0, "Steps of linear learning-rate warm-up from 0.", ge=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay.", ge=0, le=1)
+    mixed_precision: str = setting("no", "Autocast precision of the forward passes: bf16 on "
+                                   "GPUs that have it (A100, H100), fp16 with loss scaling on "
+                                   "older ones, no: float32.", choices=("no", "fp16", "bf16"))
+    checkpoint_every: int = setting(10, "Steps between checkpoints; the same command after a "
+                                    "kill resumes from the newest.", ge=1)
+    # -- responses
+    max_new_tokens: int | None = setting(
+        None, "Response cap while training without a curriculum (empty: the profile's train "
+        "cap).", ge=1, le=1_000_000, profile="train_cap")
+    curriculum: tuple[int, ...] = setting(
+        (), "Increasing response caps of the entropy-gated length curriculum, e.g. [32, 64, "
+        "128] (empty: none).", ge=1)
+    min_entropy: float = setting(0.0, "The curriculum gate's H_min in nats: a rung is climbed "
+                                 "only while held-out entropy is at least this.", ge=0)
+    stage_steps: int = setting(10, "Steps between curriculum gate decisions.", ge=1)
+    entropy_prompts: int = setting(32, "Held-out prompts whose responses' entropy each "
+                                   "curriculum gate measures.", ge=1)
+    rollout_temperature: float = setting(1.0, "Sampling temperature of the teacher's and the "
+                                         "student's training responses.", ge=0)
+    rollout_seed: int = setting(0, "Sampling seed of the teacher's rollouts: one set, shared "
+                                "by every seed and teacher-prefix cell of a study.")
+    prompt_template: str | None = setting(
+        None, "bare: the default task's prompt; boxed: asks instruction-tuned models to box "
+        "their answer; empty: the profile's.", choices=tuple(PROMPT_TEMPLATES),
+        profile="prompt_template")
+    # -- the loss
+    loss: str = setting("exact", "exact: full-vocabulary KL; sparse: against the teacher's "
+                        "top-k score cache (needs cache_k); sampled: REINFORCE reverse KL on "
+                        "the student's samples.", choices=tuple(dc.LOSSES))
+    cache_k: int = setting(0, "Top-k of the teacher score cache that teacher-prefix cells "
+                           "train from (0: a live teacher; needs loss sparse).", ge=0)
+    temperature: float = setting(1.0, "Softmax temperature of both models' distributions in "
+                                 "the loss.", gt=0)
+    fused_loss: str = setting("auto", "auto: the loss fused with the LM heads (no (B, T, V) "
+                              "logits) where it applies (exact or sparse loss, plain linear "
+                              "heads); on: refuse a run where it does not; off: from logits.",
+                              choices=FUSED_LOSS_CHOICES)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.objective, dc.Objective):  # config text, or a dict from JSON
+            object.__setattr__(self, "objective", dc.Objective.parse(self.objective)
+                               if not isinstance(self.objective, dict)
+                               else dc.Objective(**self.objective))
         object.__setattr__(self, "curriculum", tuple(self.curriculum))
         object.__setattr__(self, "keep_steps", tuple(self.keep_steps))
-        if isinstance(self.objective, dc.Objective):  # parsed upstream: keep it, store its name
-            self.__dict__["parsed_objective"] = self.objective
-            object.__setattr__(self, "objective", self.objective.name)
-        self.parsed_objective  # noqa: B018  (raises on a bad objective string)
-        for name in ("steps", "batch_size", "checkpoint_every", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size:
-            raise ValueError(f"micro_batch_size={self.micro_batch_size} must be >= 1")
-        if self.fused_loss not in FUSED_LOSS_CHOICES:
-            raise ValueError(f"fused_loss={self.fused_loss!r} is not one of {FUSED_LOSS_CHOICES}")
-        dc.check_loss_choice(self.loss, self.parsed_objective, temperature=self.temperature,
-                             sampling_temperature=self.rollout_temperature,
-                             hidden_states=self.fused_loss == "on")
-        if (self.loss == "sparse") != (self.cache_k >= 1):
-            raise ValueError(f"loss={self.loss!r} with cache_k={self.cache_k}: the sparse loss "
-                             "and only it trains from the top-k score cache (cache_k >= 1)")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate={self.learning_rate} must be a finite number > 0")
-        if self.cache_k and self.parsed_objective.on_policy:
-            raise ValueError(f"cache_k={self.cache_k}: a score cache serves teacher-prefix "
-                             f"cells only; {self.objective!r} samples student prefixes")
-        if self.curriculum:
-            dc.EntropyGatedLengthCurriculum(self.curriculum, self.min_entropy)  # validates
-            if self.stage_steps < 1:
-                raise ValueError("a curriculum needs stage_steps >= 1 (steps between gates)")
-            if not self.held_out_problems:
-                raise ValueError("a curriculum measures entropy on held_out_problems: set it")
-        if self.prompt_template not in PROMPT_TEMPLATES:
-            raise ValueError(f"prompt_template={self.prompt_template!r} is not one of "
-                             f"{sorted(PROMPT_TEMPLATES)}")
-        if self.mixed_precision not in {"no", "fp16", "bf16"}:
-            raise ValueError(f"mixed_precision={self.mixed_precision!r}: use no, fp16 or bf16")
-
-    @cached_property
-    def parsed_objective(self) -> dc.Objective:
-        """The objective, parsed once per config; this value travels to the loss."""
-        return dc.Objective.parse(self.objective)
+        fill_profile_defaults(self)
+        check_settings(self)
+        check_train_rules(self)
 
     @property
     def longest_response(self) -> int:
@@ -205,10 +191,30 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the trained weights (not the output place)."""
-        settings = asdict(self)
+        settings = asdict(self) | {"objective": self.objective.name}
         for where_not_what in ("output_dir", "artifacts_root", "keep_steps"):
             settings.pop(where_not_what)
         return content_hash(settings)
+
+
+def check_train_rules(config: TrainConfig) -> None:
+    """The rules between a run's knobs (each knob's own bounds: check_settings). A study's form
+    runs them for every cell through tasks.plan's translator, so a bad mix is refused when the
+    form is submitted, not after the run has waited in a queue."""
+    objective = config.objective
+    dc.check_loss_choice(config.loss, objective, temperature=config.temperature,
+                         sampling_temperature=config.rollout_temperature,
+                         hidden_states=config.fused_loss == "on")
+    if (config.loss == "sparse") != (config.cache_k >= 1):
+        raise ValueError(f"loss={config.loss!r} with cache_k={config.cache_k}: the sparse loss "
+                         "and only it trains from the top-k score cache (cache_k >= 1)")
+    if config.cache_k and objective.on_policy:
+        raise ValueError(f"cache_k={config.cache_k}: a score cache serves teacher-prefix "
+                         f"cells only; {objective.name!r} samples student prefixes")
+    if config.curriculum:
+        dc.EntropyGatedLengthCurriculum(config.curriculum, config.min_entropy)  # validates
+        if not config.held_out_problems:
+            raise ValueError("a curriculum measures entropy on held_out_problems: set it")
 
 
 @dataclass
@@ -309,7 +315,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
     loop.restore(run.accelerator, run.cursor)
     metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
-    progress = Progress(config.steps, f"training {config.objective}", loop.log,
+    progress = Progress(config.steps, f"training {config.objective.name}", loop.log,
                         start=loop.start_step)
     for step in range(loop.start_step, config.steps):
         started = time.perf_counter()
@@ -349,7 +355,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
 
 def _set_up(config: TrainConfig, loop: TrainingLoop) -> _Run:
     """Models, data, teacher products, optimiser and curriculum of a run (resumed or fresh)."""
-    objective = config.parsed_objective
+    objective = config.objective
     vocab = check_pair(config.teacher, config.student)
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
                               cpu=not torch.cuda.is_available())

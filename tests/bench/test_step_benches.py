@@ -11,8 +11,8 @@ import torch
 import tasks.train as trainer
 from bench import step_breakdown, vs_trl
 from tasks import bootstrap
-from tasks.configs import PROFILE_TEMPLATES
 from tasks.data import read_problems, write_problems
+from tasks.profiles import PROFILES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def test_every_function_the_breakdown_times_is_in_the_trainer():
 
 @pytest.mark.parametrize(("name", "builder", "profile"), [
     ("default", "bootstrap_default", "default"),
-    ("smollm2", "bootstrap_real_weights", "real-weights")])
+    ("real-weights", "bootstrap_real_weights", "real-weights")])
 def test_a_bench_profile_takes_its_prompt_template_and_problems_from_the_profile(
         tmp_path, tiny_problems, monkeypatch, name, builder, profile):
     data = tmp_path / "data"
@@ -42,7 +42,7 @@ def test_a_bench_profile_takes_its_prompt_template_and_problems_from_the_profile
     built = bootstrap.BootstrapArtifacts(data, tmp_path / "teacher", tmp_path / "student")
     monkeypatch.setattr(bootstrap, builder, lambda **kwargs: built)  # the bootstrap: minutes
     resolved = step_breakdown.resolve_profile(name, tmp_path / "root")
-    assert resolved.prompt_template == PROFILE_TEMPLATES[profile]
+    assert resolved.prompt_template == PROFILES[profile].prompt_template
     assert resolved.teacher == built.teacher_dir and resolved.student == built.student_dir
     assert read_problems(resolved.problems) == tiny_problems["train"][:step_breakdown.PROBLEMS]
 

@@ -26,11 +26,11 @@ def _load(tmp_path, content: bytes | str):
     ("name: ''\n", "experiment name is empty"),
     (f"name: {'x' * 600}\n", "is not allowed: use at most 64"),
     ("eval_ks: []\n", "eval_ks is empty"),
-    ("eval_ks: [1, 8]\n", "every k must lie in 1..4"),
+    ("eval_ks: [1, 8]\n", "eval_ks=[1, 8] has k=8 > eval_n=4"),
     ("steps: 1e23\n", "steps: Input should be a valid integer"),
     ("steps: 100000000\n", "steps: Input should be less than or equal to 10000000"),
     ("learning_rate: .inf\n", "learning_rate: Input should be a finite number"),
-    ("learning_rate: 5\n", "learning_rate: Input should be less than or equal to 1"),
+    ("learning_rate: 0\n", "learning_rate: Input should be greater than 0"),
     ("objective: sfft\n", "objective"),
     ("stepz: 3\n", "stepz: Extra inputs are not permitted"),
 ])

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from tasks.bootstrap import RealWeightsProfile, bootstrap_real_weights
-from tasks.configs import PROFILE_TEMPLATES, REAL_WEIGHTS
 from tasks.data import read_problems
 from tasks.grader import Grader, summarise
 from tasks.models import check_compatible, load_model, load_tokenizer
+from tasks.profiles import PROFILES
 from tasks.rollout import SamplingConfig, generate_hf, render_prompts
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def test_teacher_answers_gsm_style_problems_through_the_chat_template(artifacts)
     tokenizer = load_tokenizer(artifacts.teacher_dir)
     problems = read_problems(artifacts.split("held_out"))
     assert len(problems) == 2 and all(p.source == "gsm_symbolic" for p in problems)
-    prompts = render_prompts(tokenizer, problems, PROFILE_TEMPLATES[REAL_WEIGHTS])
+    prompts = render_prompts(tokenizer, problems, PROFILES["real-weights"].prompt_template)
     assert prompts[0].startswith("<|im_start|>") and "\\boxed{}" in prompts[0]
     samples = generate_hf(load_model(artifacts.teacher_dir), tokenizer, prompts,
                           SamplingConfig(temperature=0.0, max_new_tokens=48))

@@ -41,7 +41,7 @@ def _weights(checkpoint) -> dict[str, torch.Tensor]:
 
 
 def test_group_size_below_two_is_refused(base):
-    with pytest.raises(ValueError, match="GRPO needs >= 2 samples per prompt"):
+    with pytest.raises(ValueError, match="group_size=1 must be >= 2"):
         replace(base, group_size=1)
     with pytest.raises(ValueError, match="temperature"):
         replace(base, temperature=0.0)
