@@ -34,6 +34,7 @@ from pydantic import (
 
 import distill_core as dc
 from tasks.evaluate import EvalConfig
+from tasks.plan import check_stage_configs
 from tasks.profiles import DEFAULT, DEFAULT_BENCHMARK, PROFILE_HELP, PROFILES, ProfileName
 from tasks.rl import GRPOConfig
 from tasks.runs import check_name
@@ -151,9 +152,6 @@ class _RunBase(_Config):
         self._check_own_fields()
         if self.batch_size > self.train_size:
             raise ValueError(f"batch_size={self.batch_size} > train_size={self.train_size}")
-        # tasks.plan makes the stage configs from this form (it imports this module)
-        from tasks.plan import check_stage_configs
-
         check_stage_configs(self)
         return self
 

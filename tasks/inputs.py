@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.artifacts import cached_build, content_hash, file_hash
-from tasks.configs import ExperimentConfig, RLFlowConfig
 from tasks.data import read_problems, write_problems
 from tasks.profiles import DEFAULT_BENCHMARK, profile
+
+if TYPE_CHECKING:  # tasks.configs builds its forms' stage configs through tasks.plan -> here
+    from tasks.configs import ExperimentConfig, RLFlowConfig
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import distill_core as dc
 from tasks.artifacts import artifact_root, code_version, content_hash, package_modules
-from tasks.configs import EvaluateFlowConfig, ExperimentConfig, RLFlowConfig, StudyConfig
 from tasks.evaluate import EvalConfig
 from tasks.inputs import Inputs, RLInputs
 from tasks.rl import GRPOConfig
 from tasks.runs import RunSpec, inside, slug
 from tasks.settings import built_for_form, stage_values
 from tasks.train import TrainConfig
+
+if TYPE_CHECKING:  # the forms build their stage configs through this module: annotations only
+    from tasks.configs import EvaluateFlowConfig, ExperimentConfig, RLFlowConfig, StudyConfig
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ def cells(config: StudyConfig | ExperimentConfig) -> list[Cell]:
     """The study's runs (before seeds): each objective at the study's horizon, long_cells at
     long_steps instead, and with compare_curriculum each curriculum cell twice more — with the
     curriculum and with a fixed cap equal to its top rung. A distill config is one cell."""
-    if isinstance(config, ExperimentConfig):
+    if not hasattr(config, "cells"):  # a distill form: one objective
         return [Cell(config.objective, curriculum=bool(config.curriculum))]
     horizon = {c: config.long_steps for c in config.long_cells}
     plain = [Cell(o, curriculum=bool(config.curriculum) and not config.compare_curriculum,

@@ -11,6 +11,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -18,7 +19,13 @@ import torch  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from tasks.arithmetic import ArithmeticConfig, generate_splits  # noqa: E402
+from tasks.bootstrap import (  # noqa: E402
+    BootstrapArtifacts,
+    DefaultBootstrapConfig,
+    bootstrap_default,
+)
 from tasks.models import TinyModelConfig, build_tiny_model, build_tokenizer  # noqa: E402
+from tasks.sft import SFTConfig  # noqa: E402
 
 # Tests of a learned or sampled outcome take their seeds from here, so CI can run them on a
 # second seed (DISTILL_LAB_TEST_SEED=1, see .ci/run): a bound that only holds for one seed fails.
@@ -63,6 +70,41 @@ def prefect_server():
     """One temporary Prefect server (the test harness) for every flow test of the session."""
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# ----------------------------------------------------------------------------- the reduced default
+
+# The embedded default at reduced size: one-step problems and a small teacher, learnt in about
+# a minute on 2 CPU cores; the student, the teacher's first layer, gets 5 SFT steps.
+REDUCED_BOOTSTRAP = DefaultBootstrapConfig(
+    task=ArithmeticConfig(min_steps=1, max_steps=1, train_size=3000, held_out_size=100,
+                          test_size=100, quote_rate=0.0, check_rate=0.0,
+                          running_total_rate=0.0, start_word_rate=0.0,
+                          answer_word_rate=0.0),  # one written form: learnt in the minute
+    teacher=TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256),
+    teacher_sft=SFTConfig(steps=800, warmup_steps=50),
+    student_layers=(0,),  # the teacher's first layer, healed for 5 steps: nearly untrained
+    student_sft=SFTConfig(steps=5, warmup_steps=1),
+    eval_problems=100,
+    greedy_max_new_tokens=96,  # the reduced models keep the 256-token context
+)
+
+
+@dataclass(frozen=True)
+class Bootstrapped:
+    root: Path
+    artifacts: BootstrapArtifacts
+    lines: list[str]
+    config: DefaultBootstrapConfig
+
+
+@pytest.fixture(scope="session")
+def bootstrapped(tmp_path_factory) -> Bootstrapped:
+    """The reduced default, bootstrapped once per session (shared by the slow tests)."""
+    root = tmp_path_factory.mktemp("artifacts")
+    lines: list[str] = []
+    artifacts = bootstrap_default(REDUCED_BOOTSTRAP, root=root, log=lines.append)
+    return Bootstrapped(root, artifacts, lines, REDUCED_BOOTSTRAP)
 
 
 # ----------------------------------------------------------------------------- durations by group

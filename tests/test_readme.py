@@ -140,3 +140,10 @@ def test_the_findings_blocks_are_rendered_from_docs_findings_json(page, summary)
     assert block == findings_markdown(findings, summary=summary), (
         f"{page}'s findings block is stale: run `distill findings docs/findings.json --readme "
         "README.md --study docs/study.md`")
+
+
+def test_the_readme_stays_a_front_door():
+    """The README is the front door (the two set-up commands, the file tree, one command per
+    flow): at most 150 lines; tables and measurements live in docs/."""
+    lines = (ROOT / "README.md").read_text().count("\n")
+    assert lines <= 150, f"README.md has {lines} lines: move detail into docs/"

@@ -88,3 +88,26 @@ def test_every_form_field_is_described_in_plain_text(model):
         assert not text.startswith((">", "-", "+", "*", "#", "    ", "1.")), (model, name)
         for pitfall in ("*", "`", "__", "<", "\n"):
             assert pitfall not in text, f"{model.__name__}.{name}: {pitfall!r} in {text!r}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("config", "field"), [
+    ({"loss": "sparse", "cache_k": 0}, "cache_k"),
+    ({"objective": "sfx"}, "objective"),
+])
+def test_the_server_refuses_a_bad_form_when_it_is_submitted(prefect_server, config, field):
+    """The Prefect server checks a deployment's parameter schema when a run is created (what
+    the UI's Run button does): the rules JSON Schema can state are refused there, before the
+    run waits in a queue."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from flows.distill import distill_flow
+
+    deployment_id = distill_flow.to_deployment(name="submit-check").apply()
+    with get_client(sync_client=True) as client:
+        with pytest.raises(PrefectHTTPStatusError, match=field):
+            client.create_flow_run_from_deployment(deployment_id, parameters={"config": config})
+        accepted = client.create_flow_run_from_deployment(
+            deployment_id, parameters={"config": {"loss": "sparse", "cache_k": 8}})
+        client.delete_flow_run(accepted.id)
