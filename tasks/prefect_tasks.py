@@ -341,7 +341,7 @@ def readiness_task(config, references: list[dict], products: list[dict], parent:
     run (readiness.json, a readiness tag and one tag per shortfall) and to the flow's log;
     refused before any training unless config.readiness is "warn". Returns the readiness and
     the H_min the curriculum uses (derived from the starting student when asked)."""
-    from tasks.readiness import assess
+    from tasks.readiness import assess, curriculum_min_entropy
     from tasks.rollout import read_samples
     from tasks.store import RolloutStore
     from tasks.study import read_evaluations
@@ -357,13 +357,7 @@ def readiness_task(config, references: list[dict], products: list[dict], parent:
     result = assess(config, evaluations.get("teacher", ()),
                     evaluations.get("student (start)", ()), rollouts,
                     teacher.get("eval/overall/entropy", float("nan")))
-    min_entropy = config.min_entropy
-    if getattr(config, "min_entropy_fraction", None) is not None:
-        start = by_label["student (start)"]["metrics"]["eval/overall/entropy"]
-        min_entropy = config.min_entropy_fraction * start
-        result.measured["min_entropy_derived"] = min_entropy
-        _log(f"curriculum gate: H_min = {config.min_entropy_fraction} × the starting student's "
-             f"entropy {start:.4f} = {min_entropy:.4f} nats/token")
+    min_entropy = curriculum_min_entropy(config, by_label, result.measured, _log)
     with Tracker(parent.tracking_uri) as tracker:
         tracker.log_dict(parent.run_id, result.to_dict(), "readiness.json")
         tracker.set_tags(parent.run_id, {"readiness": result.summary(),
