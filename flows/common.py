@@ -39,6 +39,7 @@ from tasks.prefect_tasks import (
     train_task,
 )
 from tasks.runs import Locations
+from tasks.tracking import Tracker, browse_hint
 
 
 @task(name="report", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -150,8 +151,6 @@ def links_task(tracking_uri: str, run_id: str, children_k: int | None = None) ->
     run: a study, a night), also ``runs`` (its child runs as a table with their Avg@k, Pass@k,
     greedy accuracy, entropy, length, truncation and gold NLL columns at k = children_k) and
     ``compare`` (MLflow's compare page for them)."""
-    from tasks.tracking import Tracker, browse_hint
-
     with Tracker(tracking_uri) as tracker:
         links = {"run": tracker.run_link(run_id)}
         children = [c.run_id for c in tracker.child_runs(run_id)] if children_k else []

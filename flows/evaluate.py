@@ -9,6 +9,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from dashboards.nightly import attach_trend
 from flows.common import links_task, publish
 from tasks.configs import EvaluateFlowConfig
 from tasks.plan import evaluation_spec, flow_eval_config, night_spec
@@ -22,6 +23,7 @@ from tasks.prefect_tasks import (
 )
 from tasks.runs import RunRef
 from tasks.tables import results_table
+from tasks.tracking import Tracker
 
 
 @flow(name="evaluate", log_prints=True)
@@ -57,8 +59,5 @@ def evaluate_flow(config: EvaluateFlowConfig = EvaluateFlowConfig()) -> dict:
 def trend_task(night: RunRef, experiment: str, k: int) -> str:
     """Each model's Avg@k across nights, attached to the night's parent run
     (dashboards.nightly); returns the Markdown table."""
-    from dashboards.nightly import attach_trend
-    from tasks.tracking import Tracker
-
     with Tracker(night.tracking_uri) as tracker:
         return attach_trend(tracker, experiment, night.run_id, k)

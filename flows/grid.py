@@ -6,6 +6,7 @@ reused, the interrupted one resumes from its checkpoint."""
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from datetime import UTC, datetime
@@ -104,6 +105,4 @@ def grid_flow(config: StudyConfig = StudyConfig()) -> dict:
 
 
 def _cpus() -> int:
-    import os
-
     return os.cpu_count() or 0

@@ -19,8 +19,8 @@ from tasks.prefect_tasks import (
     run_results_task,
     tracked_run,
 )
+from tasks.rl_sources import rl_sources
 from tasks.runs import RunRef
-from tasks.study import rl_sources
 from tasks.tables import before_after_table
 
 

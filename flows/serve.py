@@ -22,6 +22,7 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.deployments.runner import EntrypointType
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
+from prefect.workers.process import ProcessWorker
 
 from flows.distill import distill_flow
 from flows.evaluate import evaluate_flow
@@ -78,8 +79,6 @@ def study_run_deployment(pool: str = DEFAULT_POOL):
 
 def register_study_run(pool: str = DEFAULT_POOL) -> str:
     """Register study-run on pool (a process pool, created if missing); returns its id."""
-    from prefect.workers.process import ProcessWorker
-
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(pool)

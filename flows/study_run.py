@@ -38,6 +38,7 @@ from tasks.plan import (
 )
 from tasks.prefect_tasks import find_run_task, preflight_task
 from tasks.runs import Locations, RunSpec
+from tasks.tracking import git_sha
 
 FLOW_NAME = "study_run"
 DEPLOYMENT_NAME = "study-run"
@@ -83,8 +84,6 @@ def refuse_other_code(expected_code: str) -> None:
     """ValueError naming both code versions when this worker's differ from the study's."""
     mine = code_identity()
     if mine != expected_code:
-        from tasks.tracking import git_sha
-
         raise ValueError(
             f"worker {socket.gethostname()} refuses the run: its code version is {mine}, the "
             f"study's is {expected_code} (tasks.plan.code_identity: distill_core and the "

@@ -11,6 +11,8 @@ happens around the step is the same and lives here once:
   later), ``finish`` writes the final metrics.
 - ``DataCursor``: a seeded pass over the problems, reshuffled per epoch from (seed, step), so a
   resumed run draws exactly the batches an uninterrupted one would.
+- ``check_data``: before the first step, the problems, processes and model context can carry
+  the prompts per step and the response cap the config asks for.
 - ``check_finite``: a NaN/inf loss or gradient stops the run before the step is applied.
 
 Several processes (``torchrun`` or ``accelerate launch``): every process walks the same cursor,
@@ -157,6 +159,28 @@ def shard(indices: list, accelerator: Accelerator) -> list:
                          f"{accelerator.num_processes} processes a share; raise the batch size "
                          "to at least the number of processes")
     return indices[accelerator.process_index :: accelerator.num_processes]
+
+
+def check_data(problems: int, problems_file: str | Path, processes: int, *,
+               prompts: tuple[str, int], response_cap: tuple[str, int],
+               context: tuple[str, int]) -> None:
+    """Refuse, before the first step, a run whose data cannot fill its steps: more prompts per
+    step than problems, fewer than processes, or a response cap not below the model's context.
+    prompts and response_cap are (config field, value), so that each error names the field of
+    the caller's config to change; context is (the model's role, its context in tokens)."""
+    prompts_field, per_step = prompts
+    if per_step > problems:
+        raise ValueError(f"{prompts_field}={per_step} is larger than the {problems} problems in "
+                         f"{problems_file}")
+    if per_step < processes:
+        raise ValueError(f"{prompts_field}={per_step} is the global batch and this run has "
+                         f"{processes} processes: each needs at least one prompt per step; "
+                         f"raise {prompts_field} or launch fewer processes")
+    cap_field, cap = response_cap
+    role, limit = context
+    if cap >= limit:
+        raise ValueError(f"{cap_field}={cap} is not below the {role}'s context of {limit} "
+                         f"tokens; lower {cap_field}")
 
 
 def sampling_seed(seed: int, accelerator: Accelerator) -> int:

@@ -24,8 +24,14 @@ from prefect.exceptions import ExternalSignal
 from tasks.compute import ComputeMeter
 from tasks.configs import ExperimentConfig, StudyConfig
 from tasks.evaluate import EvalConfig, evaluate
-from tasks.inputs import Inputs, bootstrap, resolve_inputs
+from tasks.findings import findings_document, findings_table, study_findings
+from tasks.inputs import Inputs, benchmark_specs, bootstrap, resolve_inputs, resolve_rl_inputs
+from tasks.models import check_available, non_embedding_parameters_of
+from tasks.readiness import assess, curriculum_min_entropy
+from tasks.rl import train_grpo
+from tasks.rollout import read_samples
 from tasks.runs import (
+    RUN_KEY_TAG,
     Locations,
     RunEnd,
     RunRef,
@@ -34,7 +40,12 @@ from tasks.runs import (
     open_run,
     preflight,
     run_lock,
+    slug,
 )
+from tasks.store import RolloutStore
+from tasks.study import read_evaluations, read_study
+from tasks.tables import interval_table
+from tasks.tracking import PARENT_TAG, Tracker
 from tasks.train import TrainConfig, teacher_prefixes, teacher_scores, train
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5}
@@ -45,8 +56,6 @@ def _log(message: str) -> None:
 
 
 def _tracker(ref: RunRef):
-    from tasks.tracking import Tracker
-
     return Tracker(ref.tracking_uri)
 
 
@@ -67,8 +76,6 @@ def prepare_task(config: ExperimentConfig | StudyConfig, root: str) -> Inputs:
 @task(name="teacher-rollouts", cache_policy=NO_CACHE)
 def teacher_rollouts_task(config: TrainConfig) -> dict:
     """The teacher's responses for teacher-prefix cells (generated once, then reused)."""
-    from tasks.models import check_available, non_embedding_parameters_of
-
     meter = ComputeMeter(0, 0)
     directory, samples = teacher_prefixes(config, meter)
     generated = meter.tokens["generate"]
@@ -131,8 +138,6 @@ def evaluate_task(config: EvalConfig, output_dir: str, store_url: str | None = N
                       run_id=run.run_id if run else None, step=step, artifacts_root=root,
                       log=_log)
     if run is not None:  # a server down now: all of it waits in the spill file for replay
-        from tasks.tracking import Tracker
-
         with Tracker(run.tracking_uri, check=False) as tracker:
             tracker.log_metrics(run.run_id, result.metrics, step)
             tracker.set_tags(run.run_id, {"eval_identity": result.identity_hash},
@@ -161,8 +166,6 @@ def run_results_task(run: RunRef, children: bool = False, before_after: bool = F
     """A finished run's results read back from MLflow: its metrics (the row of a results
     table), with children the rows of its child runs, with before_after its evaluation at its
     first and last step (an RL run)."""
-    from tasks.tracking import Tracker
-
     with Tracker(run.tracking_uri) as tracker:
         if before_after:
             histories = {key: tracker.metric_history(run.run_id, key)
@@ -184,9 +187,6 @@ def run_results_task(run: RunRef, children: bool = False, before_after: bool = F
 def find_run_task(spec: RunSpec, tracking_uri: str) -> RunRef | None:
     """spec's run if MLflow has one (its run key, under its parent), without opening it;
     finished when it FINISHED and its folder exists (what open_run would reuse). None if none."""
-    from tasks.runs import RUN_KEY_TAG
-    from tasks.tracking import PARENT_TAG, Tracker
-
     identity = {RUN_KEY_TAG: spec.key}
     if spec.parent_run_id:
         identity[PARENT_TAG] = spec.parent_run_id
@@ -203,8 +203,6 @@ def record_failed_run_task(spec: RunSpec, tracking_uri: str, reason: str) -> str
     """A run that failed elsewhere (on a worker) as a FAILED MLflow run of spec's identity, its
     reason in tag ``failure``: the one its process opened, or a new one when it failed before
     opening any, so that the study's table and report name it and a rerun resumes it."""
-    from tasks.tracking import Tracker
-
     run = open_run(spec, tracking_uri, log=lambda message: None)  # no "resuming …" line
     if not run.finished:
         with Tracker(tracking_uri) as tracker:
@@ -271,8 +269,6 @@ def models_task(config, tracking_uri: str, root: str) -> list[tuple[str, str, di
     version of each registered model named config.registered_prefix*, downloaded."""
     if config.models:
         return [(Path(m).name or m, m, {"evaluated_model": m}) for m in config.models]
-    from tasks.tracking import Tracker
-
     with Tracker(tracking_uri) as tracker:
         versions = tracker.latest_model_versions(config.registered_prefix,
                                                  download_to=Path(root) / "registry")
@@ -287,24 +283,18 @@ def models_task(config, tracking_uri: str, root: str) -> list[tuple[str, str, di
 @task(name="prepare-rl", cache_policy=NO_CACHE)
 def rl_inputs_task(config, root: str):
     """The RL flow's prompts and benchmarks (tasks.inputs.resolve_rl_inputs)."""
-    from tasks.inputs import resolve_rl_inputs
-
     return resolve_rl_inputs(config, root, _log)
 
 
 @task(name="prepare-benchmarks", cache_policy=NO_CACHE)
 def benchmarks_task(benchmarks: list[str], profile: str, root: str) -> tuple[str, ...]:
     """Benchmark specs with 'default' resolved to the profile's test split."""
-    from tasks.inputs import benchmark_specs
-
     return benchmark_specs(benchmarks, profile, root, _log)
 
 
 @task(name="grpo", cache_policy=NO_CACHE, retries=0)
 def rl_task(config, run: RunRef | None = None) -> dict:
     """GRPO from one distilled student (tasks.rl), streaming step metrics to the run."""
-    from tasks.rl import train_grpo
-
     tracker = _tracker(run) if run else None
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
@@ -341,12 +331,6 @@ def readiness_task(config, references: list[dict], products: list[dict], parent:
     run (readiness.json, a readiness tag and one tag per shortfall) and to the flow's log;
     refused before any training unless config.readiness is "warn". Returns the readiness and
     the H_min the curriculum uses (derived from the starting student when asked)."""
-    from tasks.readiness import assess
-    from tasks.rollout import read_samples
-    from tasks.store import RolloutStore
-    from tasks.study import read_evaluations
-    from tasks.tracking import Tracker
-
     by_label = {row["cell"]: row for row in references}
     with RolloutStore(store_url) as store:
         evaluations = {label: read_evaluations(store, row["run_id"])
@@ -357,13 +341,7 @@ def readiness_task(config, references: list[dict], products: list[dict], parent:
     result = assess(config, evaluations.get("teacher", ()),
                     evaluations.get("student (start)", ()), rollouts,
                     teacher.get("eval/overall/entropy", float("nan")))
-    min_entropy = config.min_entropy
-    if getattr(config, "min_entropy_fraction", None) is not None:
-        start = by_label["student (start)"]["metrics"]["eval/overall/entropy"]
-        min_entropy = config.min_entropy_fraction * start
-        result.measured["min_entropy_derived"] = min_entropy
-        _log(f"curriculum gate: H_min = {config.min_entropy_fraction} × the starting student's "
-             f"entropy {start:.4f} = {min_entropy:.4f} nats/token")
+    min_entropy = curriculum_min_entropy(config, by_label, result.measured, _log)
     with Tracker(parent.tracking_uri) as tracker:
         tracker.log_dict(parent.run_id, result.to_dict(), "readiness.json")
         tracker.set_tags(parent.run_id, {"readiness": result.summary(),
@@ -387,12 +365,6 @@ def conclude_task(config, parent: RunRef, store_url: str, run_dir: str,
     """The study's results with intervals and its findings (C0–C5), from what its runs stored:
     findings.json and findings.md beside results.md in run_dir, and per-cell summary metrics on
     the parent run (e.g. ``avg_at_4/opd``) for comparing studies in MLflow."""
-    from tasks.findings import findings_document, findings_table, study_findings
-    from tasks.store import RolloutStore
-    from tasks.study import read_study
-    from tasks.tables import interval_table
-    from tasks.tracking import Tracker
-
     k = max(config.eval_ks)
     with Tracker(parent.tracking_uri) as tracker, RolloutStore(store_url) as store:
         study = read_study(tracker, parent_run_id=parent.run_id, store=store)
@@ -410,8 +382,6 @@ def conclude_task(config, parent: RunRef, store_url: str, run_dir: str,
 
 def _summary_metrics(study, k: int) -> dict[str, float]:
     """Per cell, the mean over its seeds of the headline metrics, keyed ``<metric>/<cell>``."""
-    from tasks.runs import slug
-
     summary = {}
     for label, runs in study.cells().items():
         for key in (f"avg_at_{k}", f"pass_at_{k}", "greedy_accuracy", "entropy",

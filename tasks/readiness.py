@@ -28,7 +28,7 @@ refuses.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from tasks.configs import StudyConfig
@@ -85,6 +85,23 @@ def assess(config: StudyConfig, teacher_eval: Sequence[EvalSample],
     _check_training_cap(config, teacher_rollouts, measured, shortfalls)
     _check_interval(config, student_eval, measured, shortfalls)
     return Readiness(measured, shortfalls)
+
+
+def curriculum_min_entropy(config: StudyConfig, references: Mapping[str, Mapping],
+                           measured: dict[str, float],
+                           log: Callable[[str], None] = print) -> float:
+    """H_min, the entropy the curriculum gate keeps the student above: config.min_entropy as
+    given, or, with min_entropy_fraction, that fraction × the starting student's measured
+    entropy (eval/overall/entropy of the "student (start)" row of references, label → row with
+    its metrics). A derived H_min is recorded in measured (min_entropy_derived) and said."""
+    if getattr(config, "min_entropy_fraction", None) is None:
+        return config.min_entropy
+    start = references["student (start)"]["metrics"]["eval/overall/entropy"]
+    min_entropy = config.min_entropy_fraction * start
+    measured["min_entropy_derived"] = min_entropy
+    log(f"curriculum gate: H_min = {config.min_entropy_fraction} × the starting student's "
+        f"entropy {start:.4f} = {min_entropy:.4f} nats/token")
+    return min_entropy
 
 
 def _check_teacher_lead(config, teacher_eval, student_eval, measured, shortfalls) -> None:

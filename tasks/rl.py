@@ -46,6 +46,7 @@ from tasks.grader import Grader, check_training_rule
 from tasks.loop import (
     DataCursor,
     TrainingLoop,
+    check_data,
     check_finite,
     check_finite_weights,
     global_sums,
@@ -140,16 +141,10 @@ def rewards(grader: Grader, samples: Sequence[Sample], gold_answers: Sequence[st
 
 
 def _check_data(config: GRPOConfig, problems: list[Problem], policy, processes: int) -> None:
-    if config.prompts_per_step > len(problems):
-        raise ValueError(f"prompts_per_step={config.prompts_per_step} is larger than the "
-                         f"{len(problems)} problems in {config.train_problems}")
-    if config.prompts_per_step < processes:
-        raise ValueError(f"prompts_per_step={config.prompts_per_step} is global and this run has "
-                         f"{processes} processes: each needs at least one prompt per step; "
-                         "raise prompts_per_step or launch fewer processes")
-    if config.max_new_tokens >= context_length(policy):
-        raise ValueError(f"max_new_tokens={config.max_new_tokens} is not below the policy's "
-                         f"context of {context_length(policy)} tokens")
+    check_data(len(problems), config.train_problems, processes,
+               prompts=("prompts_per_step", config.prompts_per_step),
+               response_cap=("max_new_tokens", config.max_new_tokens),
+               context=("policy", context_length(policy)))
 
 
 def _masked_sum(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> float:

@@ -35,7 +35,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
-from tasks.artifacts import cached_build, code_version, content_hash, write_checksums
+from tasks.artifacts import (
+    cached_build,
+    code_version,
+    content_hash,
+    sha256_file,
+    write_checksums,
+)
 from tasks.compute import ComputeMeter
 from tasks.rollout import Sample
 
@@ -170,14 +176,6 @@ def samples_key(samples: Sequence[Sample]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @torch.no_grad()
 def _score_shard(teacher: PreTrainedModel, samples: Sequence[Sample], pad_token_id: int,
                  vocab_size: int, config: ScoreCacheConfig,
@@ -210,7 +208,7 @@ def _write_shard(tensors: dict[str, torch.Tensor], path: Path) -> str:
     tmp = path.with_suffix(".tmp")
     save_file({name: t.contiguous() for name, t in tensors.items()}, str(tmp))
     os.replace(tmp, path)
-    return _sha256(path)
+    return sha256_file(path)
 
 
 def _shard_ranges(count: int, shard_samples: int) -> list[tuple[int, int]]:
@@ -332,7 +330,7 @@ def _open_verified(directory: Path, samples: Sequence[Sample], pad_token_id: int
     shards, where, rescored = [], [], 0
     for number, entry in enumerate(manifest["shards"]):
         path = directory / entry["file"]
-        if not path.exists() or _sha256(path) != entry["sha256"]:
+        if not path.exists() or sha256_file(path) != entry["sha256"]:
             log.warning("score cache shard %s is missing or corrupt (checksum mismatch); "
                         "rescoring its %d samples", path, entry["end"] - entry["start"])
             tensors = _score_shard(get_teacher(), samples[entry["start"]:entry["end"]],

@@ -25,11 +25,8 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 
-from tasks.checkpoints import latest_checkpoint
-from tasks.configs import RLFlowConfig
 from tasks.store import EVAL_STAGE, GREEDY_STAGE, RolloutStore
 from tasks.tables import results_table
 from tasks.tracking import RunSummary, Tracker
@@ -353,40 +350,3 @@ def grid_report(tracking_uri: str, experiment: str, parent_run_id: str | None = 
             for run in study.runs]
     return f"grid run {parent}\n" + results_table(rows, study.eval_ks or [1])
 
-
-def rl_sources(config: RLFlowConfig, tracking_uri: str,
-               log=print) -> tuple[str | None, list[dict]]:
-    """(grid parent run id or None, the students to start GRPO from): config.checkpoints, else
-    every trained cell of the grid study (its final checkpoint, from the run's train.output_dir).
-    Each source names a reference model whose tokenizer it must share (GRPO checks it before
-    sampling): the study's starting student, or the first of config.checkpoints. Cells whose run
-    did not finish (a failed cell) are skipped and named through log."""
-    if config.checkpoints:  # all must share the first one's tokenizer
-        return None, [{"label": Path(c).name, "checkpoint": c, "source_run": "",
-                       "reference": config.checkpoints[0]} for c in config.checkpoints]
-    with Tracker(tracking_uri) as tracker:
-        parent = config.parent_run_id or newest_grid(tracker, config.study_experiment)
-        if parent is None:
-            raise ValueError(f"no grid study in experiment {config.study_experiment!r} at "
-                             f"{tracking_uri}; run `distill grid` first or pass checkpoints")
-        study = read_study(tracker, parent_run_id=parent)
-    sources = []
-    for run in study.runs:
-        if run.reference or run.tags.get("stage") == "rl":
-            continue
-        if run.status != "FINISHED":
-            log(f"skipping cell {run.name!r} (run {run.run_id}): its run is {run.status}, "
-                "not FINISHED")
-            continue
-        output_dir = run.params.get("train.output_dir")
-        checkpoint = latest_checkpoint(output_dir) if output_dir else None
-        if checkpoint is None:
-            raise FileNotFoundError(f"cell {run.name!r} (run {run.run_id}) has no checkpoint "
-                                    f"under {output_dir}; was it trained on this machine and "
-                                    "artifact directory?")
-        sources.append({"label": run.name, "checkpoint": str(checkpoint),
-                        "source_run": run.run_id,  # its tokenizer: the study's student's
-                        "reference": run.params.get("train.student")})
-    if not sources:
-        raise ValueError(f"grid run {parent} has no finished trained cell to start RL from")
-    return parent, sources

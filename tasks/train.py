@@ -59,6 +59,7 @@ from tasks.loop import (
     DataCursor,
     NonFiniteError,
     TrainingLoop,
+    check_data,
     check_finite,
     check_finite_weights,
     global_sums,
@@ -258,17 +259,11 @@ def _learning_rate_lambda(config: TrainConfig) -> Callable[[int], float]:
 
 
 def _check_data(config: TrainConfig, problems: list[Problem], student, processes: int) -> None:
-    if config.batch_size > len(problems):
-        raise ValueError(f"batch_size={config.batch_size} is larger than the "
-                         f"{len(problems)} problems in {config.train_problems}")
-    if config.batch_size < processes:
-        raise ValueError(f"batch_size={config.batch_size} is the global batch and this run has "
-                         f"{processes} processes: each needs at least one prompt per step; "
-                         "raise batch_size or launch fewer processes")
-    limit = context_length(student)
-    if config.longest_response >= limit:
-        raise ValueError(f"max response length {config.longest_response} is not below the "
-                         f"student's context of {limit} tokens; lower max_new_tokens/curriculum")
+    cap_field = "max(curriculum)" if config.curriculum else "max_new_tokens"
+    check_data(len(problems), config.train_problems, processes,
+               prompts=("batch_size", config.batch_size),
+               response_cap=(cap_field, config.longest_response),
+               context=("student", context_length(student)))
 
 
 def _cut(sample: Sample, length: int) -> Sample:

@@ -6,7 +6,7 @@ import pytest
 import distill_core as dc
 from tasks.configs import StudyConfig
 from tasks.plan import Cell, cells, eval_steps, grpo_sources
-from tasks.readiness import assess
+from tasks.readiness import assess, curriculum_min_entropy
 from tasks.rollout import Sample
 from tasks.study import EvalSample
 
@@ -101,3 +101,16 @@ def test_readiness_blocks_a_teacher_that_is_not_clearly_ahead():
     waived = assess(config.model_copy(update={"min_teacher_lead": 0.1}),
                     _eval(40, False, 2, n=6), _eval(40, False, 3, n=6), [], teacher_entropy=0.2)
     assert "teacher_lead" not in waived.shortfalls
+
+
+def test_h_min_is_given_or_a_fraction_of_the_starting_students_entropy():
+    references = {"student (start)": {"metrics": {"eval/overall/entropy": 0.8}}}
+    config = StudyConfig(cells=["sft"], min_entropy=0.3)
+    measured, said = {}, []
+    assert curriculum_min_entropy(config, references, measured, said.append) == 0.3
+    assert measured == {} and said == []
+    derived = config.model_copy(update={"min_entropy_fraction": 0.5})
+    assert curriculum_min_entropy(derived, references, measured, said.append) == 0.4
+    assert measured == {"min_entropy_derived": 0.4}
+    assert said == ["curriculum gate: H_min = 0.5 × the starting student's entropy 0.8000 = "
+                    "0.4000 nats/token"]

@@ -9,7 +9,7 @@ from tasks.checkpoints import write_checksums
 from tasks.configs import RLFlowConfig
 from tasks.data import write_problems
 from tasks.inputs import resolve_rl_inputs
-from tasks.study import rl_sources
+from tasks.rl_sources import rl_sources
 from tasks.tracking import Tracker
 
 pytestmark = pytest.mark.slow  # its fixture logs a grid to a fresh MLflow database
