@@ -31,7 +31,6 @@ from types import MappingProxyType
 from tasks.checkpoints import latest_checkpoint
 from tasks.configs import RLFlowConfig
 from tasks.store import EVAL_STAGE, GREEDY_STAGE, RolloutStore
-from tasks.tables import results_table
 from tasks.tracking import RunSummary, Tracker
 
 RL_SOURCE_TAG = "source_run"  # set by rl_after_distill on each GRPO run: the run it started from
@@ -339,19 +338,6 @@ def samples_by_seed(runs: Iterable[StudyRun], benchmark: str | None = None,
 
 
 # ----------------------------------------------------------------------------- read-backs
-
-
-def grid_report(tracking_uri: str, experiment: str, parent_run_id: str | None = None) -> str:
-    """The results table of a grid study, read back from MLflow (the newest, unless given)."""
-    with Tracker(tracking_uri) as tracker:
-        parent = parent_run_id or newest_grid(tracker, experiment)
-        if parent is None:
-            raise ValueError(f"no grid run in experiment {experiment!r} at {tracking_uri}; "
-                             "run `distill grid CONFIG` first")
-        study = read_study(tracker, parent_run_id=parent)
-    rows = [{"cell": run.name, "metrics": dict(run.metrics), "train": dict(run.metrics)}
-            for run in study.runs]
-    return f"grid run {parent}\n" + results_table(rows, study.eval_ks or [1])
 
 
 def rl_sources(config: RLFlowConfig, tracking_uri: str,
