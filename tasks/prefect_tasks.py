@@ -409,14 +409,15 @@ def conclude_task(config, parent: RunRef, store_url: str, run_dir: str,
 
 
 def _summary_metrics(study, k: int) -> dict[str, float]:
-    """Per cell, the mean over its seeds of the headline metrics, keyed ``<metric>/<cell>``."""
+    """Per cell, the mean over its seeds of the brief tables' metrics (tasks.eval_metrics),
+    keyed ``<metric>/<cell>``."""
+    from tasks.eval_metrics import shown_in
     from tasks.runs import slug
 
     summary = {}
     for label, runs in study.cells().items():
-        for key in (f"avg_at_{k}", f"pass_at_{k}", "greedy_accuracy", "entropy",
-                    "response_length_mean", "gold_nll_digits", "gold_nll_other"):
-            values = [v for r in runs if (v := r.metric(f"eval/overall/{key}")) is not None]
+        for metric in shown_in("brief"):
+            values = [v for r in runs if (v := r.metric(metric.logged(k))) is not None]
             if values:
-                summary[f"{key}/{slug(label)}"] = sum(values) / len(values)
+                summary[f"{metric.key(k)}/{slug(label)}"] = sum(values) / len(values)
     return summary
