@@ -341,6 +341,7 @@ def readiness_task(config, references: list[dict], products: list[dict], parent:
     run (readiness.json, a readiness tag and one tag per shortfall) and to the flow's log;
     refused before any training unless config.readiness is "warn". Returns the readiness and
     the H_min the curriculum uses (derived from the starting student when asked)."""
+    from tasks.eval_metrics import ENTROPY
     from tasks.readiness import assess
     from tasks.rollout import read_samples
     from tasks.store import RolloutStore
@@ -356,10 +357,10 @@ def readiness_task(config, references: list[dict], products: list[dict], parent:
     teacher = by_label.get("teacher", {}).get("metrics", {})
     result = assess(config, evaluations.get("teacher", ()),
                     evaluations.get("student (start)", ()), rollouts,
-                    teacher.get("eval/overall/entropy", float("nan")))
+                    teacher.get(ENTROPY.logged(), float("nan")))
     min_entropy = config.min_entropy
     if getattr(config, "min_entropy_fraction", None) is not None:
-        start = by_label["student (start)"]["metrics"]["eval/overall/entropy"]
+        start = by_label["student (start)"]["metrics"][ENTROPY.logged()]
         min_entropy = config.min_entropy_fraction * start
         result.measured["min_entropy_derived"] = min_entropy
         _log(f"curriculum gate: H_min = {config.min_entropy_fraction} × the starting student's "

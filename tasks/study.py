@@ -30,12 +30,14 @@ from types import MappingProxyType
 
 from tasks.checkpoints import latest_checkpoint
 from tasks.configs import RLFlowConfig
+from tasks.eval_metrics import AVG_AT_K
 from tasks.store import EVAL_STAGE, GREEDY_STAGE, RolloutStore
 from tasks.tracking import RunSummary, Tracker
 
 RL_SOURCE_TAG = "source_run"  # set by rl_after_distill on each GRPO run: the run it started from
 GROUPS = ("reference", "grid cell", "λ mix", "curriculum")
-_HEADLINE_K = re.compile(r"eval/overall/avg_at_(\d+)")
+# eval/overall/avg_at_<k>: the key AVG_AT_K is logged under, its k a group
+_HEADLINE_K = re.compile(re.escape(AVG_AT_K.logged(k=0)).removesuffix("0") + r"(\d+)")
 
 
 def _frozen(mapping: Mapping | None = None) -> Mapping:
