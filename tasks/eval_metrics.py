@@ -57,7 +57,8 @@ class EvalMetric:
     per_problem: its value on one problem, for intervals and paired differences; None when the
         store keeps no per-sample rows for it (then tables show the runs' logged means).
     greedy: read from each problem's one greedy response, not from its n samples.
-    interval: the study table gives its 95 % interval (needs per_problem).
+    interval: with per_problem, the study table gives its 95 % interval (else the estimate
+        alone, as for truncation).
     """
 
     name: str

@@ -32,7 +32,7 @@ def results_table(rows: list[dict], ks: list[int]) -> str:
     rows: {"cell": label, "metrics": eval metrics, "train": final train metrics or {}}.
     """
     k = max(ks)
-    # avg@1 beside avg@k: the single-sample accuracy every k shares
+    # avg@1 after avg@k and pass@k: the single-sample accuracy every k shares
     columns = [(m.logged(k), m.heading(k), m.spec) for m in shown_in("full")]
     columns.insert(2, (AVG_AT_K.logged(1), AVG_AT_K.heading(1), AVG_AT_K.spec))
     head = ["cell", *(label for _, label, _ in columns), "train FLOPs", "train s"]
