@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from matplotlib.figure import Figure
 
 from dashboards.charts import drawing
+from tasks.eval_metrics import AVG_AT_K
 from tasks.plan import NIGHT_TAG
 from tasks.runs import slug
 from tasks.tracking import Tracker
@@ -40,7 +41,7 @@ def read_trend(tracker: Tracker, experiment: str, k: int, nights: int = MAX_NIGH
     latest: dict[tuple[str, str], Point] = {}
     for parent, tags in tracker.runs_with_tag(experiment, NIGHT_TAG)[-nights:]:
         for child in tracker.child_runs(parent.run_id):
-            value = tracker.run_metrics(child.run_id).get(f"eval/overall/avg_at_{k}")
+            value = tracker.run_metrics(child.run_id).get(AVG_AT_K.logged(k))
             if value is None:  # a failed model: no point, the line has a gap
                 continue
             child_tags = tracker.run_tags(child.run_id)
@@ -90,7 +91,7 @@ def attach_trend(tracker: Tracker, experiment: str, night_run_id: str, k: int) -
     tonight = [p for p in points if p.run_id in
                {c.run_id for c in tracker.child_runs(night_run_id)}]
     if tonight:
-        tracker.log_metrics(night_run_id, {f"avg_at_{k}/{slug(p.model)}": p.value
+        tracker.log_metrics(night_run_id, {f"{AVG_AT_K.key(k)}/{slug(p.model)}": p.value
                                            for p in tonight}, step=0)
     tracker.log_text(night_run_id, table + "\n", "trend.md")
     if points:

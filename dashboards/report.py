@@ -36,6 +36,15 @@ from dashboards import charts
 from dashboards.charts import Chart
 from tasks import stats
 from tasks.artifacts import artifact_root
+from tasks.eval_metrics import (
+    AVG_AT_K,
+    ENTROPY,
+    HEADLINE,
+    RESPONSE_LENGTH,
+    EvalMetric,
+    shown_in,
+    with_rows,
+)
 from tasks.store import RolloutStore, default_url
 from tasks.study import (
     GROUPS,
@@ -74,33 +83,26 @@ esc = html.escape
 @dataclass(frozen=True)
 class Metric:
     """A plotted or tabled quantity: its MLflow key, its tasks.stats metric (None: no
-    per-problem rows, e.g. FLOPs), its label and number format."""
+    per-problem rows, e.g. FLOPs), its label and number format; greedy: its rows are each
+    problem's greedy response, kept apart from the samples."""
 
     key: str
     name: str | None
     label: str
     spec: str = ".3f"
     k: int = 1
+    greedy: bool = False
 
 
-def eval_metrics(k: int, benchmark: str = "overall") -> dict[str, Metric]:
-    """The evaluation metrics with per-problem rows, by short name (greedy: from each problem's
-    greedy response, kept apart from the samples)."""
-    at = f"eval/{benchmark}/"
-    return {"avg": Metric(f"{at}avg_at_{k}", "avg_at_k", f"Avg@{k}", k=k),
-            "pass": Metric(f"{at}pass_at_{k}", "pass_at_k", f"Pass@{k}", k=k),
-            "greedy": Metric(f"{at}greedy_accuracy", stats.GREEDY, "greedy"),
-            "length": Metric(f"{at}response_length_mean", "response_length_mean",
-                             "mean length", ".1f"),
-            "truncated": Metric(f"{at}truncation_rate", "truncation_rate", "truncated", ".1%"),
-            "entropy": Metric(f"{at}entropy", "entropy", "entropy", ".3f")}
+def eval_metric(entry: EvalMetric, k: int, benchmark: str = "overall") -> Metric:
+    """An evaluation metric of tasks.eval_metrics as the page shows it, at k, on a benchmark."""
+    return Metric(entry.logged(k, benchmark), entry.name if entry.per_problem else None,
+                  entry.heading(k), entry.spec, k, entry.greedy)
 
 
-def gold_nll_columns(benchmark: str = "overall") -> list[Metric]:
-    """The gold-solution NLL split (tasks.gold_nll): logged means, no per-problem rows."""
-    at = f"eval/{benchmark}/"
-    return [Metric(f"{at}gold_nll_digits", None, "gold NLL, digits"),
-            Metric(f"{at}gold_nll_other", None, "gold NLL, other")]
+def eval_metrics(k: int, benchmark: str = "overall", tables: str = "full") -> list[Metric]:
+    """The evaluation metrics a full (or a brief) table shows, in table order."""
+    return [eval_metric(entry, k, benchmark) for entry in shown_in(tables)]
 
 
 # -- what the page shows: read once, then rendered ---------------------------------------------
@@ -221,7 +223,7 @@ def values(report: Report, runs: Sequence[StudyRun], metric: Metric,
         report.cache[key] = None
         benchmark = metric.key.split("/")[1]
         by_seed = samples_by_seed(runs, None if benchmark == "overall" else benchmark, step,
-                                  greedy=metric.name == stats.GREEDY)
+                                  greedy=metric.greedy)
         try:
             if by_seed and metric.name:
                 report.cache[key] = stats.problem_values(by_seed, metric.name, metric.k)
@@ -307,11 +309,11 @@ def legend(report: Report, runs: Sequence[StudyRun]) -> str:
 # -- the results table and paired differences ---------------------------------------------------
 
 def overall_columns(k: int) -> list[Metric]:
-    metrics = eval_metrics(k)
-    avg_1 = [Metric("eval/overall/avg_at_1", "avg_at_k", "Avg@1")] if k != 1 else []
-    return [metrics["avg"], metrics["pass"], *avg_1, metrics["greedy"], *gold_nll_columns(),
-            metrics["length"], metrics["truncated"], metrics["entropy"],
-            Metric(FLOPS_KEY, None, "train FLOPs", ".2e"),
+    """The results table's metric columns: the Markdown results table's (tasks.tables)."""
+    columns = eval_metrics(k)
+    if k != 1:  # avg@1 after avg@k and pass@k: the single-sample accuracy every k shares
+        columns.insert(2, eval_metric(AVG_AT_K, 1))
+    return [*columns, Metric(FLOPS_KEY, None, "train FLOPs", ".2e"),
             Metric(WALL_KEY, None, "wall time (s)", ".0f")]
 
 
@@ -328,7 +330,7 @@ def results_section(report: Report) -> str:
     """One row per run, grouped; Avg@k and greedy accuracy with their 95 % intervals over the
     run's problems; the legend of greedy and gold NLL."""
     columns, k = overall_columns(report.k), report.k
-    with_interval = {eval_metrics(k)[name].key for name in ("avg", "greedy")}
+    with_interval = {entry.logged(k) for entry in HEADLINE}
     heads = ["run", "status", "seed", "prefix", "λ", "curriculum", *(c.label for c in columns)]
     rows = []
     for group, title in GROUP_TITLES.items():
@@ -377,7 +379,7 @@ def differences_section(report: Report) -> str:
     cells = report.study.cells()
     if base is None or len(cells) < 2:
         return title + no_plot("Fewer than two cells: nothing to compare.")
-    metrics = list(eval_metrics(report.k).values())
+    metrics = [eval_metric(entry, report.k) for entry in with_rows()]
     found = {label: [difference(report, runs, cells[base], m) for m in metrics]
              for label, runs in cells.items() if label != base}
     rows = [f'<tr class="difference"><td>{swatch(report, label)}</td><td>{len(cells[label])}'
@@ -399,8 +401,8 @@ def differences_section(report: Report) -> str:
 def forest_figure(report: Report, found: dict[str, list], metrics: list[Metric]) -> str:
     """Δ Avg@k, Δ greedy accuracy and Δ entropy per cell with their intervals, 0 marked: side
     by side, sharpening (Avg@k up, entropy down, greedy not up) reads apart from learning."""
-    shown = [(i, m) for i, m in enumerate(metrics)
-             if m.name in ("avg_at_k", stats.GREEDY, "entropy")]
+    panels = {entry.name for entry in (*HEADLINE, ENTROPY)}
+    shown = [(i, m) for i, m in enumerate(metrics) if m.name in panels]
     drawn = [label for label, intervals in found.items() if any(intervals[i] for i, _ in shown)]
     caption = (f"Difference to {report.baseline} with its 95 % interval; the dashed line is no "
                "difference. A bar that crosses it is no evidence either way.")
@@ -487,10 +489,11 @@ def value_at(history: Sequence[tuple[int, float]], step: int | None) -> float | 
 
 def tradeoff_section(report: Report) -> str:
     """Avg@k against entropy, length and FLOPs, then the matched-FLOPs view."""
-    metrics, runs = eval_metrics(report.k), report.study.runs
-    avg = metrics["avg"]
-    entropy = dataclasses.replace(metrics["entropy"], label="token entropy (nats, eval)")
-    length = dataclasses.replace(metrics["length"], label="mean response length (tokens, eval)")
+    runs, avg = report.study.runs, eval_metric(AVG_AT_K, report.k)
+    entropy = dataclasses.replace(eval_metric(ENTROPY, report.k),
+                                  label="token entropy (nats, eval)")
+    length = dataclasses.replace(eval_metric(RESPONSE_LENGTH, report.k),
+                                 label="mean response length (tokens, eval)")
     flops = Metric(FLOPS_KEY, None, "train FLOPs (cumulative at the last step)")
     figures = [
         scatter_figure(report, "avg_vs_entropy", runs, entropy, avg, "KL direction: accuracy vs "
@@ -517,7 +520,7 @@ def flops_at(run: StudyRun, step: int) -> float | None:
 def _curves(report: Report) -> dict[str, list[tuple[float, int, stats.Interval]]]:
     """Per trained cell: (mean FLOPs over its seeds, step, Avg@k interval) at every step it was
     evaluated at."""
-    avg = eval_metrics(report.k)["avg"]
+    avg = eval_metric(AVG_AT_K, report.k)
     curves: dict[str, list] = {}
     for label, runs in report.study.cells().items():
         if not runs[0].trained or runs[0].tags.get("stage") == "rl":
@@ -544,11 +547,11 @@ def matched_flops_figure(report: Report) -> str:
         charts.line(chart, ax, [(f, i.estimate) for f, _, i in points], colour, label)
         for flops, step, found in points:
             charts.point(chart, ax, flops, found.estimate, colour,
-                         f"{label}: step {step}, {flops:.3g} FLOPs, Avg@{report.k} "
+                         f"{label}: step {step}, {flops:.3g} FLOPs, {AVG_AT_K.heading(report.k)} "
                          f"{found.estimate:.3f} [{found.low:.3f}, {found.high:.3f}]",
                          y_interval=found)
     charts.style(ax, "cumulative FLOPs (training + share of teacher rollouts)",
-                 f"Avg@{report.k} (95 % interval)")
+                 f"{AVG_AT_K.heading(report.k)} (95 % interval)")
     caption = (f"Avg@{report.k} at every evaluated step against the FLOPs spent by then: "
                "training (student generation, teacher scoring, student updates) plus each "
                "teacher-prefix run's share of the teacher rollouts it trains on. Compare cells at "
@@ -573,7 +576,7 @@ def matched_flops_table(report: Report) -> str:
                     f"{_td(found.estimate, '.3f', found)}</tr>")
     return (f"<h3>At matched FLOPs (budget {budget:.3g}: the smallest final spend of any cell)"
             "</h3>" + table("matched", ["cell", "evaluated step", "FLOPs by then",
-                                        f"Avg@{report.k} [95 %]"], rows))
+                                        f"{AVG_AT_K.heading(report.k)} [95 %]"], rows))
 
 
 # -- training curves and per benchmark ----------------------------------------------------------
@@ -628,17 +631,17 @@ def curves_section(report: Report) -> str:
 
 
 def benchmark_section(report: Report) -> str:
-    """Per-benchmark table (Avg@k, Pass@k, greedy, length, entropy) and Avg@k bars with
-    intervals."""
+    """Per-benchmark table (the brief tables' metrics: Avg@k, Pass@k, greedy, length, entropy,
+    gold NLL) and Avg@k bars with intervals."""
     names, k = report.study.benchmarks(), report.k
-    shown = ("avg", "pass", "greedy", "length", "entropy")
+    shown = eval_metrics(k, tables="brief")
     if not names:
         return "<h2>Per benchmark</h2>" + no_plot("No run has eval/<benchmark>/… metrics.")
     top = "".join(f'<th colspan="{len(shown)}">{esc(b)}</th>' for b in names)
-    sub = "".join(f"<th>{esc(eval_metrics(k)[m].label)}</th>" for _ in names for m in shown)
+    sub = "".join(f"<th>{esc(m.label)}</th>" for _ in names for m in shown)
     rows = "".join(f"<tr><td>{swatch(report, run.label)}</td>" + "".join(
         _td(run.metric(metric.key), metric.spec) for b in names
-        for metric in (eval_metrics(k, b)[m] for m in shown)) + "</tr>"
+        for metric in eval_metrics(k, b, tables="brief")) + "</tr>"
         for run in report.study.runs)
     return (f'<h2>Per benchmark</h2><table class="benchmarks"><thead><tr><th rowspan="2">run'
             f"</th>{top}</tr><tr>{sub}</tr></thead><tbody>{rows}</tbody></table>"
@@ -649,7 +652,7 @@ def benchmark_bars(report: Report, names: list[str]) -> str:
     """Grouped bars: a group per benchmark, a bar per cell (its seeds pooled)."""
     k = report.k
     cells = {label: runs for label, runs in report.study.cells().items()
-             if any(r.metric(eval_metrics(k, b)["avg"].key) is not None
+             if any(r.metric(AVG_AT_K.logged(k, b)) is not None
                     for r in runs for b in names)}
     left_out = [label for label in report.study.cells() if label not in cells]
     chart = Chart.new("avg_per_benchmark")
@@ -657,7 +660,7 @@ def benchmark_bars(report: Report, names: list[str]) -> str:
     width = 0.8 / max(1, len(cells))
     for j, (label, runs) in enumerate(cells.items()):
         for i, benchmark in enumerate(names):
-            metric = eval_metrics(k, benchmark)["avg"]
+            metric = eval_metric(AVG_AT_K, k, benchmark)
             have = [r for r in runs if r.metric(metric.key) is not None]
             if not have:
                 continue
@@ -666,7 +669,7 @@ def benchmark_bars(report: Report, names: list[str]) -> str:
             tip = f"{label}, {benchmark}: {metric.label} {value:.3f} {fmt_interval(found, '.3f')}"
             charts.bar(chart, ax, x, value, width * 0.95, report.colours[label], tip.strip(), found)
     ax.set(xticks=range(len(names)), xticklabels=names, ylim=(0, 1.05))
-    charts.style(ax, "benchmark", f"Avg@{k}")
+    charts.style(ax, "benchmark", AVG_AT_K.heading(k))
     return figure_html(report, chart, f"Avg@{k} per benchmark", f"Avg@{k} per benchmark and "
                        "cell, with 95 % intervals where the store has the cell's samples.",
                        left_out, "no per-benchmark metrics")
@@ -704,17 +707,18 @@ def rl_section(report: Report) -> str:
     ks = {headline_k(rl.metrics) for _, rl in report.rl}
     rows = []
     for source, rl in report.rl:
-        metrics = rl_metrics(headline_k(rl.metrics))
+        k = headline_k(rl.metrics)
         steps = rl.evaluated_steps()  # the store's: Δ pairs the last evaluation with the first
-        change = (difference(report, [rl], [rl], metrics[0], (steps[-1], steps[0]))
+        change = (difference(report, [rl], [rl], eval_metric(AVG_AT_K, k), (steps[-1], steps[0]))
                   if len(steps) > 1 else None)
         rows.append(f'<tr class="rl"><td>{swatch(report, source.label)}</td>'
                     f'<td title="{esc(rl.run_id)}">{esc(rl.run_id[:8])}</td>'
-                    f"<td>{esc(rl.status)}</td>{_td(before_after(rl, metrics[0].key)[2], 'd')}"
-                    + "".join(before_after_td(rl, m) for m in metrics)
+                    f"<td>{esc(rl.status)}</td>{_td(before_after(rl, AVG_AT_K.logged(k))[2], 'd')}"
+                    + "".join(before_after_td(rl, m) for m in eval_metrics(k, tables="brief"))
                     + difference_td(change, ".3f") + "</tr>")
     heads = ["source cell", "RL run", "status", "GRPO steps",
-             *(f"{m.label} before → after" for m in rl_metrics(max(ks))), f"Δ Avg@{max(ks)}"]
+             *(f"{m.label} before → after" for m in eval_metrics(max(ks), tables="brief")),
+             f"Δ {AVG_AT_K.heading(max(ks))}"]
     mixed = (f'<p class="note">The RL runs report different k ({sorted(ks)}): the plot uses '
              f"k={max(ks)}.</p>" if len(ks) > 1 else "")
     return (f"{title}<p>The same GRPO budget from each distilled student, evaluated before and "
@@ -725,15 +729,9 @@ def rl_section(report: Report) -> str:
             f'<div class="figures">{rl_arrows(report, max(ks))}{rl_rewards(report)}</div>')
 
 
-def rl_metrics(k: int) -> list[Metric]:
-    metrics = eval_metrics(k)
-    return [metrics["avg"], metrics["pass"], metrics["greedy"], metrics["entropy"],
-            metrics["length"]]
-
-
 def rl_arrows(report: Report, k: int) -> str:
     """Avg@k against entropy, an arrow per RL run from before (hollow) to after (filled)."""
-    avg, entropy = eval_metrics(k)["avg"], eval_metrics(k)["entropy"]
+    avg, entropy = eval_metric(AVG_AT_K, k), eval_metric(ENTROPY, k)
     moves = [(source, rl, [before_after(rl, m.key)[:2] for m in (entropy, avg)])
              for source, rl in report.rl]
     left_out = [who(source) for source, rl, ends in moves
@@ -755,11 +753,12 @@ def rl_arrows(report: Report, k: int) -> str:
         for x, y, at, when in ((x0, y0, 0, "before"), (x1, y1, -1, "after")):
             stored = len(steps) > 1  # the store has both evaluations: intervals at each end
             charts.point(chart, ax, x, y, colour, f"{who(source)} {when} RL [{rl.run_id}]: "
-                         f"Avg@{k} {y:.4g}, entropy {x:.4g}", hollow=when == "before",
+                         f"{avg.label} {y:.4g}, {entropy.label} {x:.4g}",
+                         hollow=when == "before",
                          x_interval=interval(report, [rl], entropy, steps[at]) if stored else None,
                          y_interval=interval(report, [rl], avg, steps[at]) if stored else None)
     charts.labels(ax, [(ends[0][1], ends[1][1], who(source)) for source, _, ends in moves])
-    charts.style(ax, "token entropy (nats, eval)", f"Avg@{k}")
+    charts.style(ax, "token entropy (nats, eval)", avg.label)
     return figure_html(report, chart, f"Avg@{k} vs entropy, before → after RL", caption,
                        left_out, "not evaluated before and after")
 

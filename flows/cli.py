@@ -328,8 +328,24 @@ def _status(args) -> None:
     print("\n".join(describe_status(_services_dir())))
 
 
+def grid_report(tracking_uri: str, experiment: str, parent_run_id: str | None = None) -> str:
+    """The results table of a grid study, read back from MLflow (the newest, unless given)."""
+    from tasks.study import newest_grid, read_study
+    from tasks.tables import results_table
+    from tasks.tracking import Tracker
+
+    with Tracker(tracking_uri) as tracker:
+        parent = parent_run_id or newest_grid(tracker, experiment)
+        if parent is None:
+            raise ValueError(f"no grid run in experiment {experiment!r} at {tracking_uri}; "
+                             "run `distill grid CONFIG` first")
+        study = read_study(tracker, parent_run_id=parent)
+    rows = [{"cell": run.name, "metrics": dict(run.metrics), "train": dict(run.metrics)}
+            for run in study.runs]
+    return f"grid run {parent}\n" + results_table(rows, study.eval_ks or [1])
+
+
 def _report(args) -> int:
-    from tasks.study import grid_report
     from tasks.tracking import default_tracking_uri
 
     if args.html is None:

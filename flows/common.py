@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from dashboards.report import build_report
 from tasks.checkpoints import checkpoint_name
 from tasks.configs import ExperimentConfig, StudyConfig
+from tasks.eval_metrics import shown_in
 from tasks.inputs import Inputs
 from tasks.plan import (
     Cell,
@@ -140,11 +141,6 @@ def study_report(where: Locations, parent_run_id: str, run_dir: str | Path) -> s
 # ----------------------------------------------------------------------------- what the user sees
 
 
-# The columns a study's or a night's runs table opens with in MLflow (it shows none by default).
-TABLE_METRICS = ("avg_at_{k}", "pass_at_{k}", "greedy_accuracy", "entropy",
-                 "response_length_mean", "truncation_rate", "gold_nll_digits", "gold_nll_other")
-
-
 @task(name="mlflow-links", cache_policy=NO_CACHE, **IO_RETRIES)
 def links_task(tracking_uri: str, run_id: str, children_k: int | None = None) -> dict[str, str]:
     """Links into MLflow's training view: ``run`` (this run's page). With children_k (a parent
@@ -155,7 +151,8 @@ def links_task(tracking_uri: str, run_id: str, children_k: int | None = None) ->
         links = {"run": tracker.run_link(run_id)}
         children = [c.run_id for c in tracker.child_runs(run_id)] if children_k else []
         if children:
-            metrics = [f"eval/overall/{m.format(k=children_k)}" for m in TABLE_METRICS]
+            # the full tables' metrics: MLflow's runs table shows no metric column by default
+            metrics = [m.logged(children_k) for m in shown_in("full")]
             links["runs"] = tracker.save_runs_view(run_id, metrics, tag_keys=("cell", "seed"))
             links["compare"] = tracker.compare_link(children)
     if browse_hint(tracking_uri):

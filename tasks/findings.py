@@ -48,9 +48,16 @@ from pathlib import Path
 
 from distill_core import PRESETS, Objective
 from tasks.configs import REFERENCES, StudyConfig
+from tasks.eval_metrics import (
+    AVG_AT_K,
+    ENTROPY,
+    GREEDY_ACCURACY,
+    PASS_AT_K,
+    RESPONSE_LENGTH,
+    EvalMetric,
+)
 from tasks.plan import cells
 from tasks.stats import (
-    GREEDY,
     Direction,
     Interval,
     ProblemValues,
@@ -106,23 +113,27 @@ class _Cells:
                   and c.max_new_tokens == variant.get("max_new_tokens")]
         return wanted[0].label if wanted and wanted[0].label in self.runs else None
 
-    def values(self, label: str, metric: str, step: int | None = None) -> ProblemValues:
+    def values(self, label: str, metric: EvalMetric, step: int | None = None
+               ) -> ProblemValues:
         """A cell's per-problem values at a training step (None: its last evaluation); greedy
         accuracy from the greedy responses."""
-        by_seed = samples_by_seed(self.runs[label], step=step, greedy=metric == GREEDY)
+        by_seed = samples_by_seed(self.runs[label], step=step, greedy=metric.greedy)
         if not by_seed:
-            what = "greedy responses" if metric == GREEDY else "samples"
-            raise LookupError(f"{label!r} has no evaluation {what} at step {step}")
-        return problem_values(by_seed, metric, self.k)
+            raise LookupError(f"{label!r} has no evaluation {_rows(metric)} at step {step}")
+        return problem_values(by_seed, metric.name, self.k)
 
-    def rl_values(self, source_label: str, metric: str) -> ProblemValues:
+    def rl_values(self, source_label: str, metric: EvalMetric) -> ProblemValues:
         """The GRPO runs started from source_label's runs, at their last evaluation."""
         runs = self.runs.get(f"grpo {source_label}", ())
-        by_seed = samples_by_seed(runs, greedy=metric == GREEDY)
+        by_seed = samples_by_seed(runs, greedy=metric.greedy)
         if not by_seed:
-            what = "greedy responses" if metric == GREEDY else "samples"
-            raise LookupError(f"no GRPO run from {source_label!r} with evaluation {what}")
-        return problem_values(by_seed, metric, self.k)
+            raise LookupError(f"no GRPO run from {source_label!r} with evaluation "
+                              f"{_rows(metric)}")
+        return problem_values(by_seed, metric.name, self.k)
+
+
+def _rows(metric: EvalMetric) -> str:
+    return "greedy responses" if metric.greedy else "samples"
 
 
 def _effect(name: str, metric: str, predicted: Direction | None,
@@ -142,7 +153,8 @@ def _greedy_effect(name: str, terms: Sequence[tuple[float, Callable[[], ProblemV
         measured = [(coefficient, values()) for coefficient, values in terms]
     except LookupError:
         return []
-    return [_effect(f"{GREEDY}: {name}", GREEDY, None, measured)]
+    greedy = GREEDY_ACCURACY.name
+    return [_effect(f"{greedy}: {name}", greedy, None, measured)]
 
 
 def _finding(id_: str, claim: str, effects: list[Effect], note: str = "") -> Finding:
@@ -174,15 +186,15 @@ def _c0(c: _Cells) -> Finding:
     grid = [(cell, label) for cell in GRID if (label := c.label(cell))]
     if START not in c.runs or not grid:
         return _untested("C0", C0, "needs the starting student evaluated and a cell of the grid")
-    start, effects, gains = c.values(START, "avg_at_k"), [], {}
+    start, effects, gains, avg = c.values(START, AVG_AT_K), [], {}, AVG_AT_K.key(k)
     for cell, label in grid:
-        trained = c.values(label, "avg_at_k", step)
-        effects.append(_effect(f"avg_at_{k}: {cell} − {START}", f"avg_at_{k}", "higher",
+        trained = c.values(label, AVG_AT_K, step)
+        effects.append(_effect(f"{avg}: {cell} − {START}", avg, "higher",
                                [(1, trained), (-1, start)]))
         gains[cell] = effects[-1].estimate
         effects += _greedy_effect(f"{cell} − {START}",
-                                  [(1, partial(c.values, label, GREEDY, step)),
-                                   (-1, partial(c.values, START, GREEDY))])
+                                  [(1, partial(c.values, label, GREEDY_ACCURACY, step)),
+                                   (-1, partial(c.values, START, GREEDY_ACCURACY))])
     return _finding("C0", C0, effects, _gap_note(c, start, gains))
 
 
@@ -191,7 +203,7 @@ def _gap_note(c: _Cells, start: ProblemValues, gains: dict[str, float]) -> str:
     best = max(gains, key=gains.get)
     if TEACHER not in c.runs:
         return f"best cell: {best}"
-    gap = c.values(TEACHER, "avg_at_k").estimate - start.estimate
+    gap = c.values(TEACHER, AVG_AT_K).estimate - start.estimate
     closed = f"{gains[best] / gap:.0%} of" if gap > 0 else "none of (no gap)"
     return (f"the best cell, {best}, closes {closed} the teacher − student gap in "
             f"avg@{c.k} ({start.estimate:.3f} → teacher {start.estimate + gap:.3f})")
@@ -204,13 +216,13 @@ def _c1(c: _Cells) -> Finding:
         if f is None or r is None:
             continue
         name = f"{reverse} − {forward}"
-        for metric, direction in ((f"avg_at_{k}", "higher"), ("entropy", "lower"),
-                                  ("response_length_mean", "lower"), (f"pass_at_{k}", None)):
-            base = metric.replace(f"_at_{k}", "_at_k")
-            effects.append(_effect(f"{metric}: {name}", metric, direction,
-                                   [(1, c.values(r, base, step)), (-1, c.values(f, base, step))]))
-        effects += _greedy_effect(name, [(1, partial(c.values, r, GREEDY, step)),
-                                         (-1, partial(c.values, f, GREEDY, step))])
+        for metric, direction in ((AVG_AT_K, "higher"), (ENTROPY, "lower"),
+                                  (RESPONSE_LENGTH, "lower"), (PASS_AT_K, None)):
+            effects.append(_effect(f"{metric.key(k)}: {name}", metric.key(k), direction,
+                                   [(1, c.values(r, metric, step)),
+                                    (-1, c.values(f, metric, step))]))
+        effects += _greedy_effect(name, [(1, partial(c.values, r, GREEDY_ACCURACY, step)),
+                                         (-1, partial(c.values, f, GREEDY_ACCURACY, step))])
     if not effects:
         return _untested("C1", C1, "needs sft and offline_rl, or dagger and opd")
     return _finding("C1", C1, effects, "Pass@k and greedy accuracy are reported without a "
@@ -228,12 +240,11 @@ def _c2(c: _Cells) -> Finding:
     name = (f"student − teacher prefixes (mean over {len(pairs)} KL "
             f"direction{'s' * (len(pairs) > 1)})")
     effects = []
-    for metric in (f"avg_at_{k}", f"pass_at_{k}"):
-        base = metric.replace(f"_at_{k}", "_at_k")
-        terms = [(sign * share, c.values(label, base, step)) for t, s in pairs
+    for metric in (AVG_AT_K, PASS_AT_K):
+        terms = [(sign * share, c.values(label, metric, step)) for t, s in pairs
                  for sign, label in ((1, s), (-1, t))]
-        effects.append(_effect(f"{metric}: {name}", metric, "higher", terms))
-    effects += _greedy_effect(name, [(sign * share, partial(c.values, label, GREEDY, step))
+        effects.append(_effect(f"{metric.key(k)}: {name}", metric.key(k), "higher", terms))
+    effects += _greedy_effect(name, [(sign * share, partial(c.values, label, GREEDY_ACCURACY, step))
                                      for t, s in pairs for sign, label in ((1, s), (-1, t))])
     return _finding("C2", C2, effects)
 
@@ -245,25 +256,25 @@ def _c3(c: _Cells) -> Finding:
             and "student:0.25" in config.long_cells):
         return _untested("C3", C3, "needs opd and student:0.25 in long_cells with long_steps")
     short, long, k = config.steps, config.long_steps, c.k
+    entropy, length, avg = ENTROPY.name, RESPONSE_LENGTH.name, AVG_AT_K.key(k)
     effects = [
-        _effect("entropy: opd at long − short horizon", "entropy", "lower",
-                [(1, c.values(opd, "entropy", long)), (-1, c.values(opd, "entropy", short))]),
-        _effect("response_length_mean: opd at long − short horizon", "response_length_mean",
-                "higher", [(1, c.values(opd, "response_length_mean", long)),
-                           (-1, c.values(opd, "response_length_mean", short))]),
-        _effect("entropy: student:0.25 − opd at long horizon", "entropy", "higher",
-                [(1, c.values(mix, "entropy", long)), (-1, c.values(opd, "entropy", long))]),
-        _effect("response_length_mean: student:0.25 − opd at long horizon",
-                "response_length_mean", "lower",
-                [(1, c.values(mix, "response_length_mean", long)),
-                 (-1, c.values(opd, "response_length_mean", long))]),
-        _effect(f"avg_at_{k}: student:0.25 − {RETAINED_SHARE} × opd at long horizon",
-                f"avg_at_{k}", "higher",
-                [(1, c.values(mix, "avg_at_k", long)),
-                 (-RETAINED_SHARE, c.values(opd, "avg_at_k", long))]),
+        _effect(f"{entropy}: opd at long − short horizon", entropy, "lower",
+                [(1, c.values(opd, ENTROPY, long)), (-1, c.values(opd, ENTROPY, short))]),
+        _effect(f"{length}: opd at long − short horizon", length,
+                "higher", [(1, c.values(opd, RESPONSE_LENGTH, long)),
+                           (-1, c.values(opd, RESPONSE_LENGTH, short))]),
+        _effect(f"{entropy}: student:0.25 − opd at long horizon", entropy, "higher",
+                [(1, c.values(mix, ENTROPY, long)), (-1, c.values(opd, ENTROPY, long))]),
+        _effect(f"{length}: student:0.25 − opd at long horizon", length, "lower",
+                [(1, c.values(mix, RESPONSE_LENGTH, long)),
+                 (-1, c.values(opd, RESPONSE_LENGTH, long))]),
+        _effect(f"{avg}: student:0.25 − {RETAINED_SHARE} × opd at long horizon",
+                avg, "higher",
+                [(1, c.values(mix, AVG_AT_K, long)),
+                 (-RETAINED_SHARE, c.values(opd, AVG_AT_K, long))]),
         *_greedy_effect("student:0.25 − opd at long horizon",
-                        [(1, partial(c.values, mix, GREEDY, long)),
-                         (-1, partial(c.values, opd, GREEDY, long))]),
+                        [(1, partial(c.values, mix, GREEDY_ACCURACY, long)),
+                         (-1, partial(c.values, opd, GREEDY_ACCURACY, long))]),
     ]
     return _finding("C3", C3, effects, f"short horizon = {short} steps, long = {long}")
 
@@ -279,15 +290,14 @@ def _c4(c: _Cells) -> Finding:
                         c.label(objective, max_new_tokens=top))
         if not (gated and fixed):
             continue
-        for metric, direction in ((f"avg_at_{k}", "higher"), (f"pass_at_{k}", "higher"),
-                                  ("response_length_mean", "lower")):
-            base = metric.replace(f"_at_{k}", "_at_k")
-            effects.append(_effect(f"{metric}: {gated} − {fixed}", metric, direction,
-                                   [(1, c.values(gated, base, config.steps)),
-                                    (-1, c.values(fixed, base, config.steps))]))
+        for metric, direction in ((AVG_AT_K, "higher"), (PASS_AT_K, "higher"),
+                                  (RESPONSE_LENGTH, "lower")):
+            effects.append(_effect(f"{metric.key(k)}: {gated} − {fixed}", metric.key(k),
+                                   direction, [(1, c.values(gated, metric, config.steps)),
+                                               (-1, c.values(fixed, metric, config.steps))]))
         effects += _greedy_effect(f"{gated} − {fixed}",
-                                  [(1, partial(c.values, gated, GREEDY, config.steps)),
-                                   (-1, partial(c.values, fixed, GREEDY, config.steps))])
+                                  [(1, partial(c.values, gated, GREEDY_ACCURACY, config.steps)),
+                                   (-1, partial(c.values, fixed, GREEDY_ACCURACY, config.steps))])
     if not effects:
         return _untested("C4", C4, "the curriculum and fixed-cap runs are missing")
     return _finding("C4", C4, effects, f"fixed cap = top rung = {top} tokens")
@@ -301,16 +311,17 @@ def _c5(c: _Cells) -> Finding:
             continue
         f, r = c.label(forward), c.label(reverse)
         try:
-            terms = [(1, c.rl_values(f, "avg_at_k")), (-1, c.values(f, "avg_at_k")),
-                     (-1, c.rl_values(r, "avg_at_k")), (1, c.values(r, "avg_at_k"))]
+            terms = [(1, c.rl_values(f, AVG_AT_K)), (-1, c.values(f, AVG_AT_K)),
+                     (-1, c.rl_values(r, AVG_AT_K)), (1, c.values(r, AVG_AT_K))]
         except LookupError as missing:
             return _untested("C5", C5, str(missing))
         name = f"GRPO gain of {forward} − GRPO gain of {reverse}"
-        effects.append(_effect(f"avg_at_{k}: {name}", f"avg_at_{k}", "higher", terms))
-        effects += _greedy_effect(name, [(1, partial(c.rl_values, f, GREEDY)),
-                                         (-1, partial(c.values, f, GREEDY)),
-                                         (-1, partial(c.rl_values, r, GREEDY)),
-                                         (1, partial(c.values, r, GREEDY))])
+        effects.append(_effect(f"{AVG_AT_K.key(k)}: {name}", AVG_AT_K.key(k), "higher",
+                               terms))
+        effects += _greedy_effect(name, [(1, partial(c.rl_values, f, GREEDY_ACCURACY)),
+                                         (-1, partial(c.values, f, GREEDY_ACCURACY)),
+                                         (-1, partial(c.rl_values, r, GREEDY_ACCURACY)),
+                                         (1, partial(c.values, r, GREEDY_ACCURACY))])
     if not effects:
         return _untested("C5", C5, "needs rl_cells with a forward and a reverse student of one "
                          "prefix source (dagger and opd, or sft and offline_rl)")

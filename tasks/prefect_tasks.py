@@ -23,6 +23,7 @@ from prefect.exceptions import ExternalSignal
 
 from tasks.compute import ComputeMeter
 from tasks.configs import ExperimentConfig, StudyConfig
+from tasks.eval_metrics import ENTROPY, shown_in
 from tasks.evaluate import EvalConfig, evaluate
 from tasks.findings import findings_document, findings_table, study_findings
 from tasks.inputs import Inputs, benchmark_specs, bootstrap, resolve_inputs, resolve_rl_inputs
@@ -340,7 +341,7 @@ def readiness_task(config, references: list[dict], products: list[dict], parent:
     teacher = by_label.get("teacher", {}).get("metrics", {})
     result = assess(config, evaluations.get("teacher", ()),
                     evaluations.get("student (start)", ()), rollouts,
-                    teacher.get("eval/overall/entropy", float("nan")))
+                    teacher.get(ENTROPY.logged(), float("nan")))
     min_entropy = curriculum_min_entropy(config, by_label, result.measured, _log)
     with Tracker(parent.tracking_uri) as tracker:
         tracker.log_dict(parent.run_id, result.to_dict(), "readiness.json")
@@ -381,12 +382,12 @@ def conclude_task(config, parent: RunRef, store_url: str, run_dir: str,
 
 
 def _summary_metrics(study, k: int) -> dict[str, float]:
-    """Per cell, the mean over its seeds of the headline metrics, keyed ``<metric>/<cell>``."""
+    """Per cell, the mean over its seeds of the brief tables' metrics (tasks.eval_metrics),
+    keyed ``<metric>/<cell>``."""
     summary = {}
     for label, runs in study.cells().items():
-        for key in (f"avg_at_{k}", f"pass_at_{k}", "greedy_accuracy", "entropy",
-                    "response_length_mean", "gold_nll_digits", "gold_nll_other"):
-            values = [v for r in runs if (v := r.metric(f"eval/overall/{key}")) is not None]
+        for metric in shown_in("brief"):
+            values = [v for r in runs if (v := r.metric(metric.logged(k))) is not None]
             if values:
-                summary[f"{key}/{slug(label)}"] = sum(values) / len(values)
+                summary[f"{metric.key(k)}/{slug(label)}"] = sum(values) / len(values)
     return summary

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from tasks.configs import StudyConfig
+from tasks.eval_metrics import ENTROPY
 from tasks.rollout import Sample
 from tasks.stats import expected_half_width, sample_values, variance_components
 from tasks.study import EvalSample
@@ -96,7 +97,7 @@ def curriculum_min_entropy(config: StudyConfig, references: Mapping[str, Mapping
     its metrics). A derived H_min is recorded in measured (min_entropy_derived) and said."""
     if getattr(config, "min_entropy_fraction", None) is None:
         return config.min_entropy
-    start = references["student (start)"]["metrics"]["eval/overall/entropy"]
+    start = references["student (start)"]["metrics"][ENTROPY.logged()]
     min_entropy = config.min_entropy_fraction * start
     measured["min_entropy_derived"] = min_entropy
     log(f"curriculum gate: H_min = {config.min_entropy_fraction} × the starting student's "

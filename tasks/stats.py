@@ -3,11 +3,11 @@ percentile bootstrap, verdicts computed from intervals, and the interval a study
 
 A cell's metric is held as a grid of per-problem values, one row per training seed and one
 column per problem (``ProblemValues``). The metric is the ratio of two sums over the grid,
-Σ values / Σ weights: the weight is 1 for a plain mean over problems (Avg@k, Pass@k, greedy
-accuracy, mean length, truncation rate) and the response's token count for entropy, so every
-estimate equals the number ``tasks.evaluate`` reports for the same samples (its entropy is
-token-weighted). Greedy accuracy reads each problem's one greedy response, which the study keeps
-apart from the n samples (``tasks.study.samples_by_seed(..., greedy=True)``).
+Σ values / Σ weights, each problem's (value, weight) given by the metric's entry in
+``tasks.eval_metrics`` (weight 1 for a plain mean over problems, the token count for entropy), so
+every estimate equals the number ``tasks.evaluate`` reports for the same samples. Greedy accuracy
+reads each problem's one greedy response, which the study keeps apart from the n samples
+(``tasks.study.samples_by_seed(..., greedy=True)``).
 
 - **Pairing.** Cells are compared on the problems both have and on the seeds both have; a side
   evaluated with a single seed (an untrained reference) is paired with every seed of the other.
@@ -34,30 +34,18 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
+
+from tasks.eval_metrics import GradedSample, PerProblem, metric_named
 
 RESAMPLES = 2000
 LEVEL = 0.95
 SEED = 0
-GREEDY = "greedy_accuracy"  # the one metric read from greedy responses, not from the n samples
-METRICS = ("avg_at_k", "pass_at_k", GREEDY, "response_length_mean", "truncation_rate",
-           "entropy")
 SAMPLE_FIELDS = ("correct", "length", "truncated", "entropy")
 Verdict = Literal["reproduced", "opposite", "inconclusive"]
 Direction = Literal["higher", "lower"]
-
-
-class GradedSample(Protocol):
-    """What a per-problem value is computed from (``tasks.study.EvalSample`` is one)."""
-
-    problem_id: str
-    sample_index: int
-    correct: bool | None
-    length: int
-    truncated: bool
-    entropy: float | None
 
 
 # -- per-problem values -------------------------------------------------------------------------
@@ -118,69 +106,39 @@ def problem_values(samples_by_seed: Mapping[int, Iterable[GradedSample]], metric
                    k: int = 1) -> ProblemValues:
     """A cell's per-problem values of one metric from its graded samples, per training seed.
 
-    metric: ``avg_at_k`` (mean correctness of samples 0..k-1), ``pass_at_k`` (the unbiased
-    1 − C(n − c, k) / C(n, k) over all n samples), ``greedy_accuracy`` (the correctness of
-    each problem's one greedy response: pass the greedy responses, ``samples_by_seed(...,
-    greedy=True)``), ``response_length_mean``, ``truncation_rate`` or ``entropy``
-    (token-weighted, as tasks.evaluate reports it).
+    metric: the name of a ``tasks.eval_metrics`` entry with a per-problem value (``avg_at_k``,
+    ``pass_at_k``, ``greedy_accuracy``, ``response_length_mean``, ``truncation_rate``,
+    ``entropy``); greedy accuracy reads each problem's one greedy response: pass those
+    (``samples_by_seed(..., greedy=True)``).
     Problems that not every seed has are dropped (and listed in ``dropped``).
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric={metric!r}: choose one of {', '.join(METRICS)}")
+    entry = metric_named(metric)
+    if entry.per_problem is None:
+        raise ValueError(f"metric={metric!r} has no per-problem values (the store keeps no "
+                         "rows for it): choose one of the tasks.eval_metrics entries with "
+                         "per_problem")
     if not samples_by_seed:
         raise ValueError(f"{metric}: no seeds with samples")
-    per_seed = {seed: _per_problem(samples, metric, k)
+    per_seed = {seed: _per_problem(samples, entry.per_problem, k)
                 for seed, samples in sorted(samples_by_seed.items())}
     everywhere = set.intersection(*(set(v) for v in per_seed.values()))
     problems = tuple(sorted(everywhere))
     dropped = tuple(sorted(set().union(*per_seed.values()) - everywhere))
     values = np.array([[per_seed[s][p][0] for p in problems] for s in per_seed], dtype=float)
     weights = np.array([[per_seed[s][p][1] for p in problems] for s in per_seed], dtype=float)
-    name = metric.replace("_k", f"_{k}") if metric.endswith("_at_k") else metric
-    return ProblemValues(name, tuple(per_seed), problems, values.reshape(len(per_seed), -1),
-                         weights.reshape(len(per_seed), -1), dropped)
+    return ProblemValues(entry.key(k), tuple(per_seed), problems,
+                         values.reshape(len(per_seed), -1), weights.reshape(len(per_seed), -1),
+                         dropped)
 
 
-def _per_problem(samples: Iterable[GradedSample], metric: str,
-                 k: int) -> dict[str, tuple[float, float]]:
-    """{problem id: (value, weight)} of one seed's samples."""
+def _per_problem(samples: Iterable[GradedSample], value_of: PerProblem, k: int
+                 ) -> dict[str, tuple[float, float]]:
+    """{problem id: (value, weight)} of one seed's samples, each problem's in sample order."""
     by_problem: dict[str, list[GradedSample]] = {}
     for sample in samples:
         by_problem.setdefault(sample.problem_id, []).append(sample)
-    return {problem: _problem_value(sorted(group, key=lambda s: s.sample_index), metric, k)
+    return {problem: value_of(sorted(group, key=lambda s: s.sample_index), k)
             for problem, group in by_problem.items()}
-
-
-def _problem_value(group: list[GradedSample], metric: str, k: int) -> tuple[float, float]:
-    problem = group[0].problem_id
-    if metric == GREEDY:
-        if len(group) != 1 or group[0].correct is None:
-            raise ValueError(f"problem {problem!r} has {len(group)} responses for greedy "
-                             "accuracy: pass its one graded greedy response "
-                             "(samples_by_seed(..., greedy=True)), not its samples")
-        return float(group[0].correct), 1.0
-    if metric in ("avg_at_k", "pass_at_k"):
-        if len(group) < k:
-            raise ValueError(f"problem {problem!r} has {len(group)} samples but k={k}: "
-                             "sample n >= k responses per problem")
-        if any(s.correct is None for s in group):
-            raise ValueError(f"problem {problem!r} has an ungraded sample: grade it first")
-        correct = [bool(s.correct) for s in group]
-        if metric == "avg_at_k":
-            return sum(correct[:k]) / k, 1.0
-        return pass_at_k(len(correct), sum(correct), k), 1.0
-    if metric == "response_length_mean":
-        return sum(s.length for s in group) / len(group), 1.0
-    if metric == "truncation_rate":
-        return sum(bool(s.truncated) for s in group) / len(group), 1.0
-    weighted = [(s.entropy * s.length, s.length) for s in group
-                if s.entropy is not None and s.length]
-    return sum(h for h, _ in weighted), float(sum(n for _, n in weighted))
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased Pass@k of one problem: 1 − C(n − c, k) / C(n, k) (distill_core's estimator)."""
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 def pair(cell: ProblemValues, baseline: ProblemValues) -> tuple[ProblemValues, ProblemValues]:

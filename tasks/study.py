@@ -27,13 +27,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from tasks.eval_metrics import AVG_AT_K
 from tasks.store import EVAL_STAGE, GREEDY_STAGE, RolloutStore
-from tasks.tables import results_table
 from tasks.tracking import RunSummary, Tracker
 
 RL_SOURCE_TAG = "source_run"  # set by rl_after_distill on each GRPO run: the run it started from
 GROUPS = ("reference", "grid cell", "λ mix", "curriculum")
-_HEADLINE_K = re.compile(r"eval/overall/avg_at_(\d+)")
+# eval/overall/avg_at_<k>: the key AVG_AT_K is logged under, its k a group
+_HEADLINE_K = re.compile(re.escape(AVG_AT_K.logged(k=0)).removesuffix("0") + r"(\d+)")
 
 
 def _frozen(mapping: Mapping | None = None) -> Mapping:
@@ -333,20 +334,3 @@ def samples_by_seed(runs: Iterable[StudyRun], benchmark: str | None = None,
         if samples:
             by_seed[run.seed] = samples
     return by_seed
-
-
-# ----------------------------------------------------------------------------- read-backs
-
-
-def grid_report(tracking_uri: str, experiment: str, parent_run_id: str | None = None) -> str:
-    """The results table of a grid study, read back from MLflow (the newest, unless given)."""
-    with Tracker(tracking_uri) as tracker:
-        parent = parent_run_id or newest_grid(tracker, experiment)
-        if parent is None:
-            raise ValueError(f"no grid run in experiment {experiment!r} at {tracking_uri}; "
-                             "run `distill grid CONFIG` first")
-        study = read_study(tracker, parent_run_id=parent)
-    rows = [{"cell": run.name, "metrics": dict(run.metrics), "train": dict(run.metrics)}
-            for run in study.runs]
-    return f"grid run {parent}\n" + results_table(rows, study.eval_ks or [1])
-

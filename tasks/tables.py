@@ -1,13 +1,19 @@
 """The Markdown tables flows print and attach: a study's results, RL before → after.
 
-Every table shows greedy accuracy beside Avg@k and Pass@k, and the gold-solution NLL split into
-answer digits and the rest (``tasks.evaluate``), with ``LEGEND`` under it: a cell that only
-sharpens its distribution can raise Avg@k while its greedy accuracy falls and its gold NLL rises.
+Their metric columns are the entries of ``tasks.eval_metrics`` (labels, formats, which table
+shows which, in the table's order). Every table shows greedy accuracy beside Avg@k and Pass@k,
+and the gold-solution NLL split into answer digits and the rest (``tasks.evaluate``), with
+``LEGEND`` under it: a cell that only sharpens its distribution can raise Avg@k while its greedy
+accuracy falls and its gold NLL rises.
 """
 
 from __future__ import annotations
 
 import math
+
+from tasks.eval_metrics import AVG_AT_K, HEADLINE, EvalMetric, shown_in
+from tasks.stats import interval, paired_difference, problem_values
+from tasks.study import samples_by_seed
 
 # What a reader needs to read the two metrics that tell learning from sharpening; the HTML
 # report shows the same words.
@@ -26,20 +32,14 @@ def results_table(rows: list[dict], ks: list[int]) -> str:
     rows: {"cell": label, "metrics": eval metrics, "train": final train metrics or {}}.
     """
     k = max(ks)
-    head = ["cell", f"avg@{k}", f"pass@{k}", "avg@1", "greedy", "gold NLL digits",
-            "gold NLL other", "mean length", "truncated", "entropy", "train FLOPs", "train s"]
+    # avg@1 after avg@k and pass@k: the single-sample accuracy every k shares
+    columns = [(m.logged(k), m.heading(k), m.spec) for m in shown_in("full")]
+    columns.insert(2, (AVG_AT_K.logged(1), AVG_AT_K.heading(1), AVG_AT_K.spec))
+    head = ["cell", *(label for _, label, _ in columns), "train FLOPs", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         m, t = row["metrics"], row.get("train", {})
-        cells_ = [row["cell"], _fmt(m.get(f"eval/overall/avg_at_{k}")),
-                  _fmt(m.get(f"eval/overall/pass_at_{k}")),
-                  _fmt(m.get("eval/overall/avg_at_1")),
-                  _fmt(m.get("eval/overall/greedy_accuracy")),
-                  _fmt(m.get("eval/overall/gold_nll_digits")),
-                  _fmt(m.get("eval/overall/gold_nll_other")),
-                  _fmt(m.get("eval/overall/response_length_mean"), ".1f"),
-                  _fmt(m.get("eval/overall/truncation_rate"), ".1%"),
-                  _fmt(m.get("eval/overall/entropy")),
+        cells_ = [row["cell"], *(_fmt(m.get(key), spec) for key, _, spec in columns),
                   _fmt(t.get("train/total_flops"), ".2e"),
                   _fmt(t.get("time/train_total"), ".0f")]
         lines.append("| " + " | ".join(cells_) + " |")
@@ -47,21 +47,15 @@ def results_table(rows: list[dict], ks: list[int]) -> str:
 
 
 def before_after_table(rows: list[dict], ks: list[int]) -> str:
-    """Markdown: per source cell, Avg@k / Pass@k / greedy / entropy / length / gold NLL before
-    and after RL, then the legend."""
+    """Markdown: per source cell, each metric of the brief tables (Avg@k, Pass@k, greedy,
+    length, entropy, gold NLL) before and after RL, then the legend."""
     k = max(ks)
-    keys = [(f"eval/overall/avg_at_{k}", f"avg@{k}", ".3f"),
-            (f"eval/overall/pass_at_{k}", f"pass@{k}", ".3f"),
-            ("eval/overall/greedy_accuracy", "greedy", ".3f"),
-            ("eval/overall/entropy", "entropy", ".3f"),
-            ("eval/overall/response_length_mean", "mean length", ".1f"),
-            ("eval/overall/gold_nll_digits", "gold NLL digits", ".3f"),
-            ("eval/overall/gold_nll_other", "gold NLL other", ".3f")]
-    head = ["cell"] + [f"{label} before → after" for _, label, _ in keys]
+    metrics = shown_in("brief")
+    head = ["cell"] + [f"{m.heading(k)} before → after" for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        values = [f"{_fmt(row['before'].get(key), spec)} → {_fmt(row['after'].get(key), spec)}"
-                  for key, _, spec in keys]
+        values = [f"{_fmt(row['before'].get(m.logged(k)), m.spec)} → "
+                  f"{_fmt(row['after'].get(m.logged(k)), m.spec)}" for m in metrics]
         lines.append("| " + " | ".join([row["label"], *values]) + " |")
     return "\n".join(lines) + f"\n\n{LEGEND}"
 
@@ -72,17 +66,15 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 
 def interval_table(study, baseline: str, k: int) -> str:
-    """The study's results as Markdown, every metric from the store's per-problem rows a mean
-    over seeds and problems with its 95 % interval (tasks.stats), each cell's Avg@k and greedy
-    accuracy differences to the baseline with their intervals, and the gold NLL (the runs'
-    logged means: no per-problem rows). Cells are the study's labels (runs of one label are its
-    seeds); values are each run's last evaluation. A cell without greedy rows shows "–"."""
-    from tasks.study import samples_by_seed
-
-    head = ["cell", "seeds", f"avg@{k} [95 %]", f"pass@{k} [95 %]", "greedy [95 %]",
-            "mean length [95 %]", "truncated", "entropy [95 %]", "gold NLL digits",
-            "gold NLL other", f"Δ avg@{k} vs {baseline} [95 %]",
-            f"Δ greedy vs {baseline} [95 %]", "train FLOPs"]
+    """The study's results as Markdown: every metric with per-problem rows in the store a mean
+    over seeds and problems (with its 95 % interval where its entry asks for one,
+    tasks.stats), the others (gold NLL) the runs' logged means; then each cell's Avg@k and
+    greedy accuracy differences to the baseline with their intervals. Cells are the study's
+    labels (runs of one label are its seeds); values are each run's last evaluation. A cell
+    without greedy rows shows "–"."""
+    metrics = shown_in("full")
+    head = ["cell", "seeds", *(_interval_head(m, k) for m in metrics),
+            *(f"Δ {m.heading(k)} vs {baseline} [95 %]" for m in HEADLINE), "train FLOPs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     runs = study.cells()
     base = {greedy: samples_by_seed(runs.get(baseline, ()), greedy=greedy)
@@ -95,40 +87,37 @@ def interval_table(study, baseline: str, k: int) -> str:
             continue
         against = base if label != baseline else {}
         lines.append("| " + " | ".join([
-            label, str(len(cell[False])), _measured(cell[False], "avg_at_k", k),
-            _measured(cell[False], "pass_at_k", k), _measured(cell[True], "greedy_accuracy", k),
-            _measured(cell[False], "response_length_mean", k, ".1f"),
-            _measured(cell[False], "truncation_rate", k, ".1%", with_interval=False),
-            _measured(cell[False], "entropy", k),
-            _mean_metric(cell_runs, "eval/overall/gold_nll_digits", ".3f"),
-            _mean_metric(cell_runs, "eval/overall/gold_nll_other", ".3f"),
-            _delta(cell[False], against.get(False), "avg_at_k", k),
-            _delta(cell[True], against.get(True), "greedy_accuracy", k),
+            label, str(len(cell[False])),
+            *(_measured(cell[m.greedy], m, k) if m.per_problem
+              else _mean_metric(cell_runs, m.logged(k), m.spec) for m in metrics),
+            *(_delta(cell[m.greedy], against.get(m.greedy), m, k) for m in HEADLINE),
             _mean_metric(cell_runs, "train/total_flops", ".2e")]) + " |")
     return "\n".join(lines) + f"\n\n{LEGEND}"
 
 
-def _measured(by_seed: dict, metric: str, k: int, spec: str = ".3f",
-              with_interval: bool = True) -> str:
-    """A cell's metric over its seeds and problems with its 95 % interval; "–" without rows."""
-    from tasks.stats import interval, problem_values
+def _interval_head(metric: EvalMetric, k: int) -> str:
+    shows_interval = metric.per_problem is not None and metric.interval
+    return metric.heading(k) + (" [95 %]" if shows_interval else "")
 
+
+def _measured(by_seed: dict, metric: EvalMetric, k: int) -> str:
+    """A cell's metric over its seeds and problems, with its 95 % interval where the metric's
+    entry asks for one; "–" without rows."""
     if not by_seed:
         return "–"
-    values = problem_values(by_seed, metric, k)
-    if not with_interval:
+    values, spec = problem_values(by_seed, metric.name, k), metric.spec
+    if not metric.interval:
         return f"{values.estimate:{spec}}"
     found = interval(values)
     return f"{found.estimate:{spec}} [{found.low:{spec}}, {found.high:{spec}}]"
 
 
-def _delta(cell: dict, baseline: dict | None, metric: str, k: int) -> str:
+def _delta(cell: dict, baseline: dict | None, metric: EvalMetric, k: int) -> str:
     """cell − baseline, paired by seed and problem, with its 95 % interval; "–" without rows."""
-    from tasks.stats import paired_difference, problem_values
-
     if not cell or not baseline:
         return "–"
-    found = paired_difference(problem_values(cell, metric, k), problem_values(baseline, metric, k))
+    found = paired_difference(problem_values(cell, metric.name, k),
+                              problem_values(baseline, metric.name, k))
     return f"{found.estimate:+.3f} [{found.low:+.3f}, {found.high:+.3f}]"
 
 

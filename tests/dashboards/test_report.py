@@ -191,7 +191,7 @@ def test_plots_count_and_points(study):
     assert marks(page, "marker") == 3 * (1 + 2)  # a length change and two gates, on 3 curves
     assert marks(page, "bar") == 2 * 5  # 2 benchmarks × 5 evaluated cells
     assert page.count("<table") == EXPECTED_TABLES
-    assert re.search(r'<title>sft \(1 run: \w{8}\): Avg@4 [\d.]+ \[[\d.]+, [\d.]+\], token', page)
+    assert re.search(r'<title>sft \(1 run: \w{8}\): avg@4 [\d.]+ \[[\d.]+, [\d.]+\], token', page)
     assert "No interval (no per-problem rows in the store): teacher, opd +curriculum." in page
 
 

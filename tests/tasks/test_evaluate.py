@@ -10,6 +10,7 @@ import pytest
 
 from tasks.data import Problem, write_problems
 from tasks.entropy import entropy_probe, response_entropies
+from tasks.eval_metrics import EVAL_METRICS
 from tasks.evaluate import (
     EVAL_VERSION,
     EvalConfig,
@@ -223,6 +224,14 @@ def test_greedy_is_on_by_default_and_graded_per_problem(sevens_evaluation):
     assert result.metrics["eval/sevens/greedy_accuracy"] == 0.5
     assert result.metrics["eval/bare/greedy_accuracy"] == 0.5
     assert result.metrics["eval/overall/greedy_accuracy"] == 0.5
+
+
+def test_evaluation_returns_exactly_the_metrics_of_the_table(sevens_evaluation):
+    """Every metric evaluation returns has its entry in tasks.eval_metrics, spelled the same, and
+    every entry is returned (at each k): what the tables and the report read is produced."""
+    overall = {key.removeprefix("eval/overall/") for key in sevens_evaluation[0].metrics
+               if key.startswith("eval/overall/")}
+    assert overall == {metric.key(k) for metric in EVAL_METRICS for k in (1, 4)}
 
 
 def test_greedy_rows_are_stored_apart_and_not_counted_in_avg_at_k(sevens_evaluation):
