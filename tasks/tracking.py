@@ -36,7 +36,7 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,6 +50,7 @@ from mlflow.utils.validation import (
     MAX_PARAMS_TAGS_PER_BATCH,
 )
 
+from distill_core import Objective
 from tasks.artifacts import artifact_root
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,10 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, str]:
     """Nested dicts, dataclasses and pydantic models as ``{"a.b.c": "value"}``.
 
     Lists and tuples become compact JSON strings; everything else its ``str``."""
+    if isinstance(config, Objective):  # as configs write it: "opd", "student:0.25"
+        return {prefix: config.name}
     if is_dataclass(config) and not isinstance(config, type):
-        config = asdict(config)
+        config = {f.name: getattr(config, f.name) for f in fields(config)}
     elif hasattr(config, "model_dump"):
         config = config.model_dump()
     if not isinstance(config, Mapping):
