@@ -3,7 +3,10 @@
 One flat, validated pydantic model per flow, so the Prefect UI renders it as a form with
 defaults and rejects a bad value before a run starts, naming the field; YAML files in
 ``configs/`` fill the same models from the command line (``load_config``), with errors that name
-the file, the line or the field.
+the file, the line or the field. The forms' knobs are not written here: they are generated from
+the stage configs' declarations (``tasks.settings``), so a default, a bound or a description has
+one home; what is written here is what only a flow has (where models come from, a study's cells,
+seeds and analysis). Validating a form builds every stage config it will make.
 
 - ``ExperimentConfig``: one distillation run (the ``distill`` flow's form).
 - ``StudyConfig``: a study (the ``grid`` flow's form): cells × seeds, λ mixes, a long horizon,
