@@ -37,11 +37,11 @@ from pydantic import (
 
 import distill_core as dc
 from tasks.evaluate import EvalConfig
-from tasks.plan import check_stage_configs
+from tasks.plan import check_evaluate_stage_config, check_rl_stage_configs, check_stage_configs
 from tasks.profiles import DEFAULT, DEFAULT_BENCHMARK, PROFILE_HELP, PROFILES, ProfileName
 from tasks.rl import GRPOConfig
 from tasks.runs import check_name
-from tasks.settings import built_for_form, form_fields, profile_defaults, stage_values
+from tasks.settings import form_fields, profile_defaults
 from tasks.train import TrainConfig
 
 REFERENCES = ("teacher", "student (start)")  # the study's untrained reference runs
@@ -298,8 +298,7 @@ class _EvaluateBase(_Config):
 
     @model_validator(mode="after")
     def _stage_accepts(self):
-        built_for_form(lambda: EvalConfig("<model>", tuple(self.benchmarks),
-                                          **stage_values(self, EvalConfig)), EvalConfig)
+        check_evaluate_stage_config(self)
         return self
 
 
@@ -335,11 +334,7 @@ class _RLBase(_Config):
 
     @model_validator(mode="after")
     def _stages_accept(self):
-        built_for_form(lambda: GRPOConfig("<policy>", "<problems>", "<output>",
-                                          **stage_values(self, GRPOConfig)), GRPOConfig)
-        built_for_form(lambda: EvalConfig("<model>", tuple(self.benchmarks),
-                                          **stage_values(self, EvalConfig, "eval_")),
-                       EvalConfig, "eval_")
+        check_rl_stage_configs(self)
         return self
 
 

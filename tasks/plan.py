@@ -149,6 +149,21 @@ def check_stage_configs(config: StudyConfig | ExperimentConfig) -> None:
                        GRPOConfig, "rl_", "GRPO after distillation")
 
 
+def check_evaluate_stage_config(config: EvaluateFlowConfig) -> None:
+    """The evaluate form's EvalConfig, built through its translator: refused here, if at all."""
+    built_for_form(lambda: flow_eval_config(config, "<model>", tuple(config.benchmarks)),
+                   EvalConfig)
+
+
+def check_rl_stage_configs(config: RLFlowConfig) -> None:
+    """The RL form's GRPOConfig and EvalConfig, built through their translators."""
+    inputs = RLInputs("<train problems>", tuple(config.benchmarks))
+    built_for_form(lambda: grpo_config(config, inputs, {"checkpoint": "<student>",
+                                                         "reference": None}, "<output>"),
+                   GRPOConfig)
+    built_for_form(lambda: eval_config(config, inputs, "<model>"), EvalConfig, "eval_")
+
+
 def teacher_product_groups(config: StudyConfig | ExperimentConfig, inputs: Inputs,
                            cells_: list[Cell], root: str | Path | None = None
                            ) -> dict[tuple, tuple[TrainConfig, list[str]]]:
