@@ -40,7 +40,8 @@ from tasks.store import DEFAULT_URL_ENV, default_url
 
 LOCK_FILE = ".lock"
 RUN_KEY_TAG = "run_key"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Matched with fullmatch: "$" alone also accepts a trailing newline.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 MAX_NAME_LENGTH = 64
 
 
@@ -68,7 +69,7 @@ def check_name(kind: str, name: str) -> str:
     starting with a letter or digit, at most 64 characters. Returns it; ValueError otherwise."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"{kind} name is empty: give it a name like 'demo'")
-    if len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.match(name):
+    if len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(name):
         shown = name if len(name) <= 80 else name[:77] + "..."
         raise ValueError(f"{kind} name {shown!r} is not allowed: use at most {MAX_NAME_LENGTH} "
                          "letters, digits, '_', '-' and '.', starting with a letter or digit "

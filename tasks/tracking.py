@@ -76,7 +76,7 @@ LOCAL_UI = "http://127.0.0.1:5000"
 # search facets and the UI state as JSON), opened by ?viewStateShareKey=<key>.
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
 # The characters MLflow accepts in metric and param names (mlflow/utils/validation.py).
-_VALID_NAME = re.compile(r"^[/\w.\- :]+$")
+_VALID_NAME = re.compile(r"[/\w.\- :]+")  # fullmatch: "$" accepts a final newline
 
 
 def default_tracking_uri(artifacts_dir: str | Path | None = None) -> str:
@@ -178,7 +178,7 @@ def _truncate_param(key: str, text: str) -> str:
 
 
 def _check_name(kind: str, name: str) -> None:
-    if (not _VALID_NAME.match(name) or len(name) > MAX_ENTITY_KEY_LENGTH
+    if (not _VALID_NAME.fullmatch(name) or len(name) > MAX_ENTITY_KEY_LENGTH
             or posixpath.normpath(name) != name):
         raise ValueError(
             f"{kind} name {name!r} is not valid in MLflow: use at most {MAX_ENTITY_KEY_LENGTH} "

@@ -23,6 +23,7 @@ def _load(tmp_path, content: bytes | str):
     ("- just\n- a list\n", "expected a mapping of ExperimentConfig fields"),
     ("name: ../../x\n", "name: Value error, experiment name '../../x' is not allowed"),
     ("name: a/b\n", "experiment name 'a/b' is not allowed"),
+    ('name: "relnl\\n"\n', "experiment name 'relnl\\n' is not allowed"),  # "$" took the newline
     ("name: ''\n", "experiment name is empty"),
     (f"name: {'x' * 600}\n", "is not allowed: use at most 64"),
     ("eval_ks: []\n", "eval_ks is empty"),

@@ -88,6 +88,8 @@ def test_metrics_are_read_back_by_step(tracker, caplog):
     assert tracker.run_metrics(run_id) == {"train/loss": 1 / 3, length_key: 20.0}
     with pytest.raises(ValueError, match="name it 'stage/name'"):
         tracker.log_metrics(run_id, {"loss": 1.0}, step=5)
+    with pytest.raises(ValueError, match="not valid in MLflow"):  # "$" alone took the newline
+        tracker.log_metrics(run_id, {"train/loss\n": 1.0}, step=5)
 
 
 def test_parent_and_child_runs_with_tags(tracker):
