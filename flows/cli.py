@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"distill {args.command}: {_one_line(error)}", file=sys.stderr)
-        return 2
+        return TRACKING_OUTAGE_EXIT if _is_tracking_outage(error) else 2
 
 
 def _prefect_api_url() -> str | None:
@@ -194,6 +194,16 @@ def _interrupt_on_sigterm() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+# EX_TEMPFAIL: the work is kept and closed as after a kill; trying again later completes it.
+TRACKING_OUTAGE_EXIT = 75
+
+
+def _is_tracking_outage(error: BaseException) -> bool:
+    from tasks.tracking import TrackingOutage
+
+    return isinstance(error, TrackingOutage)
 
 
 def _one_line(error: BaseException) -> str:

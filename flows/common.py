@@ -40,7 +40,7 @@ from tasks.prefect_tasks import (
     train_task,
 )
 from tasks.runs import Locations
-from tasks.tracking import Tracker, browse_hint
+from tasks.tracking import Tracker, TrackingOutage, browse_hint
 
 
 @task(name="report", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -147,7 +147,11 @@ def links_task(tracking_uri: str, run_id: str, children_k: int | None = None) ->
     run: a study, a night), also ``runs`` (its child runs as a table with their Avg@k, Pass@k,
     greedy accuracy, entropy, length, truncation and gold NLL columns at k = children_k) and
     ``compare`` (MLflow's compare page for them)."""
-    with Tracker(tracking_uri) as tracker:
+    try:
+        tracker = Tracker(tracking_uri)
+    except ConnectionError as error:  # it answered when the run started
+        raise TrackingOutage(tracking_uri, "the runs had ended") from error
+    with tracker:
         links = {"run": tracker.run_link(run_id)}
         children = [c.run_id for c in tracker.child_runs(run_id)] if children_k else []
         if children:

@@ -46,7 +46,7 @@ from tasks.runs import (
 from tasks.store import RolloutStore
 from tasks.study import read_evaluations, read_study
 from tasks.tables import interval_table
-from tasks.tracking import PARENT_TAG, Tracker
+from tasks.tracking import PARENT_TAG, Tracker, TrackingOutage, tracking_answers
 from tasks.train import TrainConfig, teacher_prefixes, teacher_scores, train
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5}
@@ -251,9 +251,17 @@ def tracked_run(spec: RunSpec, tracking_uri: str) -> Iterator[TrackedRun]:
         except (KeyboardInterrupt, ExternalSignal):  # Ctrl-C; SIGTERM inside a Prefect run
             close_run_task(run.ref, "KILLED")
             raise
-        except BaseException:
-            close_run_task(run.ref, "FAILED")
+        except TrackingOutage:  # a child run met it first and said so
+            close_run_task(run.ref, "KILLED")
             raise
+        except BaseException as error:
+            if tracking_answers(tracking_uri):
+                close_run_task(run.ref, "FAILED")
+                raise
+            # The server went away mid-run: an interruption, not a failure of the run, and
+            # what it had done resumes as after a kill.
+            close_run_task(run.ref, "KILLED")
+            raise TrackingOutage(tracking_uri, f"run {spec.name!r} is marked KILLED") from error
         close_run_task(run.ref, "FINISHED", run.end)
 
 

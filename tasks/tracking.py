@@ -21,6 +21,7 @@ at once and raises if the server is down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -63,6 +64,8 @@ HTTP_CLIENT_DEFAULTS = {  # MLflow's defaults (7 retries, 120 s) would stall tra
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
 }
 HEALTH_TIMEOUT_S = 5.0
+# Which of HTTP_CLIENT_DEFAULTS the tracker set itself (the user had not): replay lifts those.
+_SET_HERE: set[str] = set()
 # MLflow's client prints its own "View run … at" links, which open the GenAI view of MLflow 3's
 # UI; the platform prints links that open the training view instead (run_url below).
 QUIET_CLIENT_DEFAULTS = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
@@ -244,10 +247,12 @@ class Tracker:
                  *, initial_backoff_s: float = 1.0, max_backoff_s: float = 30.0,
                  max_buffered: int = 100_000, check: bool = True):
         for name, value in {**HTTP_CLIENT_DEFAULTS, **QUIET_CLIENT_DEFAULTS}.items():
-            os.environ.setdefault(name, value)
+            if name not in os.environ:
+                os.environ[name] = value
+                _SET_HERE.add(name)
         self.artifacts_dir = artifact_root(artifacts_dir)
         self.tracking_uri = tracking_uri or default_tracking_uri(self.artifacts_dir)
-        self.spill_dir = self.artifacts_dir / "tracking-spill"
+        self.spill_dir = spill_folder(self.artifacts_dir)
         self.initial_backoff_s, self.max_backoff_s = initial_backoff_s, max_backoff_s
         self.max_buffered = max_buffered
         self.nonfinite_skipped: Counter[str] = Counter()  # metric key -> values skipped
@@ -505,11 +510,16 @@ class Tracker:
         return len(records)
 
     def replay_all(self) -> dict[str, int]:
-        """Replay every spill file of this artifact directory; {run id: records sent}."""
+        """Replay every spill file of this artifact directory; {run id: records sent}.
+
+        Under MLflow's own HTTP timeout and retries (or the user's MLFLOW_HTTP_REQUEST_*), not
+        the short ones a run uses: a server just back from an outage may answer slowly, and
+        replay has nothing else to keep moving."""
         if not self.spill_dir.is_dir():
             return {}
-        return {path.stem: self.replay_spill(path)
-                for path in sorted(self.spill_dir.glob("*.jsonl"))}
+        with _mlflow_http_settings():
+            return {path.stem: self.replay_spill(path)
+                    for path in sorted(self.spill_dir.glob("*.jsonl"))}
 
     # -- artifacts ----------------------------------------------------------------------------
 
@@ -772,6 +782,41 @@ def _first_line(error: BaseException) -> str:
 
 def _sqlite_path(uri: str) -> Path:
     return Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve()
+
+
+@contextlib.contextmanager
+def _mlflow_http_settings() -> Iterator[None]:
+    """Lift the short HTTP timeout and retries the tracker set (not those the user set)."""
+    lifted = {name: os.environ.pop(name) for name in list(_SET_HERE) if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(lifted)
+
+
+class TrackingOutage(ConnectionError):
+    """The tracking server stopped answering after the run had started: what could not be sent
+    waits in the spill folder, and the runs are closed there as an interrupted run is."""
+
+    def __init__(self, uri: str, what: str):
+        super().__init__(
+            f"MLflow at {uri} stopped answering; {what}. What could not be sent waits in "
+            f"{spill_folder()}: start MLflow again, then `distill replay` sends it (or the same "
+            "command again sends it first and resumes what did not finish)")
+
+
+def spill_folder(artifacts_dir: str | Path | None = None) -> Path:
+    """Where a tracker writes what it could not send (see ``Tracker.spill_path``)."""
+    return artifact_root(artifacts_dir) / "tracking-spill"
+
+
+def tracking_answers(uri: str) -> bool:
+    """Whether the tracking store answers now (a server's /health; a SQLite file opens)."""
+    try:
+        _check_reachable(uri)
+    except ConnectionError:
+        return False
+    return True
 
 
 def _check_reachable(uri: str) -> None:

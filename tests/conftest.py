@@ -2,7 +2,13 @@
 fixtures: tiny real models, and one temporary Prefect server per session."""
 
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Prefect: a throwaway home, no telemetry, and time for a fresh temporary server to start.
@@ -126,3 +132,60 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("seconds by test group")
     for group, seconds in sorted(_GROUP_SECONDS.items(), key=lambda item: -item[1]):
         terminalreporter.write_line(f"{seconds:8.1f} s  {group}")
+
+
+# ----------------------------------------------------------------------------- a real MLflow server
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on a fixed port and database, which can be killed and restarted."""
+
+    def __init__(self, root: Path):
+        self.root, self.port = root, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120) -> None:
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--workers", "1",
+                   "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+                   "--artifacts-destination", str(self.root / "server-artifacts")]
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        with (self.root / "server.log").open("a") as server_log:
+            self.process = subprocess.Popen(command, env=env, stdout=server_log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, (self.root / "server.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"mlflow server did not answer on {self.uri} in {timeout_s} s")
+
+    def stop(self) -> None:
+        """Terminate the server's own process group (it starts uvicorn as a child)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A started `mlflow server` in tmp_path/mlflow-server, stopped after the test."""
+    server = MlflowServer(tmp_path / "mlflow-server")
+    server.root.mkdir()
+    server.start()
+    yield server
+    server.stop()

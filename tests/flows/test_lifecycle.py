@@ -265,3 +265,30 @@ def test_a_full_disk_at_the_end_is_one_line_and_never_raises(tmp_path, monkeypat
     lines: list[str] = []
     close_run(RunRef(uri, run_id), "FAILED", log=lines.append)
     assert len(lines) == 1 and "No space left on device" in lines[0], lines
+
+
+@pytest.mark.slow
+def test_a_tracking_outage_mid_run_ends_in_one_line_and_replay_closes_the_run(
+        prefect_server, tmp_path, inputs, mlflow_server, monkeypatch):
+    artifacts = tmp_path / "artifacts"
+    config = _config(tmp_path, inputs, steps=30)
+    env = {**_env(artifacts, PREFECT_API_URL.value()), "MLFLOW_TRACKING_URI": mlflow_server.uri}
+    process = _start(config, env)
+    _wait_for_checkpoint(artifacts, "checkpoint-000003", process)
+    mlflow_server.stop()  # down for the rest of the run
+    output = process.communicate(timeout=600)[0]
+    last = output.strip().splitlines()[-1]
+    assert process.returncode == 75, output[-3000:]  # EX_TEMPFAIL, not a failure
+    assert f"MLflow at {mlflow_server.uri} stopped answering" in last and "replay" in last, last
+    assert latest_checkpoint(next(artifacts.glob("runs/lifecycle/*/*/train"))).name == (
+        "checkpoint-000030")  # training and evaluation went on without the server
+
+    mlflow_server.start()  # same port, same database
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(artifacts))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    assert main(["replay"]) == 0
+    with Tracker(mlflow_server.uri, artifacts_dir=artifacts) as tracker:
+        [run] = tracker.experiment_runs("lifecycle")
+        assert run.status == "FINISHED"
+        assert len(tracker.metric_history(run.run_id, "train/loss")) == 30
+    assert main(["run", str(config)]) == 0  # the same command: reused, not trained again

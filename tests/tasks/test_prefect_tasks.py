@@ -7,7 +7,9 @@ import pytest
 from prefect import flow
 
 from tasks.data import write_problems
-from tasks.prefect_tasks import train_task
+from tasks.prefect_tasks import tracked_run, train_task
+from tasks.runs import RunSpec
+from tasks.tracking import Tracker, TrackingOutage
 from tasks.train import TrainConfig
 
 
@@ -29,3 +31,31 @@ def test_train_task_runs_in_a_flow(prefect_server, tmp_path, tiny_pair, tiny_pro
     assert out["metrics"]["step"] == 2.0
     with pytest.raises(ValueError, match="checkpoint of a different config"):
         distill(replace(config, learning_rate=1e-3))  # another config, same directory
+
+
+@pytest.mark.slow
+def test_a_tracking_outage_inside_a_run_closes_it_killed_and_the_rerun_resumes_it(
+        prefect_server, tmp_path, mlflow_server, monkeypatch):
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(tmp_path))
+    spec = RunSpec("outage", "cell", {}, {"steps": 3}, tmp_path / "cell", key="k1")
+
+    @flow
+    def cell() -> None:
+        with tracked_run(spec, mlflow_server.uri) as run:
+            mlflow_server.stop()  # the next call that cannot wait for it fails
+            Tracker(mlflow_server.uri, check=False).set_tags(run.ref.run_id, {"a": "b"})
+
+    with pytest.raises(TrackingOutage, match="run 'cell' is marked KILLED"):
+        cell()
+    mlflow_server.start()
+    with Tracker(mlflow_server.uri, artifacts_dir=tmp_path) as tracker:
+        assert tracker.replay_all()
+        [run] = tracker.experiment_runs("outage")
+        assert run.status == "KILLED"
+
+    @flow
+    def rerun() -> bool:
+        with tracked_run(spec, mlflow_server.uri) as again:
+            return again.ref.resumed and again.ref.run_id == run.run_id
+
+    assert rerun()

@@ -1,15 +1,13 @@
 """tasks.tracking against a real MLflow: a SQLite store in tmp_path, and for the outage test a
 real `mlflow server` subprocess that is killed and restarted mid-run."""
 
+import contextlib
 import json
 import logging
 import os
-import signal
 import socket
-import subprocess
-import sys
+import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,48 +212,9 @@ def test_a_long_outage_spills_to_disk_instead_of_filling_memory(tracker):
     assert len(small.metric_history(run_id, "train/loss")) == 8
 
 
-class MlflowServer:
-    """A real `mlflow server` on a fixed port and database, which can be killed and restarted."""
-
-    def __init__(self, root: Path):
-        self.root, self.port = root, _free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 120) -> None:
-        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--workers", "1",
-                   "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-                   "--artifacts-destination", str(self.root / "server-artifacts")]
-        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-        with (self.root / "server.log").open("a") as server_log:
-            self.process = subprocess.Popen(command, env=env, stdout=server_log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.root / "server.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError(f"mlflow server did not answer on {self.uri} in {timeout_s} s")
-
-    def stop(self) -> None:
-        """Terminate the server's own process group (it starts uvicorn as a child)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
 @pytest.mark.slow
-def test_metrics_survive_a_server_outage(tmp_path):
-    server = MlflowServer(tmp_path)
+def test_metrics_survive_a_server_outage(tmp_path, mlflow_server):
+    server = mlflow_server
     server.start()
     try:
         tracker = Tracker(server.uri, artifacts_dir=tmp_path)
@@ -284,3 +243,56 @@ def test_metrics_survive_a_server_outage(tmp_path):
         assert tracker.run_metrics(run_id) == {"train/loss": 13.0, "eval/default/avg_at_4": 0.5}
     finally:
         server.stop()
+
+
+class SlowLink:
+    """A TCP relay to a real server that holds every response back by delay_s: a tracking
+    server that answers, slowly (as one just back from an outage may)."""
+
+    def __init__(self, port: int, delay_s: float):
+        self.upstream, self.delay_s = ("127.0.0.1", port), delay_s
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.uri = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            server = socket.create_connection(self.upstream)
+            asked = threading.Event()
+            threading.Thread(target=self._pump, args=(client, server, asked, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, asked, True),
+                             daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, asked: threading.Event,
+              answers: bool) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                if not answers:
+                    asked.set()
+                elif asked.is_set():  # the first bytes of an answer wait
+                    time.sleep(self.delay_s)
+                    asked.clear()
+                sink.sendall(chunk)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+@pytest.mark.slow
+def test_replay_waits_as_long_as_mlflow_itself_would(tmp_path, mlflow_server, monkeypatch):
+    from flows.cli import main
+
+    tracker = Tracker(mlflow_server.uri, artifacts_dir=tmp_path)
+    run_id = tracker.start_run("replay", "slow", {})
+    mlflow_server.stop()
+    tracker.log_metrics(run_id, {"train/loss": 1.0}, step=0)
+    assert tracker.close() == 1  # spilled
+    mlflow_server.start()
+    # 3 s per answer: past the 2 s a run allows itself, well inside MLflow's own 120 s.
+    slow = SlowLink(mlflow_server.port, delay_s=3.0)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", slow.uri)
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(tmp_path))
+    assert main(["replay"]) == 0
+    assert tracker.metric_history(run_id, "train/loss") == [(0, 1.0)]
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "2"  # runs keep their short timeout
