@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +261,9 @@ def preflight(config: Any = None, log=print) -> Locations:
 
     where = locations()
     check_free_space(where.root)
+    for url, label in ((where.tracking_uri, "MLflow database"), (where.store_url, "rollout store")):
+        if url.startswith("sqlite:///"):
+            check_sqlite_file(Path(url.removeprefix("sqlite:///").split("?")[0]), label)
     RolloutStore(where.store_url).close()  # a bad store URL or driver fails now, not after training
     with build_lock(where.root / ".tracking-setup.lock"):
         tracker = Tracker(where.tracking_uri, artifacts_dir=where.root)
@@ -286,6 +290,24 @@ def check_free_space(root: Path) -> None:
         raise ValueError(f"the artifacts folder {root} has {free} MB free; runs need at least "
                          f"{need} MB (free space, point --artifacts elsewhere, or lower "
                          f"${MIN_FREE_ENV})")
+
+
+def check_sqlite_file(path: Path, label: str) -> None:
+    """ValueError naming the file unless SQLite's quick_check passes on it (no file yet: one is
+    made). A damaged database is otherwise written into without notice."""
+    if not path.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as database:
+            problems = [row[0] for row in database.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as error:
+        problems = [str(error)]
+    if problems != ["ok"]:
+        first = " ".join(problems[0].replace("*** in database main ***", "").split())
+        raise ValueError(
+            f"the {label} {path} is damaged (SQLite quick_check: {first}): restore it "
+            f"from a backup, or move it aside (`mv {path} {path}.damaged`) and rerun to start a "
+            "new one (what it held stays in the moved file)")
 
 
 def check_models_available(config: Any) -> None:

@@ -834,11 +834,13 @@ def _check_reachable(uri: str) -> None:
         path = _sqlite_path(uri)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            sqlite3.connect(path).close()
+            with contextlib.closing(sqlite3.connect(path)) as database:
+                database.execute("PRAGMA schema_version")  # reads the header: is it SQLite?
         except (OSError, sqlite3.Error) as error:
             raise ConnectionError(
-                f"cannot open the MLflow SQLite database of {uri} ({error}): check that "
-                f"{path.parent} is writable, or set MLFLOW_TRACKING_URI to a server") from error
+                f"cannot open the MLflow SQLite database {path} ({error}): check that it is "
+                f"a database and {path.parent} is writable, or set MLFLOW_TRACKING_URI to a "
+                "server") from error
 
 
 def _send_status(tracker: Tracker, run_id: str, record: Mapping[str, Any]) -> None:
