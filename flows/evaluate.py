@@ -30,7 +30,7 @@ from tasks.tracking import Tracker
 def evaluate_flow(config: EvaluateFlowConfig = EvaluateFlowConfig()) -> dict:
     """Evaluate each model with one procedure and log Avg@k, Pass@k, length and entropy;
     returns {model label: {"run_id", "metrics"}}."""
-    where = preflight_task()
+    where = preflight_task(config)
     benchmarks = benchmarks_task(config.benchmarks, config.profile, str(where.root))
     models = models_task(config, where.tracking_uri, str(where.root))
     results, rows = {}, []

@@ -9,6 +9,7 @@ from prefect import flow
 
 from flows.common import links_task, publish, study_report
 from tasks.configs import RLFlowConfig
+from tasks.inputs import check_rl_lengths_fit
 from tasks.plan import eval_config, grpo_config, rl_source_spec, rl_spec
 from tasks.prefect_tasks import (
     evaluate_task,
@@ -27,12 +28,13 @@ from tasks.tables import before_after_table
 @flow(name="rl_after_distill", log_prints=True)
 def rl_after_distill_flow(config: RLFlowConfig = RLFlowConfig()) -> dict:
     """GRPO from each source student; returns the before → after table and the run ids."""
-    where = preflight_task()
+    where = preflight_task(config)
     inputs = rl_inputs_task(config, str(where.root))
+    study, sources = rl_sources(config, where.tracking_uri)
+    check_rl_lengths_fit(config, sources)  # before any run opens, not after an evaluation
     spec = rl_spec(config, inputs, where.root)
     rows = []
     with tracked_run(spec, where.tracking_uri) as parent:
-        study, sources = rl_sources(config, where.tracking_uri)
         for source in sources:
             rows.append(_grpo_from(config, inputs, source, where, spec.run_dir,
                                    parent.ref.run_id))

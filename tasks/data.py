@@ -23,9 +23,17 @@ Record formats (``format=``; ``"auto"`` decides from the first record's fields, 
 Ids come from a record's ``id`` / ``unique_id`` / ``idx`` field, else ``<source>-<position>``
 (the 1-based JSONL line, or the 0-based row of a Parquet file, JSON array or dataset).
 
-Bad rows (malformed JSON, a missing answer, an empty problem, a duplicate id) raise a
-``ValueError`` naming the file, line or row, and field. With ``on_bad_row="skip"`` they are
-skipped instead and listed in ``LoadResult.skipped``, never dropped silently.
+Bad rows (malformed JSON, a missing answer, an empty problem, a duplicate id, a size over
+``SIZE_LIMITS``) raise a ``ValueError`` naming the file, line or row, and field. With
+``on_bad_row="skip"`` they are skipped instead and listed in ``LoadResult.skipped``, never
+dropped silently.
+
+Sizes are bounded when a file is read, so that one hostile or broken record cannot exhaust
+memory later (a 50 MB problem line once grew an evaluation to 15.7 GB while it was tokenised): a
+JSONL line over its byte limit is refused before it is decoded or parsed, and read past in
+chunks, never held whole; problem, answer and solution texts have character limits. Each limit
+is raised through its environment variable (``SIZE_LIMITS``). A JSONL file is read a line at a
+time; a JSON array is parsed whole, so convert a large one to JSONL.
 
 pyarrow (Parquet), ``datasets`` and ``reasoning_gym`` are imported only by the paths that need
 them, so reading JSONL needs none of them.
@@ -44,7 +52,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from tasks.grader import last_boxed
 
@@ -58,6 +66,47 @@ PARQUET_SUFFIXES = (".parquet",)
 _HF_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?")
 _COMMA_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SKIP_HINT = "fix the row, or pass on_bad_row='skip' to skip bad rows (they are listed in .skipped)"
+
+
+# ----------------------------------------------------------------------------- size limits
+
+
+@dataclass(frozen=True)
+class SizeLimit:
+    """The largest input of one kind that is read: its default and the environment variable
+    that overrides it (read at each use, so a rerun with the variable set takes it)."""
+
+    what: str  # as messages name it
+    unit: str
+    default: int
+    env: str
+
+    def value(self) -> int:
+        text = os.environ.get(self.env)
+        if text is None:
+            return self.default
+        if not text.strip().isdigit() or int(text) < 1:
+            raise ValueError(f"${self.env}={text!r} is not a positive whole number of "
+                             f"{self.unit}; set it to one (default {self.default:,}) or unset it")
+        return int(text)
+
+    def refusal(self, size: int, limit: int) -> str:
+        return (f"is {size:,} {self.unit}, over the limit of {limit:,} for {self.what} "
+                f"(shorten it, or raise the limit with ${self.env})")
+
+
+# Generous for real math benchmarks: MATH problems are under 5,000 characters and their answers
+# under 200; long chain-of-thought solutions reach about 100,000 characters. A line holds its
+# record's problem, answer and solution (up to 4 bytes a character in UTF-8) with room to spare.
+SIZE_LIMITS = {
+    "line": SizeLimit("a JSONL line", "bytes", 1 << 20, "DISTILL_LAB_MAX_LINE_BYTES"),
+    "problem": SizeLimit("a problem", "characters", 20_000, "DISTILL_LAB_MAX_PROBLEM_CHARS"),
+    "answer": SizeLimit("an answer", "characters", 1_000, "DISTILL_LAB_MAX_ANSWER_CHARS"),
+    "solution": SizeLimit("a solution", "characters", 200_000,
+                          "DISTILL_LAB_MAX_SOLUTION_CHARS"),
+}
+_TEXT_FIELDS = ("problem", "answer", "solution")
+_SKIP_CHUNK = 1 << 20  # bytes read at a time past a line over the limit
 
 
 # ----------------------------------------------------------------------------- records
@@ -301,10 +350,22 @@ def _to_problem(record: Any, format: str, source: str, default_id: str) -> Probl
     if not isinstance(record, Mapping):
         raise _RowError(None, f"is a JSON {type(record).__name__}, expected an object {{...}}")
     if format == "problems":
-        return Problem.from_dict(record)
-    found = _FIELD_READERS[format](record)
-    return Problem(_record_id(record, default_id), found.problem, found.answer, found.solution,
-                   source)
+        problem = Problem.from_dict(record)
+    else:
+        found = _FIELD_READERS[format](record)
+        problem = Problem(_record_id(record, default_id), found.problem, found.answer,
+                          found.solution, source)
+    _check_sizes(problem)
+    return problem
+
+
+def _check_sizes(problem: Problem) -> None:
+    """Refuse a problem, answer or solution longer than its SIZE_LIMITS entry allows."""
+    for name in _TEXT_FIELDS:
+        text = getattr(problem, name)
+        limit = SIZE_LIMITS[name].value()
+        if text is not None and len(text) > limit:
+            raise _RowError(name, SIZE_LIMITS[name].refusal(len(text), limit))
 
 
 # ----------------------------------------------------------------------------- sources
@@ -333,8 +394,12 @@ def _existing_file(path: str | Path) -> Path:
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
     # Bytes in, decoded per line: a bad byte then names its line instead of failing the file.
+    limit = SIZE_LIMITS["line"].value()
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(_bounded_lines(handle, limit), start=1):
+            if isinstance(raw, int):
+                yield number, _RowError(None, SIZE_LIMITS["line"].refusal(raw, limit))
+                continue
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as error:
@@ -350,6 +415,19 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
             except RecursionError:
                 yield number, _RowError(None, "nests JSON too deeply to read; each line must be "
                                               "one flat problem object")
+
+
+def _bounded_lines(handle: BinaryIO, limit: int) -> Iterator[bytes | int]:
+    """Each line of handle, or for a line over limit bytes (its end of line not counted) its
+    size: the rest of such a line is read in chunks and dropped, so it is never held whole."""
+    while line := handle.readline(limit + 1):
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        size = len(line)
+        while not line.endswith(b"\n") and (line := handle.readline(_SKIP_CHUNK)):
+            size += len(line)
+        yield size - line.endswith(b"\n") - line.endswith(b"\r\n")
 
 
 def _json_array_records(path: Path) -> Iterator[tuple[int, Any]]:

@@ -31,7 +31,7 @@ import torch
 
 import distill_core as dc
 from tasks.data import Problem
-from tasks.rollout import Sample, context_length
+from tasks.rollout import Sample, context_length, encode_prompts, text_budget
 from tasks.scoring import response_batch, response_logits
 
 
@@ -60,8 +60,9 @@ def gold_samples(tokenizer, problems: Sequence[Problem], prompts: Sequence[str],
     chosen = [(i, p) for i, p in enumerate(problems) if p.solution]
     if not chosen:
         return []
-    prompt_ids = tokenizer([prompts[i] for i, _ in chosen], add_special_tokens=False)["input_ids"]
-    solution_ids = tokenizer([p.solution for _, p in chosen],
+    prompt_ids = encode_prompts(tokenizer, [prompts[i] for i, _ in chosen], context)
+    # a solution is scored on its first tokens that fit: its start is all that is tokenised
+    solution_ids = tokenizer([p.solution[:text_budget(context)] for _, p in chosen],
                              add_special_tokens=False)["input_ids"]
     samples = []
     for (index, problem), prompt, solution in zip(chosen, prompt_ids, solution_ids, strict=True):

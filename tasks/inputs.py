@@ -70,19 +70,34 @@ def resolve_inputs(config: ExperimentConfig, root: str | Path | None = None,
 def check_lengths_fit(config: ExperimentConfig, inputs: Inputs) -> None:
     """Every response cap (training, curriculum rungs, evaluation) below both models' context,
     checked from their configs before any rollout, training or evaluation starts."""
-    from tasks.models import check_available
-
     caps = {"max_new_tokens": config.max_new_tokens,
             "eval_max_new_tokens": config.eval_max_new_tokens}
     if config.curriculum:
         caps["curriculum"] = max(config.curriculum)
     for role in ("teacher", "student"):
-        model_config = check_available(getattr(inputs, role), role)
-        context = getattr(model_config, "max_position_embeddings", None)
-        for field_name, cap in caps.items():
-            if context is not None and cap >= context:
-                raise ValueError(f"{field_name}={cap} is not below the {role}'s context of "
-                                 f"{context} tokens ({getattr(inputs, role)}); lower it")
+        check_caps_fit(caps, role, getattr(inputs, role))
+
+
+def check_rl_lengths_fit(config: RLFlowConfig, sources: list[dict]) -> None:
+    """GRPO's and the evaluation's response caps below every source student's context, checked
+    from their configs before any run opens (GRPO's own check comes after the evaluation that
+    precedes it, minutes in)."""
+    caps = {"max_new_tokens": config.max_new_tokens,
+            "eval_max_new_tokens": config.eval_max_new_tokens}
+    for source in sources:
+        check_caps_fit(caps, "policy", source["checkpoint"])
+
+
+def check_caps_fit(caps: dict[str, int], role: str, model: str) -> None:
+    """Each response cap ({config field: tokens}) below the model's context, read from its
+    config without loading its weights."""
+    from tasks.models import check_available
+
+    context = getattr(check_available(model, role), "max_position_embeddings", None)
+    for field_name, cap in caps.items():
+        if context is not None and cap >= context:
+            raise ValueError(f"{field_name}={cap} is not below the {role}'s context of "
+                             f"{context} tokens ({model}); lower it")
 
 
 def resolve_rl_inputs(config: RLFlowConfig, root: str | Path | None = None,

@@ -158,7 +158,8 @@ def evaluate_task(config: EvalConfig, output_dir: str, store_url: str | None = N
 @task(name="preflight", cache_policy=NO_CACHE)
 def preflight_task(config=None) -> Locations:
     """Before any work: where things go, the tracking server answers, the artifacts folder has
-    room; what an earlier run could not send to MLflow is sent now."""
+    room, the config's models and problems files read; what an earlier run could not send to
+    MLflow is sent now."""
     return preflight(config, _log)
 
 

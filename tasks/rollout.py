@@ -35,6 +35,11 @@ PROMPT_TEMPLATES = {
 
 FinishReason = Literal["stop", "length"]
 
+# Tokens of the text this project meets span about 4 characters, rarely more than 16: a prompt's
+# last 16 × context characters hold every token its context can keep. Tokenising no more than
+# that bounds what one huge prompt costs (a 50 MB problem, tokenised whole, took 15.7 GB).
+CHARS_PER_TOKEN_BOUND = 16
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -85,7 +90,9 @@ class Sample:
     response_ids: tuple[int, ...]
     text: str
     finish_reason: FinishReason
-    prompt_truncated: int = 0  # prompt tokens cut from the left to fit the context
+    # prompt tokens cut from the left to fit the context (of a prompt over text_budget, those
+    # of the end that was tokenised)
+    prompt_truncated: int = 0
 
     @property
     def truncated(self) -> bool:
@@ -138,6 +145,29 @@ def render_prompts(
     ]
 
 
+def text_budget(context_length: int) -> int:
+    """The most characters of one text that are tokenised for a model of this context."""
+    return CHARS_PER_TOKEN_BOUND * context_length
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], context_length: int,
+                   strict: bool = False) -> list[list[int]]:
+    """Each prompt's token ids; of a prompt longer than text_budget(context_length) characters
+    only its end that long is tokenised (``fit_prompts`` cuts further from the left), or with
+    strict such a prompt is refused."""
+    budget = text_budget(context_length)
+    long = [index for index, prompt in enumerate(prompts) if len(prompt) > budget]
+    if long and strict:
+        raise ValueError(f"prompt {long[0]} has {len(prompts[long[0]]):,} characters, far more "
+                         f"than the model's context of {context_length} tokens holds; shorten "
+                         "it, or set strict_context=False to cut it from the left")
+    if long:
+        log.warning("%d of %d prompts are over %d characters: only their last %d are tokenised",
+                    len(long), len(prompts), budget, budget)
+    return tokenizer([prompt[-budget:] for prompt in prompts],
+                     add_special_tokens=False)["input_ids"]
+
+
 def fit_prompts(
     prompt_ids: list[list[int]], context_length: int, max_new_tokens: int, strict: bool = False
 ) -> tuple[list[list[int]], list[int]]:
@@ -185,8 +215,9 @@ def generate_hf(
     Prompts longer than the context allows are cut from the left (Sample.prompt_truncated
     says by how much) or, with config.strict_context, refused. progress counts samples.
     """
-    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    prompt_ids, dropped = fit_prompts(encoded, context_length(model), config.max_new_tokens,
+    context = context_length(model)
+    encoded = encode_prompts(tokenizer, prompts, context, config.strict_context)
+    prompt_ids, dropped = fit_prompts(encoded, context, config.max_new_tokens,
                                       config.strict_context)
     jobs = [(p, s) for p in range(len(prompts)) for s in range(config.n)]
     samples: list[Sample] = []

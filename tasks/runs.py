@@ -253,8 +253,9 @@ MIN_FREE_MB = 1024
 def preflight(config: Any = None, log=print) -> Locations:
     """Checks that can fail before any work, each one line naming what to fix: the artifacts
     folder is writable with room, the rollout store opens, the tracking store answers (its
-    database set up by one process at a time), the config's model names resolve offline.
-    Then what an earlier run could not send to MLflow (tracking-spill/) is sent."""
+    database set up by one process at a time), the config's model names resolve offline, its
+    problems and benchmark files read. Then what an earlier run could not send to MLflow
+    (tracking-spill/) is sent."""
     from tasks.artifacts import build_lock
     from tasks.store import RolloutStore
     from tasks.tracking import Tracker
@@ -279,6 +280,7 @@ def preflight(config: Any = None, log=print) -> Locations:
             f"{len(replayed)} runs from {tracker.spill_dir}")
     if config is not None:
         check_models_available(config)
+        check_problem_files(config)
     return where
 
 
@@ -319,3 +321,29 @@ def check_models_available(config: Any) -> None:
         name = getattr(config, field_name, None)
         if name:
             check_available(name, f"{field_name} ({type(config).__name__}.{field_name})")
+
+
+def check_problem_files(config: Any) -> None:
+    """Read every problems file the config names as its later steps read it: the train and
+    held-out problems whole, each benchmark file as far as its evaluation reads (its limit of
+    problems). A bad line then fails here, naming its file and line, not once training is done.
+    The benchmark "default" is the profile's test split, written and checksummed by its
+    bootstrap."""
+    from tasks.data import read_problems
+    from tasks.evaluate import resolve_benchmarks
+    from tasks.profiles import DEFAULT_BENCHMARK
+
+    for field_name in ("train_problems", "held_out_problems"):
+        if getattr(config, field_name, None):
+            read_problems(getattr(config, field_name))
+    files = [spec for spec in getattr(config, "benchmarks", ()) if spec != DEFAULT_BENCHMARK]
+    resolve_benchmarks(files, _benchmark_limit(config))
+
+
+def _benchmark_limit(config: Any) -> int | None:
+    """The problems per benchmark the config's evaluation reads: its evaluation stage's limit,
+    under the prefix the form holds that stage's knobs with (eval_limit, or limit)."""
+    from tasks.evaluate import EvalConfig
+
+    prefix = dict(getattr(type(config), "_stages", ())).get(EvalConfig)
+    return None if prefix is None else getattr(config, prefix + "limit")

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from tasks.models import load_tokenizer
-from tasks.rollout import Sample, SamplingConfig, fit_prompts
+from tasks.rollout import Sample, SamplingConfig, encode_prompts, fit_prompts
 
 log = logging.getLogger(__name__)
 worker_log = logging.getLogger(__name__ + ".worker")
@@ -184,7 +184,8 @@ class VLLMBackend:
         worker: progress, if given, advances once when it returns.)"""
         if not prompts:
             return []
-        encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        encoded = encode_prompts(self.tokenizer, prompts, self.max_model_len,
+                                 config.strict_context)
         prompt_ids, dropped = fit_prompts(encoded, self.max_model_len, config.max_new_tokens,
                                           config.strict_context)
         empty = [index for index, ids in enumerate(prompt_ids) if not ids]

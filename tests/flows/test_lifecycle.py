@@ -5,6 +5,8 @@ a killed command leaves no temporary server behind; bad input stops before any w
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,24 +187,56 @@ def test_a_command_on_a_temporary_server_sends_its_logs_before_the_server_stops(
     assert "Error logging to API" not in output, output[-3000:]
 
 
+def _rl_config(inputs: dict, checkpoint: str, **fields):
+    from tasks.configs import RLFlowConfig
+
+    return RLFlowConfig(**{"name": "rl-fails", "checkpoints": [checkpoint],
+                           "train_problems": inputs["train_problems"], "train_size": 16,
+                           "steps": 2, "prompts_per_step": 2, "group_size": 2,
+                           "max_new_tokens": 8, "benchmarks": inputs["benchmarks"],
+                           "eval_n": 1, "eval_ks": [1], "eval_temperature": 0.0,
+                           "eval_limit": 4, "eval_max_new_tokens": 8, **fields})
+
+
+def _rl_runs(artifacts: Path) -> dict[str, str]:
+    with Tracker(f"sqlite:///{artifacts / 'mlflow.db'}", artifacts_dir=artifacts) as tracker:
+        return {r.run_name: r.status for r in tracker.experiment_runs("rl-fails") or []}
+
+
 @pytest.mark.slow
 def test_a_failing_grpo_child_run_ends_failed(prefect_server, tmp_path, inputs, monkeypatch):
     from flows.rl import rl_after_distill_flow
-    from tasks.configs import RLFlowConfig
+    from tasks.models import load_model
 
     monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(tmp_path / "artifacts"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    config = RLFlowConfig(name="rl-fails", checkpoints=[inputs["student"]],
-                          train_problems=inputs["train_problems"], train_size=16, steps=2,
-                          prompts_per_step=2, group_size=2, max_new_tokens=500,  # > context
-                          benchmarks=inputs["benchmarks"], eval_n=2, eval_ks=[1, 2],
-                          eval_limit=4, eval_max_new_tokens=8)
-    with pytest.raises(ValueError, match="not below the policy's context"):
+    corrupt = tmp_path / "student"  # found out only when GRPO loads and checks its weights
+    shutil.copytree(inputs["student"], corrupt)
+    model = load_model(corrupt)
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    model.save_pretrained(corrupt)
+    with pytest.raises(ValueError, match="hold NaN/inf in .*the model file is corrupt"):
+        rl_after_distill_flow(_rl_config(inputs, str(corrupt)))
+    assert _rl_runs(tmp_path / "artifacts") == {"rl-fails study": "FAILED",
+                                                "grpo student": "FAILED"}
+
+
+@pytest.mark.slow
+def test_rl_caps_beyond_the_context_fail_before_any_run_opens(prefect_server, tmp_path, inputs,
+                                                             monkeypatch):
+    from flows.rl import rl_after_distill_flow
+
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = _rl_config(inputs, inputs["student"], max_new_tokens=500)  # > its 160 tokens
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="max_new_tokens=500 is not below the policy's context "
+                                         "of 160 tokens"):
         rl_after_distill_flow(config)
-    uri = f"sqlite:///{tmp_path / 'artifacts' / 'mlflow.db'}"
-    with Tracker(uri, artifacts_dir=tmp_path) as tracker:
-        runs = {r.run_name: r.status for r in tracker.experiment_runs("rl-fails")}
-    assert runs == {"rl-fails study": "FAILED", "grpo student": "FAILED"}
+    assert _rl_runs(tmp_path / "artifacts") == {}  # no MLflow run was opened
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "artifacts" / "runs").exists()
 
 
 def test_unreachable_tracking_fails_in_one_line_before_any_work(tmp_path, inputs, capsys,
@@ -215,6 +249,44 @@ def test_unreachable_tracking_fails_in_one_line_before_any_work(tmp_path, inputs
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "http://127.0.0.1:9 is not reachable" in error
     assert not (tmp_path / "artifacts" / "runs").exists()
+
+
+
+def test_a_broken_benchmark_line_fails_before_any_work(tmp_path, inputs, capsys, monkeypatch):
+    artifacts = tmp_path / "artifacts"
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(artifacts))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    benchmark = tmp_path / "broken.jsonl"
+    first = Path(inputs["benchmarks"][0]).read_text().splitlines()[0]
+    benchmark.write_text(first + "\n" + '{"problem": "2 + 2?", "answer": 4' + "\n")
+    config = _config(tmp_path, inputs, benchmarks=[str(benchmark)])
+    started = time.monotonic()
+    assert main(["run", str(config)]) == 2
+    assert time.monotonic() - started < 30
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith(f"distill run: {benchmark}, line 2: is not valid JSON")
+    assert all("mlflow.store.db" in line for line in lines[:-1])  # a new tracking database
+    assert not (artifacts / "runs").exists() and not (artifacts / "rollouts").exists()
+    assert not list(artifacts.rglob("*.safetensors"))  # no checkpoint, no model
+
+
+
+def test_preflight_reads_each_problems_file_as_far_as_its_step_will(tmp_path, inputs):
+    from tasks.configs import EvaluateFlowConfig, ExperimentConfig, RLFlowConfig
+    from tasks.runs import check_problem_files
+
+    broken = tmp_path / "tail.jsonl"  # four good problems, then a broken line 5
+    broken.write_text(Path(inputs["benchmarks"][0]).read_text() + "{broken\n")
+    at_line_5 = re.escape(f"{broken}, line 5: is not valid JSON")
+    # the evaluation reads its eval_limit first problems: a bad line after them is never read
+    check_problem_files(ExperimentConfig(**{**inputs, "benchmarks": [str(broken)]},
+                                         eval_limit=4))
+    for config in (ExperimentConfig(**{**inputs, "benchmarks": [str(broken)]}, eval_limit=5),
+                   ExperimentConfig(**{**inputs, "held_out_problems": str(broken)}),
+                   RLFlowConfig(train_problems=str(broken), benchmarks=inputs["benchmarks"]),
+                   EvaluateFlowConfig(benchmarks=[f"tail={broken}"], limit=None)):
+        with pytest.raises(ValueError, match=at_line_5):
+            check_problem_files(config)
 
 
 def test_too_little_free_space_fails_in_one_line(tmp_path, inputs, capsys, monkeypatch):

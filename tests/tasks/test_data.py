@@ -7,6 +7,8 @@ for these tests (no benchmark problems are copied). Broken inputs are written to
 import glob
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -258,6 +260,90 @@ def test_bad_parquet_row_names_the_row(tmp_path):
         [{"problem": "p", "answer": "1"}, {"problem": "q", "answer": None}]), path)
     with pytest.raises(ValueError, match=r"rows\.parquet, row 1, field 'answer': missing"):
         load_problems(path)
+
+
+
+# ----------------------------------------------------------------------------- size limits
+
+# Run in a fresh interpreter, so that its peak memory is its own: the memory a load adds.
+_MEASURE_LOAD = """
+import json, resource, sys, time
+from tasks.data import load_problems
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.monotonic()
+try:
+    load_problems(sys.argv[1])
+    message = None
+except ValueError as error:
+    message = str(error)
+print(json.dumps({"message": message, "seconds": time.monotonic() - started,
+                  "grew_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before}))
+"""
+
+
+def test_a_50_mb_line_is_refused_without_reading_it_whole(tmp_path):
+    path = tmp_path / "huge.jsonl"
+    with path.open("wb") as handle:  # written in chunks: this process never holds the line
+        handle.write(json.dumps(GOOD).encode() + b"\n" + b'{"problem": "')
+        for _ in range(50):
+            handle.write(b"7" * 2**20)
+        handle.write(b'", "answer": "1"}\n')
+    out = subprocess.run([sys.executable, "-c", _MEASURE_LOAD, str(path)], capture_output=True,
+                         text=True, timeout=120, check=True)
+    measured = json.loads(out.stdout)
+    assert measured["message"].startswith(
+        f"{path}, line 2: is 52,428,830 bytes, over the limit of 1,048,576 for a JSONL line "
+        "(shorten it, or raise the limit with $DISTILL_LAB_MAX_LINE_BYTES)")
+    assert measured["grew_kb"] < 20 * 1024  # the line is never held whole (50 MB and more)
+    assert measured["seconds"] < 5
+
+
+@pytest.mark.parametrize(("field", "record", "env", "limit"), [
+    ("problem", {"problem": "9" * 20_001, "answer": "1"}, "DISTILL_LAB_MAX_PROBLEM_CHARS",
+     "20,000"),
+    ("answer", {"problem": "p", "answer": "9" * 1_001}, "DISTILL_LAB_MAX_ANSWER_CHARS",
+     "1,000"),
+    ("solution", {"problem": "p", "answer": "1", "solution": "9" * 200_001},
+     "DISTILL_LAB_MAX_SOLUTION_CHARS", "200,000"),
+])
+def test_a_text_over_its_limit_names_the_record_field_and_limit(tmp_path, field, record, env,
+                                                                limit):
+    path = tmp_path / "array.json"  # a JSON array: parsed whole, then checked field by field
+    path.write_text(json.dumps([GOOD, record]))
+    size = f"{len(record[field]):,}"
+    with pytest.raises(ValueError, match=rf"array\.json, record 1, field '{field}': is {size} "
+                                         rf"characters, over the limit of {limit} .*\${env}\)"):
+        load_problems(path, format="aime")
+
+
+def test_a_limit_is_raised_through_its_environment_variable(tmp_path, monkeypatch):
+    pa = pytest.importorskip("pyarrow")
+    from pyarrow import parquet
+
+    path = tmp_path / "long.parquet"
+    parquet.write_table(pa.Table.from_pylist([{"problem": "9" * 25_000, "answer": "1"}]), path)
+    with pytest.raises(ValueError, match=r"long\.parquet, row 0, field 'problem': is 25,000"):
+        load_problems(path)
+    monkeypatch.setenv("DISTILL_LAB_MAX_PROBLEM_CHARS", "30000")
+    assert len(load_problems(path).problems[0].problem) == 25_000
+    monkeypatch.setenv("DISTILL_LAB_MAX_PROBLEM_CHARS", "lots")
+    with pytest.raises(ValueError, match=r"\$DISTILL_LAB_MAX_PROBLEM_CHARS='lots' is not a "
+                                         "positive whole number of characters"):
+        load_problems(path)
+
+
+def test_a_line_at_the_limit_is_read_and_one_byte_more_is_refused(tmp_path, monkeypatch):
+    line = json.dumps(GOOD).encode()
+    monkeypatch.setenv("DISTILL_LAB_MAX_LINE_BYTES", str(len(line)))
+    path = tmp_path / "edge.jsonl"
+    path.write_bytes(line + b"\n" + line + b"\n")
+    skipped = load_problems(path, on_bad_row="skip")
+    assert len(skipped.problems) == 1 and skipped.skipped[0].line == 2  # duplicate id only
+    path.write_bytes(line + b"\n" + line[:-1] + b' }\r\n' + line)  # one byte more, then the last
+    result = load_problems(path, on_bad_row="skip")
+    assert [(bad.line, bad.field) for bad in result.skipped] == [(2, None), (3, "id")]
+    assert result.skipped[0].reason.startswith(
+        f"is {len(line) + 1} bytes, over the limit of {len(line)} for a JSONL line")
 
 
 def test_missing_empty_and_unreadable_files(tmp_path):

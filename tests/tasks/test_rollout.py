@@ -6,6 +6,7 @@ import torch
 
 from tasks.compute import ComputeMeter
 from tasks.data import Problem
+from tasks.gold_nll import gold_samples
 from tasks.models import build_tokenizer, load_model, load_tokenizer
 from tasks.rollout import (
     HFBackend,
@@ -15,6 +16,7 @@ from tasks.rollout import (
     read_samples,
     render_prompts,
     teacher_rollouts,
+    text_budget,
     write_samples,
 )
 
@@ -99,6 +101,41 @@ def test_generate_counts_cut_prompts_and_compute(teacher):
     with pytest.raises(ValueError, match="strict_context=False"):
         generate_hf(model, tokenizer, long_prompt,
                     SamplingConfig(temperature=0, max_new_tokens=8, strict_context=True))
+
+
+
+class _Recording:
+    """The real tokenizer, noting the longest text it was asked to tokenise."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, texts, **options):
+        self.longest = max([self.longest, *map(len, texts)])
+        return self.tokenizer(texts, **options)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_huge_prompt_is_never_tokenised_whole(teacher):
+    model, tokenizer = teacher
+    context = model.config.max_position_embeddings
+    huge, long = (render_prompts(tokenizer, [_problem("7 " * count)]) for count in (10**6, 200))
+    recording = _Recording(tokenizer)
+    config = SamplingConfig(temperature=0, max_new_tokens=8)
+    [sample] = generate_hf(model, recording, huge, config)
+    assert recording.longest == text_budget(context) < len(huge[0]) // 100
+    # the end that is tokenised holds all the context keeps: the same prompt as a shorter one's
+    [short] = generate_hf(model, tokenizer, long, config)
+    assert sample.prompt_ids == short.prompt_ids and len(sample.prompt_ids) == context - 8
+    with pytest.raises(ValueError, match="prompt 0 has 2,000,[0-9]+ characters, far more than"):
+        generate_hf(model, recording, huge, SamplingConfig(temperature=0, max_new_tokens=8,
+                                                           strict_context=True))
+    solved = [Problem("huge", "7 " * 10**6, "0", "7 " * 10**6, "test")]
+    recording.longest = 0
+    assert gold_samples(recording, solved, huge, context) == []  # its prompt fills the context
+    assert recording.longest == text_budget(context)
 
 
 def test_hf_backend_is_generate_hf(teacher, prompts):
