@@ -31,10 +31,16 @@ A response is graded in three steps.
 3. Comparison. Against a numeric gold an answer is incorrect when it holds a hedge word
    (``6 \\text{ or more}``, "at least"), a word that is not a unit (``5 ab``: math-verify would
    drop it silently), or an equation whose numeric sides disagree (``2 = 6``, ``2+3 = 6``;
-   ``3 \\times 5 = 15`` and ``x = 6`` are fine). Several boxes are one answer:
-   against a list or set gold (``2, 6``, ``(2, 2), (6, 2)``, ``\\{1, 2\\}``) they must equal it
-   as a set; against a single gold every box must match it, so boxing several candidates never
-   earns credit. Answers longer than ``MAX_ANSWER_CHARS`` are incorrect. Otherwise an exact match
+   ``3 \\times 5 = 15`` and ``x = 6`` are fine). Lists are compared item by item, never as one
+   string (math-verify can read a malformed list as its last item alone): the items of a box
+   (``2, 6``, ``2, and 6``, ``1; 2``, ``\\{1, 2\\}``, ``\\{1\\} \\cup \\{2\\}``, ``\\pm 3``) and of
+   several boxes alike. Against a list or set gold (``2, 6``, ``(2, 2), (6, 2)``) the items must
+   equal it as a set: order and repeats do not matter, a wrong, extra or missing item fails.
+   Against a single gold every item must match it, so listing or boxing several candidates never
+   earns credit. A tuple or interval is one value, compared coordinate by coordinate in order
+   and with the same brackets; one box's bare list reads as a point against a point gold
+   (``1, 2`` = ``(1, 2)``, never ``[1, 2]``), and the other way round.
+   Answers longer than ``MAX_ANSWER_CHARS`` are incorrect. Otherwise an exact match
    after normalisation counts at once, and anything else goes to math-verify (``parse`` then
    ``verify``), which knows ``\\frac{1}{2} == 0.5`` and ``x^2+1 == 1+x^2``.
 
@@ -84,7 +90,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 # Bump when extraction, normalisation or comparison rules change.
-RULES_VERSION = "distill-lab-grader/2"
+RULES_VERSION = "distill-lab-grader/3"
 
 
 def _installed_version(distribution: str) -> str:
@@ -290,9 +296,11 @@ _BARE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 _BARE_LETTERS = re.compile(r"(?<![\\A-Za-z])[A-Za-z]+")
 _WORDY_TEXT = re.compile(r"\\(?:text\w*|mbox|mathrm)\s*\{[^{}\d]*\}")
 _TEXT_CONTENT = re.compile(r"\\(?:text\w*|mbox|mathrm|operatorname)\s*\{([^{}]*)\}")
-# "and" / "or" between two items make a list, as math-verify reads "2 and 6".
+# "and" / "or" between two items make a list, as math-verify reads "2 and 6". A comma before
+# the word is part of it: "19, 46, and 82" must become "19, 46, 82", since math-verify reads the
+# doubled comma of "19, 46,, 82" as the last item alone.
 _LIST_WORD = re.compile(
-    r"\s*(?:\\(?:text|mbox|textrm)\s*\{\s*(?:and|or)\s*\}|(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])"
+    r"\s*,?\s*(?:\\(?:text|mbox|textrm)\s*\{\s*(?:and|or)\s*\}|(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])"
     r"|\\(?:lor|vee|land|wedge)(?![A-Za-z]))\s*"
 )
 # Words that turn a value into a hedge or a range: "6 or more", "at least 6", "not 6".
@@ -408,12 +416,14 @@ def _between_items(text: str) -> bool:
 
 
 def _split_top_level(text: str, separator: str) -> list[str]:
-    """Split at `separator` outside any (), [], {}, \\{\\} or \\left...\\right group."""
+    """Split at `separator` outside any (), [], {}, \\{\\} or \\left...\\right group; an escaped
+    character (the thin space `\\,`, `\\;`) never separates."""
     pieces, depth, start, index = [], 0, 0, 0
     while index < len(text):
         char = text[index]
-        if char == "\\" and index + 1 < len(text) and text[index + 1] in "{}":
-            depth += 1 if text[index + 1] == "{" else -1
+        if char == "\\" and index + 1 < len(text):
+            if text[index + 1] in "{}":
+                depth += 1 if text[index + 1] == "{" else -1
             index += 2
             continue
         if char in "([{":
@@ -428,14 +438,69 @@ def _split_top_level(text: str, separator: str) -> list[str]:
     return pieces
 
 
-def _elements(text: str) -> list[str]:
-    """The items of a list or set answer (`2, 6`, `\\{1, 2\\}`); one item for a single value.
-    Tuples and intervals (`(1, 2)`, `[0, 1)`) are single values."""
-    inner = text.strip()
-    is_one_set = inner.startswith("\\{") and inner.endswith("\\}")
-    if is_one_set and _split_top_level(inner, ",") == [inner]:
-        inner = inner[2:-2]
-    return [piece for piece in _split_top_level(inner, ",") if piece]
+# Sizing commands (`\\left(`, `\\bigl[`) say nothing about structure.
+_SIZING = re.compile(r"\\(?:left|right|[bB]igg?[lr]?)\s*(?=[()\[\]]|\\[{}])")
+_PLUS_MINUS = re.compile(r"\\(?:pm|mp)(?![A-Za-z])|\u00b1|\u2213")
+_SET_UNION = re.compile(r"\\cup(?![A-Za-z])")
+
+
+def _closes_at_end(text: str) -> bool:
+    """True when text opens with a bracket or set brace that closes at its very end: `(1, 2)`,
+    `[0, 1)`, `\\{1, 2\\}`, but not `(1, 2) \\cup (3, 4)`."""
+    if not text.startswith(("(", "[", "\\{")):
+        return False
+    depth, index = 0, 0
+    while index < len(text):
+        token = text[index : index + 2] if text[index] == "\\" else text[index]
+        if token in ("(", "[", "{", "\\{"):
+            depth += 1
+        elif token in (")", "]", "}", "\\}"):
+            depth -= 1
+            if depth == 0:
+                return index + len(token) == len(text)
+        index += len(token)
+    return False
+
+
+def _items(text: str) -> list[str]:
+    """The items of a list or set, in order: `2, 6`, `1; 2`, `\\{1, 2\\}`, `\\{1\\} \\cup \\{2\\}`,
+    and `\\pm 3` (3 and -3); `[text]` for a single value. A tuple or interval (`(1, 2)`,
+    `[0, 1)`) is a single value, compared coordinate by coordinate (`_tuple`)."""
+    plain = _SIZING.sub("", text).strip()
+    sets = [piece.strip() for piece in _SET_UNION.split(plain)]
+    if all(piece.startswith("\\{") and _closes_at_end(piece) for piece in sets):
+        pieces = [item for piece in sets for item in _separated(piece[2:-2])]
+    else:
+        pieces = _separated(plain)
+    items = [signed for piece in pieces for signed in _plus_minus(piece)]
+    return items if len(items) > 1 else [text]
+
+
+def _separated(text: str) -> list[str]:
+    """Top-level comma-separated pieces; semicolons separate when there is no comma (`1; 2`)."""
+    pieces = _split_top_level(text, ",")
+    if len(pieces) == 1:
+        pieces = _split_top_level(text, ";")
+    return [piece for piece in pieces if piece]
+
+
+def _plus_minus(piece: str) -> list[str]:
+    """`\\pm 3` → `3`, `- 3`; `1 \\pm \\sqrt{2}` → `1 + \\sqrt{2}`, `1 - \\sqrt{2}`. A piece with
+    two or more signs stays whole (math-verify reads it)."""
+    if len(_PLUS_MINUS.findall(piece)) != 1:
+        return [piece]
+    before, after = _PLUS_MINUS.split(piece)
+    return [f"{before}+{after}" if before.strip() else after.strip(), f"{before}-{after}"]
+
+
+def _tuple(text: str) -> tuple[str, list[str], str] | None:
+    """(opening bracket, coordinates, closing bracket) of a tuple or interval of two or more
+    coordinates (`(1, 2)`, `[0, 1)`, `\\left(1, 2\\right)`); None for anything else."""
+    plain = _SIZING.sub("", text).strip()
+    if not plain.startswith(("(", "[")) or not _closes_at_end(plain):
+        return None
+    coordinates = _split_top_level(plain[1:-1], ",")
+    return (plain[0], coordinates, plain[-1]) if len(coordinates) > 1 else None
 
 
 # A one-variable inequality, read as the interval it describes when the gold is an interval.
@@ -469,23 +534,62 @@ Plan = tuple
 
 
 def _plan(parts: Sequence[str], gold: str) -> Plan:
-    """How to decide whether the answer (one or several boxes) matches the gold."""
+    """How to decide whether the answer (one or several boxes) matches the gold. Lists are
+    compared item by item, never as one string: math-verify can read a malformed list as its
+    last item alone, and then "21, 36, 82" would equal "19, 46, 82"."""
     gold = _canonical_gold(gold)
-    gold_items = _elements(gold)
-    if len(parts) == 1:
-        return _value_plan(parts[0], gold)
-    if len(gold_items) == 1:  # every box must be the one right value
-        return ("all", [_value_plan(part, gold) for part in parts])
-    items = [item for part in parts for item in _elements(_lone_number(part))]
-    return _same_set_plan(items, gold_items)
+    gold_items = _items(gold)
+    items = [item for part in parts for item in _answer_items(part, gold)]
+    if len(parts) == 1 and (coordinates := _point_plan(items, gold_items)) is not None:
+        return coordinates
+    if len(gold_items) > 1:
+        return _same_set_plan(items, [_canonical_gold(item) for item in gold_items])
+    if len(items) == 1:
+        return _value_plan(items[0], gold)
+    # Several values against one gold: every one must be it, so listing candidates earns nothing.
+    return ("all", [_value_plan(item, gold) for item in items])
+
+
+def _answer_items(part: str, gold: str) -> list[str]:
+    """The items of one box once list words, digit groups and decimal commas are read
+    (`2 and 6` → 2, 6; `1,350` and `3,5` against 3.5 are one value); `[part]` for one value."""
+    text = _canonical(part, numeric_gold=_is_numeric(gold), decimal_comma="," not in gold)
+    items = _items(text)
+    return items if len(items) > 1 else [part]
 
 
 def _same_set_plan(items: list[str], gold_items: list[str]) -> Plan:
-    """Every item matches some gold item and every gold item is matched by some item."""
+    """Every item matches some gold item and every gold item is matched by some item: order
+    and repeats do not matter, a wrong, extra or missing item fails."""
     return ("all", [
         ("all", [("any", [_value_plan(i, g) for g in gold_items]) for i in items]),
         ("all", [("any", [_value_plan(i, g) for i in items]) for g in gold_items]),
     ])
+
+
+def _point_plan(items: list[str], gold_items: list[str]) -> Plan | None:
+    """A bare list in one box against a point, or a point against a bare list (`\\boxed{1, 2}`
+    and gold `(1, 2)`, or the other way round): the coordinates in order. Never an interval
+    (`[1, 2]` needs its brackets), never separate boxes (the caller passes one box only)."""
+    if len(gold_items) == 1 and (point := _point(gold_items[0], len(items))) is not None:
+        return _coordinates_plan(items, point)
+    if len(items) == 1 and (point := _point(items[0], len(gold_items))) is not None:
+        return _coordinates_plan(point, gold_items)
+    return None
+
+
+def _point(text: str, count: int) -> list[str] | None:
+    """The coordinates of text if it is a point `(a, b, ...)` of `count` > 1 coordinates."""
+    shape = _tuple(text)
+    if count < 2 or shape is None or (shape[0], shape[2]) != ("(", ")") or len(shape[1]) != count:
+        return None
+    return shape[1]
+
+
+def _coordinates_plan(items: Sequence[str], gold_items: Sequence[str]) -> Plan:
+    """Each coordinate equal to the gold's in the same place (the callers check the lengths)."""
+    pairs = zip(items, gold_items, strict=True)
+    return ("all", [_value_plan(item, _canonical_gold(gold)) for item, gold in pairs])
 
 
 def _value_plan(answer: str, gold: str) -> Plan:
@@ -515,7 +619,13 @@ def _value_plan(answer: str, gold: str) -> Plan:
 
 
 def _reading_plan(answer: str, gold: str) -> Plan:
-    """A percent reads both ways: as a value (math-verify: 30% = 0.3) and as a unit (30% = 30)."""
+    """A tuple or interval is compared coordinate by coordinate, with the same brackets. A percent
+    reads both ways: as a value (math-verify: 30% = 0.3) and as a unit (30% = 30)."""
+    if (gold_shape := _tuple(gold)) is not None and (shape := _tuple(answer)) is not None:
+        same_shape = (shape[0], shape[2], len(shape[1])) == (
+            gold_shape[0], gold_shape[2], len(gold_shape[1])
+        )
+        return _coordinates_plan(shape[1], gold_shape[1]) if same_shape else ("fixed", False)
     pair = ("pair", answer, gold)
     if not (answer.endswith("\\%") or gold.endswith("\\%")):
         return pair

@@ -189,6 +189,28 @@ def test_reading_rules(grader, response, gold, correct):
     assert verdict.strict_correct is correct, verdict
 
 
+@pytest.mark.parametrize(
+    ("response", "gold", "correct"),
+    [
+        # The audit's false positive: math-verify read "21, 36,, 82" as 82 alone.
+        (r"\boxed{21, 36, and 82}", "19, 46, and 82", False),
+        (r"\boxed{21, 36, and 82}", "82", False),
+        ("#### 21, 36, and 82", "19, 46, 82", False),
+        (r"\boxed{(21, 36, and 82)}", "(19, 46, 82)", False),
+        (r"\boxed{19, 36} and \boxed{82}", "19, 46, 82", False),
+        (r"\boxed{\{19, 36\} \cup \{82\}}", r"\{19, 46, 82\}", False),
+        (r"\boxed{19, 46, and 82}", "19, 46, and 82", True),
+        (r"\boxed{82, 46, \text{and } 19}", "19, 46, 82", True),  # a list is unordered
+        (r"\boxed{(82, 46, 19)}", "(19, 46, 82)", False),  # a tuple is ordered
+        (r"\boxed{19, 46} and \boxed{82}", "19, 46, 82", True),
+        (r"\boxed{\frac{1 \pm \sqrt{5}}{2}}", r"\frac{1+\sqrt5}{2}, \frac{1-\sqrt5}{2}", True),
+    ],
+)
+def test_every_item_of_a_list_must_match(grader, response, gold, correct):
+    [verdict] = grader.grade([response], [gold])
+    assert verdict.strict_correct is correct, verdict
+
+
 def test_last_number_counts_for_flexible_only(grader):
     [verdict] = grader.grade(["So in total she has 1,234 apples"], ["1234"])
     assert verdict == Grade(
