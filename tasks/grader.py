@@ -83,6 +83,7 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -154,11 +155,22 @@ _CONNECTIVE = re.compile(
 _NUMBER = r"(?:(?<![\w)}\]])-\s*)?(?<![A-Za-z\d.])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
 _BRACED_OR_DIGIT = r"(?:\{[^{}]*\}|\d)"
 _ROOT = rf"\\sqrt\s*(?:\[[^\]]*\])?\s*{_BRACED_OR_DIGIT}"
+# Words that scale the number before them, read as its value (`2 million` = 2000000).
+_SCALE_EXPONENTS = {"thousand": 3, "million": 6, "billion": 9, "trillion": 12}
+_SCALE_WORD = "|".join(_SCALE_EXPONENTS)
+# What may follow a flexible number and belongs to it: scientific notation (`1e3`,
+# `2 \times 10^{3}`), the fraction of a mixed number (`7 1/2`) or a plain one (`1/2`).
+_NUMBER_TAIL = (
+    rf"[eE][+-]?\d+(?![\w.])|\s*(?:\\times|\\cdot)\s*10\s*\^\s*{_BRACED_OR_DIGIT}"
+    r"|[ \t]+\d+\s*/\s*\d+(?![\d./])|\s*/\s*\d+(?:\.\d+)?"
+)
 _FLEXIBLE_ATOM = re.compile(
-    rf"(?:(?<![\w)}}\]])-\s*)?\\[dt]?frac\s*{_BRACED_OR_DIGIT}\s*{_BRACED_OR_DIGIT}"
+    # A fraction counts whole, with the whole number of a mixed number (`7\frac{1}{2}`).
+    rf"(?:{_NUMBER}\s*|(?<![\w)}}\]])-\s*)?\\[dt]?frac\s*{_BRACED_OR_DIGIT}\s*{_BRACED_OR_DIGIT}"
     rf"|(?:{_NUMBER})?\s*(?:{_ROOT}|\\pi(?![A-Za-z]))"
     # Atomic, so "35x" cannot back off to "3"; "3x" is a coefficient, "5 cm" a number and a unit.
-    rf"|(?>{_NUMBER}(?:\s*/\s*\d+(?:\.\d+)?)?(?:\s*\^\s*{_BRACED_OR_DIGIT})?(?:\s*\\?%)?)"
+    rf"|(?>{_NUMBER}(?:{_NUMBER_TAIL})?(?:\s*\^\s*{_BRACED_OR_DIGIT})?"
+    rf"(?:\s*\\?%|\s+(?i:{_SCALE_WORD})(?![A-Za-z]))?)"
     r"(?![A-Za-z](?![A-Za-z]))"
 )
 # A number right after these is an exponent or a subscript, not an answer (m^2, x_{10}).
@@ -320,6 +332,21 @@ _UNIT_WORD = (
 _UNIT_MORE = rf"{_UNIT_WORD}|\^\s*(?:\{{\s*[23]\s*\}}|[23])|/|\\cdot"
 _UNIT_GAP = r"(?:\s|\\[,;: !]|~)*"
 _UNIT_TAIL = re.compile(rf"{_UNIT_GAP}(?:{_UNIT_WORD})(?:{_UNIT_GAP}(?:{_UNIT_MORE}))*{_UNIT_GAP}$")
+# A mixed number: a whole number, then a proper fraction (`7 1/2`, `7\frac{1}{2}`, `7 \tfrac12`).
+_FRACTION_PART = r"(?:\{\s*(\d+)\s*\}|(\d))"
+_MIXED_SLASH = re.compile(r"(-?)\s*(\d+)(?:\s|\\[,;: !]|~)+(\d+)\s*/\s*(\d+)")
+_MIXED_FRAC = re.compile(
+    rf"(-?)\s*(\d+){_UNIT_GAP}\\[dt]?frac\s*{_FRACTION_PART}\s*{_FRACTION_PART}"
+)
+# Scientific notation as a standalone token (`1e3`, `1.5E-3`), never inside a word (`ab1e3`).
+_E_NOTATION = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
+MAX_E_EXPONENT = 100  # a longer decimal buys nothing but sympy time
+# A number with a scale word: `2 million`, `1.5 \text{ billion}`, `3\text{thousand}`.
+_SCALED = re.compile(
+    rf"(-?)\s*(\d{{1,3}}(?:,\d{{3}})+|\d+)(\.\d+)?\s*(?:\\(?:text|textrm|mbox|mathrm)\s*\{{\s*"
+    rf"({_SCALE_WORD})\s*\}}|({_SCALE_WORD})(?![A-Za-z]))",
+    re.IGNORECASE,
+)
 
 
 def _merge_groups(text: str) -> str:
@@ -373,6 +400,44 @@ def _strip_unit(text: str) -> str:
     return head
 
 
+def _mixed_number(text: str) -> str:
+    """`7 1/2`, `7\\frac{1}{2}`, `-7 \\tfrac12` → `\\frac{15}{2}` (signed) when text is a whole
+    number and a proper fraction; anything else as it is (`7 3/2` stays two loose numbers)."""
+    for pattern in (_MIXED_SLASH, _MIXED_FRAC):
+        if mixed := pattern.fullmatch(text.strip()):
+            sign, whole, *fraction = mixed.groups()
+            numerator, denominator = (int(part) for part in fraction if part is not None)
+            if 0 < numerator < denominator:
+                return f"{sign}\\frac{{{int(whole) * denominator + numerator}}}{{{denominator}}}"
+    return text
+
+
+def _scientific(text: str) -> str:
+    """`1e3` → `1000`, `1.5e-3` → `0.0015` wherever the notation stands alone (never in `ab1e3`).
+    Only for an answer against a numeric gold, where an `e` cannot be Euler's number."""
+
+    def as_decimal(number: re.Match) -> str:
+        if abs(int(number.group(2))) > MAX_E_EXPONENT:
+            return number.group(0)
+        return f"{Decimal(number.group(0)):f}"
+
+    return _E_NOTATION.sub(as_decimal, text)
+
+
+def _scaled_value(answer: str) -> str | None:
+    """`2 million` → `2000000`, `\\$1.5 \\text{ billion} dollars` → `1500000000 dollars`; None
+    unless answer starts with a number and a scale word."""
+    text = _CURRENCY.sub(r"\1", answer.strip())
+    if wrapped := _TEXT_WRAPPED.fullmatch(text):
+        text = wrapped.group(1).strip()
+    if (scaled := _SCALED.match(text)) is None:
+        return None
+    sign, whole, fraction, braced_word, bare_word = scaled.groups()
+    exponent = _SCALE_EXPONENTS[(braced_word or bare_word).lower()]
+    value = Decimal(whole.replace(",", "") + (fraction or "")).scaleb(exponent)
+    return f"{sign}{value:f}{text[scaled.end():]}"
+
+
 def _for_math_verify(answer: str) -> str:
     """Wrap an answer so math-verify finds it: bare `x^2+1` or `\\sqrt{2}` parse to nothing.
 
@@ -382,8 +447,9 @@ def _for_math_verify(answer: str) -> str:
 
 
 def _canonical_gold(gold: str) -> str:
-    """The gold in the form answers are read against (currency, groups, percent, units)."""
-    return _canonical(gold, numeric_gold=True, decimal_comma=False)
+    """The gold in the form answers are read against (currency, groups, percent, units); a
+    scale word in the gold is its value (`2 million` is 2000000)."""
+    return _canonical(_scaled_value(gold) or gold, numeric_gold=True, decimal_comma=False)
 
 
 def _canonical(answer: str, *, numeric_gold: bool, decimal_comma: bool) -> str:
@@ -395,6 +461,7 @@ def _canonical(answer: str, *, numeric_gold: bool, decimal_comma: bool) -> str:
     text = _PERCENT_WORD.sub(r"\\%", text)
     if numeric_gold:
         text = _strip_unit(text)
+    text = _mixed_number(text)
     text = _LIST_WORD.sub(", ", text) if _LIST_WORD.search(text) and _between_items(text) else text
     if _THOUSANDS.fullmatch(text):
         return _lone_number(text)
@@ -593,10 +660,21 @@ def _coordinates_plan(items: Sequence[str], gold_items: Sequence[str]) -> Plan:
 
 
 def _value_plan(answer: str, gold: str) -> Plan:
-    """One answer against one (canonical) gold: the guards, then equation sides, then readings."""
+    """One answer against one (canonical) gold. A number with a scale word reads both ways, as a
+    percent does: `2 million` matches 2000000 (its value) and 2 (the word taken as a unit)."""
     if len(answer) > MAX_ANSWER_CHARS:
         return ("fixed", False)
+    plan = _checked_plan(answer, gold)
+    if _is_numeric(gold) and (value := _scaled_value(answer)) is not None:
+        return ("any", [_checked_plan(value, gold), plan])
+    return plan
+
+
+def _checked_plan(answer: str, gold: str) -> Plan:
+    """One reading of an answer against the gold: the guards, then equation sides, then
+    readings."""
     numeric_gold = _is_numeric(gold)
+    answer = _scientific(answer) if numeric_gold else answer
     answer = _canonical(answer, numeric_gold=numeric_gold, decimal_comma="," not in gold)
     if _LOOSE_DIGITS.search(answer):  # "1 2": neither 12 nor a list
         return ("fixed", False)

@@ -98,6 +98,13 @@ def test_hash_line_is_the_strict_fallback():
         (r"so it is \sqrt{2}", r"\sqrt{2}"),
         ("3x + 35y", None),  # coefficients of variables
         ("He gets 30%", "30%"),
+        ("He ran 7 1/2 miles", "7 1/2"),  # a mixed number counts whole
+        (r"so it is 7\frac{1}{2}", r"7\frac{1}{2}"),
+        ("the pair 7, 1/2", "1/2"),  # a list is not a mixed number
+        ("about 2 million people", "2 million"),
+        ("roughly 1.5e-3 grams", "1.5e-3"),
+        (r"that is 2 \times 10^{3}", r"2 \times 10^{3}"),
+        ("see ab1e3", None),  # inside a word: no number
     ],
 )
 def test_last_number_is_the_flexible_fallback(response, number):
@@ -209,6 +216,46 @@ def test_reading_rules(grader, response, gold, correct):
 def test_every_item_of_a_list_must_match(grader, response, gold, correct):
     [verdict] = grader.grade([response], [gold])
     assert verdict.strict_correct is correct, verdict
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "correct"),
+    [
+        # A mixed number: a whole number, then a proper fraction.
+        (r"\boxed{7 1/2}", r"\frac{15}{2}", True),
+        (r"\boxed{7\frac{1}{2}}", "7.5", True),
+        (r"\boxed{7 \frac12}", "7.5", True),
+        (r"\boxed{-7 1/2 \text{ cups}}", "-7.5", True),
+        (r"\boxed{7 1/2}", "71/2", False),  # never 71/2
+        (r"\boxed{7 1/2}", "3.5", False),  # never 7 * 1/2
+        (r"\boxed{7 3/2}", "8.5", False),  # an improper fraction makes no mixed number
+        (r"\boxed{7, 1/2}", "7.5", False),  # a list stays a list
+        # A scale word: read as the value and, as a percent is, as a unit.
+        (r"\boxed{2 \text{ million}}", "2000000", True),
+        (r"\boxed{2 million}", "2,000,000", True),
+        (r"\boxed{\$1.5 billion}", "1500000000", True),
+        (r"\boxed{3 thousand}", "3000", True),
+        (r"\boxed{2000000}", "2 million", True),
+        (r"\boxed{2 million}", "20000000", False),
+        (r"\boxed{2 million or more}", "2000000", False),
+        # Scientific notation, only as a number of its own.
+        (r"\boxed{1e3}", "1000", True),
+        (r"\boxed{1.5e-3}", "0.0015", True),
+        (r"\boxed{2\times10^3}", "2000", True),
+        (r"\boxed{2 \cdot 10^{3}}", "2000", True),
+        (r"\boxed{1e3}", "100", False),
+        (r"\boxed{ab1e3}", "1000", False),
+    ],
+)
+def test_mixed_numbers_scale_words_and_scientific_notation(grader, response, gold, correct):
+    [verdict] = grader.grade([response], [gold])
+    assert verdict.strict_correct is correct, verdict
+
+
+def test_the_flexible_rule_reads_them_too_and_strict_needs_a_box(grader):
+    responses = ["He ran 7 1/2 miles", "about 2 million people", "roughly 1.5e-3 grams"]
+    grades = grader.grade(responses, ["7.5", "2000000", "0.0015"])
+    assert [(g.strict_correct, g.flexible_correct) for g in grades] == [(False, True)] * 3
 
 
 def test_last_number_counts_for_flexible_only(grader):
