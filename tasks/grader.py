@@ -8,10 +8,12 @@ A response is graded in three steps.
    "and", "or", ``$``, ``\\quad``, ``x =``), as in ``\\boxed{2} and \\boxed{6}``. A box after
    other prose replaces the earlier ones. With no box, the strict answer is the rest of the line
    after the last ``####`` (GSM8K style). The *flexible* answer is the strict one if there is one,
-   else the last number in the text, where a fraction (``\\frac{1}{2}``, ``1/2``), a root or a
-   power (``2^{10}``, ``9\\pi``) counts whole, and a number in an exponent or subscript
-   (``m^2``, ``x_3``) or glued to a variable (``3x``) is never taken. ``Grade.method`` says
-   which rule produced it: "boxed", "hash", "last_number", or None when there is no answer.
+   else the last number in the text, where a fraction (``\\frac{1}{2}``, ``1/2``), a mixed
+   number (``7 1/2``), a root, a power (``2^{10}``, ``9\\pi``), scientific notation (``1e3``,
+   ``2 \\times 10^{3}``) and a scale word (``2 million``) count whole, and a number in an
+   exponent or subscript (``m^2``, ``x_3``) or glued to a variable (``3x``) is never taken.
+   ``Grade.method`` says which rule produced it: "boxed", "hash", "last_number", or None when
+   there is no answer.
 2. Reading (plain functions here). Answer and gold are put in one form:
    - Digit groups merge only when they are real: ``1,350``, ``12,345,678``, ``1 000``,
      ``1\\,000``, ``10,\\!000``, ``10{,}000`` (a 1–3 digit head, then groups of exactly three).
@@ -25,9 +27,21 @@ A response is graded in three steps.
      as a unit in ``\\text{}`` or when it has three letters or more or is a known abbreviation
      (cm, kg, ft, ...); a lone letter such as ``x`` is a variable, never a unit.
    - A percent sign is read both ways and either may match: as a unit (``30\\%`` matches 30, as
-     GSM8K's golds state percents) and as a value (``30\\%`` matches 0.3).
+     GSM8K's golds state percents) and as a value (``30\\%`` matches 0.3). So is a scale word
+     (thousand, million, billion, trillion): ``2 \\text{ million}`` matches 2000000 and 2. In the
+     gold it is the value: against a gold of ``2 million``, 2 is wrong.
+   - A mixed number is one value: ``7 1/2``, ``7\\frac{1}{2}``, ``-7 \\tfrac12`` (a whole number,
+     then a proper fraction) are ±15/2, never 71/2 or 7 * 1/2. ``7 3/2`` is no mixed number (two
+     loose numbers, so incorrect) and ``7, 1/2`` is a list.
+   - Against a numeric gold, scientific notation standing alone is a number: ``1e3`` = 1000,
+     ``1.5E-3`` = 0.0015, but not inside a word (``ab1e3``, ``1e3x``). Against a gold with
+     letters an ``e`` may be Euler's number, and the answer is left to math-verify.
+     ``2 \\times 10^{3}`` is math-verify's own.
    - Against an interval gold, a one-variable inequality (``x \\le 2``, ``2 < x < 5``) is read as
      the interval it describes.
+   - Left as they are: a base subscript (``101_2`` matches ``101_2`` and, as math-verify drops
+     the subscript, ``101``; never 5), and degrees against radians (``90^\\circ`` never matches
+     ``\\frac{\\pi}{2}``). docs/grader.md says why.
 3. Comparison. Against a numeric gold an answer is incorrect when it holds a hedge word
    (``6 \\text{ or more}``, "at least"), a word that is not a unit (``5 ab``: math-verify would
    drop it silently), or an equation whose numeric sides disagree (``2 = 6``, ``2+3 = 6``;
