@@ -219,6 +219,22 @@ def test_every_item_of_a_list_must_match(grader, response, gold, correct):
 
 
 @pytest.mark.parametrize(
+    ("response", "gold"),
+    [
+        # One value in four forms against one gold: over the cap of 2 * 1 + 1 different items.
+        (r"\boxed{6, 6.0, \frac{12}{2}, 12/2, \frac{18}{3}}", "6"),
+        # 120 different items against three: never 360 math-verify calls for one response.
+        (r"\boxed{" + ", ".join(str(i) for i in range(120)) + "}", "1, 2, 3"),
+        # Each box is short, together they are over MAX_ANSWER_CHARS.
+        (" and ".join([r"\boxed{" + "+".join(["0"] * 300) + "}"] * 2), "0"),
+    ],
+)
+def test_a_list_too_long_to_be_an_answer_is_incorrect(grader, response, gold):
+    [verdict] = grader.grade([response], [gold])
+    assert not verdict.strict_correct and not verdict.timed_out, verdict
+
+
+@pytest.mark.parametrize(
     ("response", "gold", "correct"),
     [
         # A mixed number: a whole number, then a proper fraction.
