@@ -8,10 +8,12 @@ A response is graded in three steps.
    "and", "or", ``$``, ``\\quad``, ``x =``), as in ``\\boxed{2} and \\boxed{6}``. A box after
    other prose replaces the earlier ones. With no box, the strict answer is the rest of the line
    after the last ``####`` (GSM8K style). The *flexible* answer is the strict one if there is one,
-   else the last number in the text, where a fraction (``\\frac{1}{2}``, ``1/2``), a root or a
-   power (``2^{10}``, ``9\\pi``) counts whole, and a number in an exponent or subscript
-   (``m^2``, ``x_3``) or glued to a variable (``3x``) is never taken. ``Grade.method`` says
-   which rule produced it: "boxed", "hash", "last_number", or None when there is no answer.
+   else the last number in the text, where a fraction (``\\frac{1}{2}``, ``1/2``), a mixed
+   number (``7 1/2``), a root, a power (``2^{10}``, ``9\\pi``), scientific notation (``1e3``,
+   ``2 \\times 10^{3}``) and a scale word (``2 million``) count whole, and a number in an
+   exponent or subscript (``m^2``, ``x_3``) or glued to a variable (``3x``) is never taken.
+   ``Grade.method`` says which rule produced it: "boxed", "hash", "last_number", or None when
+   there is no answer.
 2. Reading (plain functions here). Answer and gold are put in one form:
    - Digit groups merge only when they are real: ``1,350``, ``12,345,678``, ``1 000``,
      ``1\\,000``, ``10,\\!000``, ``10{,}000`` (a 1–3 digit head, then groups of exactly three).
@@ -25,18 +27,38 @@ A response is graded in three steps.
      as a unit in ``\\text{}`` or when it has three letters or more or is a known abbreviation
      (cm, kg, ft, ...); a lone letter such as ``x`` is a variable, never a unit.
    - A percent sign is read both ways and either may match: as a unit (``30\\%`` matches 30, as
-     GSM8K's golds state percents) and as a value (``30\\%`` matches 0.3).
+     GSM8K's golds state percents) and as a value (``30\\%`` matches 0.3). So is a scale word
+     (thousand, million, billion, trillion): ``2 \\text{ million}`` matches 2000000 and 2. In the
+     gold it is the value: against a gold of ``2 million``, 2 is wrong.
+   - A mixed number is one value: ``7 1/2``, ``7\\frac{1}{2}``, ``-7 \\tfrac12`` (a whole number,
+     then a proper fraction) are ±15/2, never 71/2 or 7 * 1/2. ``7 3/2`` is no mixed number (two
+     loose numbers, so incorrect) and ``7, 1/2`` is a list.
+   - Against a numeric gold, scientific notation standing alone is a number: ``1e3`` = 1000,
+     ``1.5E-3`` = 0.0015, but not inside a word (``ab1e3``, ``1e3x``). Against a gold with
+     letters an ``e`` may be Euler's number, and the answer is left to math-verify.
+     ``2 \\times 10^{3}`` is math-verify's own.
    - Against an interval gold, a one-variable inequality (``x \\le 2``, ``2 < x < 5``) is read as
      the interval it describes.
+   - Left as they are: a base subscript (``101_2`` matches ``101_2`` and, as math-verify drops
+     the subscript, ``101``; never 5), and degrees against radians (``90^\\circ`` never matches
+     ``\\frac{\\pi}{2}``). docs/grader.md says why.
 3. Comparison. Against a numeric gold an answer is incorrect when it holds a hedge word
    (``6 \\text{ or more}``, "at least"), a word that is not a unit (``5 ab``: math-verify would
    drop it silently), or an equation whose numeric sides disagree (``2 = 6``, ``2+3 = 6``;
-   ``3 \\times 5 = 15`` and ``x = 6`` are fine). Several boxes are one answer:
-   against a list or set gold (``2, 6``, ``(2, 2), (6, 2)``, ``\\{1, 2\\}``) they must equal it
-   as a set; against a single gold every box must match it, so boxing several candidates never
-   earns credit. Answers longer than ``MAX_ANSWER_CHARS`` are incorrect. Otherwise an exact match
-   after normalisation counts at once, and anything else goes to math-verify (``parse`` then
-   ``verify``), which knows ``\\frac{1}{2} == 0.5`` and ``x^2+1 == 1+x^2``.
+   ``3 \\times 5 = 15`` and ``x = 6`` are fine). Lists are compared item by item, never as one
+   string (math-verify can read a malformed list as its last item alone): the items of a box
+   (``2, 6``, ``2, and 6``, ``1; 2``, ``\\{1, 2\\}``, ``\\{1\\} \\cup \\{2\\}``, ``\\pm 3``) and of
+   several boxes alike. Against a list or set gold (``2, 6``, ``(2, 2), (6, 2)``) the items must
+   equal it as a set: order and repeats do not matter, a wrong, extra or missing item fails.
+   Against a single gold every item must match it, so listing or boxing several candidates never
+   earns credit. A tuple or interval is one value, compared coordinate by coordinate in order
+   and with the same brackets; one box's bare list reads as a point against a point gold
+   (``1, 2`` = ``(1, 2)``, never ``[1, 2]``), and the other way round.
+   Answers longer than ``MAX_ANSWER_CHARS`` (all boxes together) are incorrect, and so is a list
+   of more than 2m + 1 different items against a gold of m: it holds a wrong item or writes one
+   value three ways, and this bounds the math-verify calls one response costs. Otherwise an
+   exact match after normalisation counts at once, and anything else goes to math-verify
+   (``parse`` then ``verify``), which knows ``\\frac{1}{2} == 0.5`` and ``x^2+1 == 1+x^2``.
 
 The flexible rule is a diagnostic only (how many answers were right but not boxed): it must never
 feed training or an RL reward, since a policy learns to end with a lucky number.
@@ -77,6 +99,7 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -84,7 +107,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 # Bump when extraction, normalisation or comparison rules change.
-RULES_VERSION = "distill-lab-grader/2"
+RULES_VERSION = "distill-lab-grader/3"
 
 
 def _installed_version(distribution: str) -> str:
@@ -148,11 +171,22 @@ _CONNECTIVE = re.compile(
 _NUMBER = r"(?:(?<![\w)}\]])-\s*)?(?<![A-Za-z\d.])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
 _BRACED_OR_DIGIT = r"(?:\{[^{}]*\}|\d)"
 _ROOT = rf"\\sqrt\s*(?:\[[^\]]*\])?\s*{_BRACED_OR_DIGIT}"
+# Words that scale the number before them, read as its value (`2 million` = 2000000).
+_SCALE_EXPONENTS = {"thousand": 3, "million": 6, "billion": 9, "trillion": 12}
+_SCALE_WORD = "|".join(_SCALE_EXPONENTS)
+# What may follow a flexible number and belongs to it: scientific notation (`1e3`,
+# `2 \times 10^{3}`), the fraction of a mixed number (`7 1/2`) or a plain one (`1/2`).
+_NUMBER_TAIL = (
+    rf"[eE][+-]?\d+(?![\w.])|\s*(?:\\times|\\cdot)\s*10\s*\^\s*{_BRACED_OR_DIGIT}"
+    r"|[ \t]+\d+\s*/\s*\d+(?![\d./])|\s*/\s*\d+(?:\.\d+)?"
+)
 _FLEXIBLE_ATOM = re.compile(
-    rf"(?:(?<![\w)}}\]])-\s*)?\\[dt]?frac\s*{_BRACED_OR_DIGIT}\s*{_BRACED_OR_DIGIT}"
+    # A fraction counts whole, with the whole number of a mixed number (`7\frac{1}{2}`).
+    rf"(?:{_NUMBER}\s*|(?<![\w)}}\]])-\s*)?\\[dt]?frac\s*{_BRACED_OR_DIGIT}\s*{_BRACED_OR_DIGIT}"
     rf"|(?:{_NUMBER})?\s*(?:{_ROOT}|\\pi(?![A-Za-z]))"
     # Atomic, so "35x" cannot back off to "3"; "3x" is a coefficient, "5 cm" a number and a unit.
-    rf"|(?>{_NUMBER}(?:\s*/\s*\d+(?:\.\d+)?)?(?:\s*\^\s*{_BRACED_OR_DIGIT})?(?:\s*\\?%)?)"
+    rf"|(?>{_NUMBER}(?:{_NUMBER_TAIL})?(?:\s*\^\s*{_BRACED_OR_DIGIT})?"
+    rf"(?:\s*\\?%|\s+(?i:{_SCALE_WORD})(?![A-Za-z]))?)"
     r"(?![A-Za-z](?![A-Za-z]))"
 )
 # A number right after these is an exponent or a subscript, not an answer (m^2, x_{10}).
@@ -290,9 +324,11 @@ _BARE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 _BARE_LETTERS = re.compile(r"(?<![\\A-Za-z])[A-Za-z]+")
 _WORDY_TEXT = re.compile(r"\\(?:text\w*|mbox|mathrm)\s*\{[^{}\d]*\}")
 _TEXT_CONTENT = re.compile(r"\\(?:text\w*|mbox|mathrm|operatorname)\s*\{([^{}]*)\}")
-# "and" / "or" between two items make a list, as math-verify reads "2 and 6".
+# "and" / "or" between two items make a list, as math-verify reads "2 and 6". A comma before
+# the word is part of it: "19, 46, and 82" must become "19, 46, 82", since math-verify reads the
+# doubled comma of "19, 46,, 82" as the last item alone.
 _LIST_WORD = re.compile(
-    r"\s*(?:\\(?:text|mbox|textrm)\s*\{\s*(?:and|or)\s*\}|(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])"
+    r"\s*,?\s*(?:\\(?:text|mbox|textrm)\s*\{\s*(?:and|or)\s*\}|(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])"
     r"|\\(?:lor|vee|land|wedge)(?![A-Za-z]))\s*"
 )
 # Words that turn a value into a hedge or a range: "6 or more", "at least 6", "not 6".
@@ -312,6 +348,21 @@ _UNIT_WORD = (
 _UNIT_MORE = rf"{_UNIT_WORD}|\^\s*(?:\{{\s*[23]\s*\}}|[23])|/|\\cdot"
 _UNIT_GAP = r"(?:\s|\\[,;: !]|~)*"
 _UNIT_TAIL = re.compile(rf"{_UNIT_GAP}(?:{_UNIT_WORD})(?:{_UNIT_GAP}(?:{_UNIT_MORE}))*{_UNIT_GAP}$")
+# A mixed number: a whole number, then a proper fraction (`7 1/2`, `7\frac{1}{2}`, `7 \tfrac12`).
+_FRACTION_PART = r"(?:\{\s*(\d+)\s*\}|(\d))"
+_MIXED_SLASH = re.compile(r"(-?)\s*(\d+)(?:\s|\\[,;: !]|~)+(\d+)\s*/\s*(\d+)")
+_MIXED_FRAC = re.compile(
+    rf"(-?)\s*(\d+){_UNIT_GAP}\\[dt]?frac\s*{_FRACTION_PART}\s*{_FRACTION_PART}"
+)
+# Scientific notation as a standalone token (`1e3`, `1.5E-3`), never inside a word (`ab1e3`).
+_E_NOTATION = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
+MAX_E_EXPONENT = 100  # a longer decimal buys nothing but sympy time
+# A number with a scale word: `2 million`, `1.5 \text{ billion}`, `3\text{thousand}`.
+_SCALED = re.compile(
+    rf"(-?)\s*(\d{{1,3}}(?:,\d{{3}})+|\d+)(\.\d+)?\s*(?:\\(?:text|textrm|mbox|mathrm)\s*\{{\s*"
+    rf"({_SCALE_WORD})\s*\}}|({_SCALE_WORD})(?![A-Za-z]))",
+    re.IGNORECASE,
+)
 
 
 def _merge_groups(text: str) -> str:
@@ -365,6 +416,44 @@ def _strip_unit(text: str) -> str:
     return head
 
 
+def _mixed_number(text: str) -> str:
+    """`7 1/2`, `7\\frac{1}{2}`, `-7 \\tfrac12` → `\\frac{15}{2}` (signed) when text is a whole
+    number and a proper fraction; anything else as it is (`7 3/2` stays two loose numbers)."""
+    for pattern in (_MIXED_SLASH, _MIXED_FRAC):
+        if mixed := pattern.fullmatch(text.strip()):
+            sign, whole, *fraction = mixed.groups()
+            numerator, denominator = (int(part) for part in fraction if part is not None)
+            if 0 < numerator < denominator:
+                return f"{sign}\\frac{{{int(whole) * denominator + numerator}}}{{{denominator}}}"
+    return text
+
+
+def _scientific(text: str) -> str:
+    """`1e3` → `1000`, `1.5e-3` → `0.0015` wherever the notation stands alone (never in `ab1e3`).
+    Only for an answer against a numeric gold, where an `e` cannot be Euler's number."""
+
+    def as_decimal(number: re.Match) -> str:
+        if abs(int(number.group(2))) > MAX_E_EXPONENT:
+            return number.group(0)
+        return f"{Decimal(number.group(0)):f}"
+
+    return _E_NOTATION.sub(as_decimal, text)
+
+
+def _scaled_value(answer: str) -> str | None:
+    """`2 million` → `2000000`, `\\$1.5 \\text{ billion} dollars` → `1500000000 dollars`; None
+    unless answer starts with a number and a scale word."""
+    text = _CURRENCY.sub(r"\1", answer.strip())
+    if wrapped := _TEXT_WRAPPED.fullmatch(text):
+        text = wrapped.group(1).strip()
+    if (scaled := _SCALED.match(text)) is None:
+        return None
+    sign, whole, fraction, braced_word, bare_word = scaled.groups()
+    exponent = _SCALE_EXPONENTS[(braced_word or bare_word).lower()]
+    value = Decimal(whole.replace(",", "") + (fraction or "")).scaleb(exponent)
+    return f"{sign}{value:f}{text[scaled.end():]}"
+
+
 def _for_math_verify(answer: str) -> str:
     """Wrap an answer so math-verify finds it: bare `x^2+1` or `\\sqrt{2}` parse to nothing.
 
@@ -374,8 +463,9 @@ def _for_math_verify(answer: str) -> str:
 
 
 def _canonical_gold(gold: str) -> str:
-    """The gold in the form answers are read against (currency, groups, percent, units)."""
-    return _canonical(gold, numeric_gold=True, decimal_comma=False)
+    """The gold in the form answers are read against (currency, groups, percent, units); a
+    scale word in the gold is its value (`2 million` is 2000000)."""
+    return _canonical(_scaled_value(gold) or gold, numeric_gold=True, decimal_comma=False)
 
 
 def _canonical(answer: str, *, numeric_gold: bool, decimal_comma: bool) -> str:
@@ -387,6 +477,7 @@ def _canonical(answer: str, *, numeric_gold: bool, decimal_comma: bool) -> str:
     text = _PERCENT_WORD.sub(r"\\%", text)
     if numeric_gold:
         text = _strip_unit(text)
+    text = _mixed_number(text)
     text = _LIST_WORD.sub(", ", text) if _LIST_WORD.search(text) and _between_items(text) else text
     if _THOUSANDS.fullmatch(text):
         return _lone_number(text)
@@ -408,12 +499,14 @@ def _between_items(text: str) -> bool:
 
 
 def _split_top_level(text: str, separator: str) -> list[str]:
-    """Split at `separator` outside any (), [], {}, \\{\\} or \\left...\\right group."""
+    """Split at `separator` outside any (), [], {}, \\{\\} or \\left...\\right group; an escaped
+    character (the thin space `\\,`, `\\;`) never separates."""
     pieces, depth, start, index = [], 0, 0, 0
     while index < len(text):
         char = text[index]
-        if char == "\\" and index + 1 < len(text) and text[index + 1] in "{}":
-            depth += 1 if text[index + 1] == "{" else -1
+        if char == "\\" and index + 1 < len(text):
+            if text[index + 1] in "{}":
+                depth += 1 if text[index + 1] == "{" else -1
             index += 2
             continue
         if char in "([{":
@@ -428,14 +521,69 @@ def _split_top_level(text: str, separator: str) -> list[str]:
     return pieces
 
 
-def _elements(text: str) -> list[str]:
-    """The items of a list or set answer (`2, 6`, `\\{1, 2\\}`); one item for a single value.
-    Tuples and intervals (`(1, 2)`, `[0, 1)`) are single values."""
-    inner = text.strip()
-    is_one_set = inner.startswith("\\{") and inner.endswith("\\}")
-    if is_one_set and _split_top_level(inner, ",") == [inner]:
-        inner = inner[2:-2]
-    return [piece for piece in _split_top_level(inner, ",") if piece]
+# Sizing commands (`\\left(`, `\\bigl[`) say nothing about structure.
+_SIZING = re.compile(r"\\(?:left|right|[bB]igg?[lr]?)\s*(?=[()\[\]]|\\[{}])")
+_PLUS_MINUS = re.compile(r"\\(?:pm|mp)(?![A-Za-z])|\u00b1|\u2213")
+_SET_UNION = re.compile(r"\\cup(?![A-Za-z])")
+
+
+def _closes_at_end(text: str) -> bool:
+    """True when text opens with a bracket or set brace that closes at its very end: `(1, 2)`,
+    `[0, 1)`, `\\{1, 2\\}`, but not `(1, 2) \\cup (3, 4)`."""
+    if not text.startswith(("(", "[", "\\{")):
+        return False
+    depth, index = 0, 0
+    while index < len(text):
+        token = text[index : index + 2] if text[index] == "\\" else text[index]
+        if token in ("(", "[", "{", "\\{"):
+            depth += 1
+        elif token in (")", "]", "}", "\\}"):
+            depth -= 1
+            if depth == 0:
+                return index + len(token) == len(text)
+        index += len(token)
+    return False
+
+
+def _items(text: str) -> list[str]:
+    """The items of a list or set, in order: `2, 6`, `1; 2`, `\\{1, 2\\}`, `\\{1\\} \\cup \\{2\\}`,
+    and `\\pm 3` (3 and -3); `[text]` for a single value. A tuple or interval (`(1, 2)`,
+    `[0, 1)`) is a single value, compared coordinate by coordinate (`_tuple`)."""
+    plain = _SIZING.sub("", text).strip()
+    sets = [piece.strip() for piece in _SET_UNION.split(plain)]
+    if all(piece.startswith("\\{") and _closes_at_end(piece) for piece in sets):
+        pieces = [item for piece in sets for item in _separated(piece[2:-2])]
+    else:
+        pieces = _separated(plain)
+    items = [signed for piece in pieces for signed in _plus_minus(piece)]
+    return items if len(items) > 1 else [text]
+
+
+def _separated(text: str) -> list[str]:
+    """Top-level comma-separated pieces; semicolons separate when there is no comma (`1; 2`)."""
+    pieces = _split_top_level(text, ",")
+    if len(pieces) == 1:
+        pieces = _split_top_level(text, ";")
+    return [piece for piece in pieces if piece]
+
+
+def _plus_minus(piece: str) -> list[str]:
+    """`\\pm 3` → `3`, `- 3`; `1 \\pm \\sqrt{2}` → `1 + \\sqrt{2}`, `1 - \\sqrt{2}`. A piece with
+    two or more signs stays whole (math-verify reads it)."""
+    if len(_PLUS_MINUS.findall(piece)) != 1:
+        return [piece]
+    before, after = _PLUS_MINUS.split(piece)
+    return [f"{before}+{after}" if before.strip() else after.strip(), f"{before}-{after}"]
+
+
+def _tuple(text: str) -> tuple[str, list[str], str] | None:
+    """(opening bracket, coordinates, closing bracket) of a tuple or interval of two or more
+    coordinates (`(1, 2)`, `[0, 1)`, `\\left(1, 2\\right)`); None for anything else."""
+    plain = _SIZING.sub("", text).strip()
+    if not plain.startswith(("(", "[")) or not _closes_at_end(plain):
+        return None
+    coordinates = _split_top_level(plain[1:-1], ",")
+    return (plain[0], coordinates, plain[-1]) if len(coordinates) > 1 else None
 
 
 # A one-variable inequality, read as the interval it describes when the gold is an interval.
@@ -469,30 +617,95 @@ Plan = tuple
 
 
 def _plan(parts: Sequence[str], gold: str) -> Plan:
-    """How to decide whether the answer (one or several boxes) matches the gold."""
+    """How to decide whether the answer (one or several boxes) matches the gold. Lists are
+    compared item by item, never as one string: math-verify can read a malformed list as its
+    last item alone, and then "21, 36, 82" would equal "19, 46, 82"."""
+    if sum(len(part) for part in parts) > MAX_ANSWER_CHARS:
+        return ("fixed", False)
     gold = _canonical_gold(gold)
-    gold_items = _elements(gold)
-    if len(parts) == 1:
-        return _value_plan(parts[0], gold)
-    if len(gold_items) == 1:  # every box must be the one right value
-        return ("all", [_value_plan(part, gold) for part in parts])
-    items = [item for part in parts for item in _elements(_lone_number(part))]
-    return _same_set_plan(items, gold_items)
+    gold_items = _items(gold)
+    items = [item for part in parts for item in _answer_items(part, gold)]
+    if len(parts) == 1 and (coordinates := _point_plan(items, gold_items)) is not None:
+        return coordinates
+    # Each item may cost a math-verify call per gold item. More different items than twice the
+    # gold's (and one) means a wrong item or one value written three ways: not worth the calls.
+    if len({normalise(item) for item in items}) > 2 * len(gold_items) + 1:
+        return ("fixed", False)
+    if len(gold_items) > 1:
+        return _same_set_plan(items, [_canonical_gold(item) for item in gold_items])
+    if len(items) == 1:
+        return _value_plan(items[0], gold)
+    # Several values against one gold: every one must be it, so listing candidates earns nothing.
+    return ("all", [_value_plan(item, gold) for item in items])
+
+
+def _answer_items(part: str, gold: str) -> list[str]:
+    """The items of one box once list words, digit groups and decimal commas are read
+    (`2 and 6` → 2, 6; `1,350` and `3,5` against 3.5 are one value); `[part]` for one value."""
+    text = _canonical(part, numeric_gold=_is_numeric(gold), decimal_comma="," not in gold)
+    items = _items(text)
+    return items if len(items) > 1 else [part]
 
 
 def _same_set_plan(items: list[str], gold_items: list[str]) -> Plan:
-    """Every item matches some gold item and every gold item is matched by some item."""
+    """Every item matches some gold item and every gold item is matched by some item: order
+    and repeats do not matter, a wrong, extra or missing item fails."""
     return ("all", [
-        ("all", [("any", [_value_plan(i, g) for g in gold_items]) for i in items]),
-        ("all", [("any", [_value_plan(i, g) for i in items]) for g in gold_items]),
+        ("all", [_matches_one_plan(item, gold_items) for item in items]),
+        ("all", [_matches_one_plan(gold, items, gold_first=True) for gold in gold_items]),
     ])
 
 
+def _matches_one_plan(one: str, others: list[str], *, gold_first: bool = False) -> Plan:
+    """`one` equals some of `others`. Written alike, it does at once: a right list of n items
+    then costs no math-verify call instead of n * (n - 1)."""
+    if normalise(one) in {normalise(other) for other in others}:
+        return ("fixed", True)
+    pairs = [(other, one) if gold_first else (one, other) for other in others]
+    return ("any", [_value_plan(answer, gold) for answer, gold in pairs])
+
+
+def _point_plan(items: list[str], gold_items: list[str]) -> Plan | None:
+    """A bare list in one box against a point, or a point against a bare list (`\\boxed{1, 2}`
+    and gold `(1, 2)`, or the other way round): the coordinates in order. Never an interval
+    (`[1, 2]` needs its brackets), never separate boxes (the caller passes one box only)."""
+    if len(gold_items) == 1 and (point := _point(gold_items[0], len(items))) is not None:
+        return _coordinates_plan(items, point)
+    if len(items) == 1 and (point := _point(items[0], len(gold_items))) is not None:
+        return _coordinates_plan(point, gold_items)
+    return None
+
+
+def _point(text: str, count: int) -> list[str] | None:
+    """The coordinates of text if it is a point `(a, b, ...)` of `count` > 1 coordinates."""
+    shape = _tuple(text)
+    if count < 2 or shape is None or (shape[0], shape[2]) != ("(", ")") or len(shape[1]) != count:
+        return None
+    return shape[1]
+
+
+def _coordinates_plan(items: Sequence[str], gold_items: Sequence[str]) -> Plan:
+    """Each coordinate equal to the gold's in the same place (the callers check the lengths)."""
+    pairs = zip(items, gold_items, strict=True)
+    return ("all", [_value_plan(item, _canonical_gold(gold)) for item, gold in pairs])
+
+
 def _value_plan(answer: str, gold: str) -> Plan:
-    """One answer against one (canonical) gold: the guards, then equation sides, then readings."""
+    """One answer against one (canonical) gold. A number with a scale word reads both ways, as a
+    percent does: `2 million` matches 2000000 (its value) and 2 (the word taken as a unit)."""
     if len(answer) > MAX_ANSWER_CHARS:
         return ("fixed", False)
+    plan = _checked_plan(answer, gold)
+    if _is_numeric(gold) and (value := _scaled_value(answer)) is not None:
+        return ("any", [_checked_plan(value, gold), plan])
+    return plan
+
+
+def _checked_plan(answer: str, gold: str) -> Plan:
+    """One reading of an answer against the gold: the guards, then equation sides, then
+    readings."""
     numeric_gold = _is_numeric(gold)
+    answer = _scientific(answer) if numeric_gold else answer
     answer = _canonical(answer, numeric_gold=numeric_gold, decimal_comma="," not in gold)
     if _LOOSE_DIGITS.search(answer):  # "1 2": neither 12 nor a list
         return ("fixed", False)
@@ -515,7 +728,13 @@ def _value_plan(answer: str, gold: str) -> Plan:
 
 
 def _reading_plan(answer: str, gold: str) -> Plan:
-    """A percent reads both ways: as a value (math-verify: 30% = 0.3) and as a unit (30% = 30)."""
+    """A tuple or interval is compared coordinate by coordinate, with the same brackets. A percent
+    reads both ways: as a value (math-verify: 30% = 0.3) and as a unit (30% = 30)."""
+    if (gold_shape := _tuple(gold)) is not None and (shape := _tuple(answer)) is not None:
+        same_shape = (shape[0], shape[2], len(shape[1])) == (
+            gold_shape[0], gold_shape[2], len(gold_shape[1])
+        )
+        return _coordinates_plan(shape[1], gold_shape[1]) if same_shape else ("fixed", False)
     pair = ("pair", answer, gold)
     if not (answer.endswith("\\%") or gold.endswith("\\%")):
         return pair

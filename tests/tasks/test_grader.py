@@ -98,6 +98,13 @@ def test_hash_line_is_the_strict_fallback():
         (r"so it is \sqrt{2}", r"\sqrt{2}"),
         ("3x + 35y", None),  # coefficients of variables
         ("He gets 30%", "30%"),
+        ("He ran 7 1/2 miles", "7 1/2"),  # a mixed number counts whole
+        (r"so it is 7\frac{1}{2}", r"7\frac{1}{2}"),
+        ("the pair 7, 1/2", "1/2"),  # a list is not a mixed number
+        ("about 2 million people", "2 million"),
+        ("roughly 1.5e-3 grams", "1.5e-3"),
+        (r"that is 2 \times 10^{3}", r"2 \times 10^{3}"),
+        ("see ab1e3", None),  # inside a word: no number
     ],
 )
 def test_last_number_is_the_flexible_fallback(response, number):
@@ -187,6 +194,84 @@ def test_equivalent_answers_are_correct(grader):
 def test_reading_rules(grader, response, gold, correct):
     [verdict] = grader.grade([response], [gold])
     assert verdict.strict_correct is correct, verdict
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "correct"),
+    [
+        # The audit's false positive: math-verify read "21, 36,, 82" as 82 alone.
+        (r"\boxed{21, 36, and 82}", "19, 46, and 82", False),
+        (r"\boxed{21, 36, and 82}", "82", False),
+        ("#### 21, 36, and 82", "19, 46, 82", False),
+        (r"\boxed{(21, 36, and 82)}", "(19, 46, 82)", False),
+        (r"\boxed{19, 36} and \boxed{82}", "19, 46, 82", False),
+        (r"\boxed{\{19, 36\} \cup \{82\}}", r"\{19, 46, 82\}", False),
+        (r"\boxed{19, 46, and 82}", "19, 46, and 82", True),
+        (r"\boxed{82, 46, \text{and } 19}", "19, 46, 82", True),  # a list is unordered
+        (r"\boxed{(82, 46, 19)}", "(19, 46, 82)", False),  # a tuple is ordered
+        (r"\boxed{19, 46} and \boxed{82}", "19, 46, 82", True),
+        (r"\boxed{\frac{1 \pm \sqrt{5}}{2}}", r"\frac{1+\sqrt5}{2}, \frac{1-\sqrt5}{2}", True),
+    ],
+)
+def test_every_item_of_a_list_must_match(grader, response, gold, correct):
+    [verdict] = grader.grade([response], [gold])
+    assert verdict.strict_correct is correct, verdict
+
+
+@pytest.mark.parametrize(
+    ("response", "gold"),
+    [
+        # One value in four forms against one gold: over the cap of 2 * 1 + 1 different items.
+        (r"\boxed{6, 6.0, \frac{12}{2}, 12/2, \frac{18}{3}}", "6"),
+        # 120 different items against three: never 360 math-verify calls for one response.
+        (r"\boxed{" + ", ".join(str(i) for i in range(120)) + "}", "1, 2, 3"),
+        # Each box is short, together they are over MAX_ANSWER_CHARS.
+        (" and ".join([r"\boxed{" + "+".join(["0"] * 300) + "}"] * 2), "0"),
+    ],
+)
+def test_a_list_too_long_to_be_an_answer_is_incorrect(grader, response, gold):
+    [verdict] = grader.grade([response], [gold])
+    assert not verdict.strict_correct and not verdict.timed_out, verdict
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "correct"),
+    [
+        # A mixed number: a whole number, then a proper fraction.
+        (r"\boxed{7 1/2}", r"\frac{15}{2}", True),
+        (r"\boxed{7\frac{1}{2}}", "7.5", True),
+        (r"\boxed{7 \frac12}", "7.5", True),
+        (r"\boxed{-7 1/2 \text{ cups}}", "-7.5", True),
+        (r"\boxed{7 1/2}", "71/2", False),  # never 71/2
+        (r"\boxed{7 1/2}", "3.5", False),  # never 7 * 1/2
+        (r"\boxed{7 3/2}", "8.5", False),  # an improper fraction makes no mixed number
+        (r"\boxed{7, 1/2}", "7.5", False),  # a list stays a list
+        # A scale word: read as the value and, as a percent is, as a unit.
+        (r"\boxed{2 \text{ million}}", "2000000", True),
+        (r"\boxed{2 million}", "2,000,000", True),
+        (r"\boxed{\$1.5 billion}", "1500000000", True),
+        (r"\boxed{3 thousand}", "3000", True),
+        (r"\boxed{2000000}", "2 million", True),
+        (r"\boxed{2 million}", "20000000", False),
+        (r"\boxed{2 million or more}", "2000000", False),
+        # Scientific notation, only as a number of its own.
+        (r"\boxed{1e3}", "1000", True),
+        (r"\boxed{1.5e-3}", "0.0015", True),
+        (r"\boxed{2\times10^3}", "2000", True),
+        (r"\boxed{2 \cdot 10^{3}}", "2000", True),
+        (r"\boxed{1e3}", "100", False),
+        (r"\boxed{ab1e3}", "1000", False),
+    ],
+)
+def test_mixed_numbers_scale_words_and_scientific_notation(grader, response, gold, correct):
+    [verdict] = grader.grade([response], [gold])
+    assert verdict.strict_correct is correct, verdict
+
+
+def test_the_flexible_rule_reads_them_too_and_strict_needs_a_box(grader):
+    responses = ["He ran 7 1/2 miles", "about 2 million people", "roughly 1.5e-3 grams"]
+    grades = grader.grade(responses, ["7.5", "2000000", "0.0015"])
+    assert [(g.strict_correct, g.flexible_correct) for g in grades] == [(False, True)] * 3
 
 
 def test_last_number_counts_for_flexible_only(grader):
