@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             return _with_temporary_server(COMMANDS[args.command], args)
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
-        print(f"distill {args.command}: interrupted; the run was marked KILLED and the same "
-              "command resumes it", file=sys.stderr)
+        print(f"distill {args.command}: interrupted; {_killed_runs()}the same command resumes "
+              "it", file=sys.stderr)
         return 130
     except Exception as error:
         if args.debug:
@@ -204,6 +204,16 @@ def _is_tracking_outage(error: BaseException) -> bool:
     from tasks.tracking import TrackingOutage
 
     return isinstance(error, TrackingOutage)
+
+
+def _killed_runs() -> str:
+    """'MLflow run X was marked KILLED; ' for the runs this command closed so, else ''."""
+    from tasks.runs import KILLED_HERE
+
+    if not KILLED_HERE:  # interrupted before any run opened (a bootstrap, a wait, preflight)
+        return ""
+    runs = ", ".join(KILLED_HERE)
+    return f"MLflow run{'s' * (len(KILLED_HERE) > 1)} {runs} marked KILLED; "
 
 
 def _one_line(error: BaseException) -> str:

@@ -152,13 +152,19 @@ def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
 
 
 @contextlib.contextmanager
-def build_lock(path: Path):
+def build_lock(path: Path, on_wait: Callable[[], None] | None = None):
     """An exclusive lock on path (created if missing), held for the block: two processes
     building or setting up the same thing take turns instead of racing or repeating work. The
-    kernel drops the lock when its holder dies, so a killed run never blocks the next."""
+    kernel drops the lock when its holder dies, so a killed run never blocks the next.
+    on_wait is called once if another process holds it (so a wait is never silent)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -192,7 +198,11 @@ def cached_build(
     of a key runs at a time across processes; the others wait and reuse it.
     """
     final = artifact_root(root) / kind / key
-    with build_lock(final.parent / f".{key}.lock"):
+    def waiting() -> None:
+        log(f"waiting for another process that is building {kind} {key} (the lock "
+            f"{final.parent / f'.{key}.lock'}); it is reused when done")
+
+    with build_lock(final.parent / f".{key}.lock", on_wait=waiting):
         _remove_half_built(final)
         if (final / COMPLETE_MARKER).exists():
             problem = _verified(final)

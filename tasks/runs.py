@@ -212,6 +212,11 @@ def sweep_dead_runs(tracker, experiment: str, log=print) -> list[str]:
 # ----------------------------------------------------------------------------- closing
 
 
+# The runs this process has closed as KILLED (an interrupt, a tracking outage), by id: what
+# the command's last line names.
+KILLED_HERE: list[str] = []
+
+
 def close_run(run: RunRef, status: str, end: RunEnd | None = None, log=print) -> dict:
     """End a run: on FINISHED register its student and attach its text first. Never raises for
     an unreachable server (the end is spilled for `distill replay`); a failure to record even
@@ -229,6 +234,8 @@ def close_run(run: RunRef, status: str, end: RunEnd | None = None, log=print) ->
             for artifact_file, content in end.text.items():
                 tracker.log_text(run.run_id, content, artifact_file, deferrable=True)
             tracker.end_run(run.run_id, status, deferrable=True)
+            if status == "KILLED":
+                KILLED_HERE.append(run.run_id)
     except OSError as error:
         log(f"error: could not record run {run.run_id} as {status}: {describe_os_error(error)}; "
             "the next run marks it KILLED")

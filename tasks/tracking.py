@@ -15,8 +15,10 @@ MLflow's HTTP client to 1 retry and a 2 s timeout (``MLFLOW_HTTP_REQUEST_MAX_RET
 ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``) unless those variables
 are already set: a refused connection fails at once, a server that accepts but never answers
 costs at most about 4 s. Raise ``MLFLOW_HTTP_REQUEST_TIMEOUT`` if large artifact uploads to a
-slow server time out. Everything other than metrics (params, tags, artifacts, registry) is sent
-at once and raises if the server is down.
+slow server time out. ``replay_all`` lifts the ones it set: a replay waits as long as MLflow
+itself would. Everything other than metrics (params, tags, artifacts, registry) is sent at once
+and raises if the server is down; a flow then closes its runs KILLED through the spill file and
+ends with ``TrackingOutage``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -364,3 +365,31 @@ def test_a_tracking_outage_mid_run_ends_in_one_line_and_replay_closes_the_run(
         assert run.status == "FINISHED"
         assert len(tracker.metric_history(run.run_id, "train/loss")) == 30
     assert main(["run", str(config)]) == 0  # the same command: reused, not trained again
+
+
+@pytest.mark.slow
+def test_sigterm_while_waiting_on_another_commands_bootstrap_is_one_line(tmp_path):
+    from tasks.artifacts import build_lock, code_version, content_hash
+    from tasks.bootstrap import DATA_CODE, DefaultBootstrapConfig
+
+    artifacts = tmp_path / "artifacts"
+    key = content_hash(DefaultBootstrapConfig().task, code_version(DATA_CODE))
+    env = _env(artifacts, None)  # on a temporary Prefect server of its own
+    with build_lock(artifacts / "data" / "arithmetic" / f".{key}.lock"):  # another builder
+        process = subprocess.Popen([sys.executable, "-m", "flows.cli", "bootstrap"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   start_new_session=True)
+        seen = []
+        watchdog = threading.Timer(180, process.kill)  # a silent wait fails, never hangs
+        watchdog.start()
+        for line in process.stdout:  # the wait says so: the sign to interrupt it
+            seen.append(line)
+            if "waiting for another process that is building data/arithmetic" in line:
+                break
+        assert process.poll() is None, "".join(seen)[-3000:]
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=120)[0]
+        watchdog.cancel()
+    assert process.returncode == 130, rest[-3000:]
+    assert rest.strip().splitlines()[-1] == (
+        "distill bootstrap: interrupted; the same command resumes it")  # no run was open
