@@ -264,4 +264,5 @@ def test_a_full_disk_at_the_end_is_one_line_and_never_raises(tmp_path, monkeypat
     monkeypatch.setattr(RealTracker, "spill_path", lambda self, run: Path("/dev/full"))
     lines: list[str] = []
     close_run(RunRef(uri, run_id), "FAILED", log=lines.append)
-    assert len(lines) == 1 and "No space left on device" in lines[0], lines
+    assert len(lines) == 1 and "No space left on device writing full (/dev/full)" in lines[0], (
+        lines)
