@@ -36,6 +36,7 @@ import os
 import pickle
 import secrets
 import shutil
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def save_checkpoint(accelerator: Accelerator, model, tokenizer, output_dir: Path
         _write_checkpoint(accelerator, model, tokenizer, tmp, final, step, loop_state)
     except Exception as error:
         refusal = error if isinstance(error, OSError) else _refused_write(output_dir)
+        _close_files_of(error)
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         if refusal is None:
@@ -111,6 +113,16 @@ def _write_checkpoint(accelerator: Accelerator, model, tokenizer, tmp: Path, fin
         os.replace(tmp, final)
         _write_pointer(final.parent, final.name, listing_sha)
     accelerator.wait_for_everyone()
+
+
+def _close_files_of(error: BaseException) -> None:
+    """Clear the frames of error and the errors it chains: they hold the failed save's open
+    file (torch's zip writer), which, once closed, gives back the space of the half-written
+    checkpoint when it is removed, rather than when the error is gone: after the run has
+    tried to record its end on the same full disk."""
+    while error is not None:
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 def _refused_write(directory: Path) -> OSError | None:
