@@ -12,9 +12,11 @@ One layout serves distillation and GRPO (``tasks.loop`` drives both)::
 
 A checkpoint is built in a hidden temporary sibling and renamed into place only when every file
 and its checksum are written, so a kill at any moment leaves either the previous checkpoint or
-the new one. Loading verifies every checksum first; a checkpoint that fails (a flipped bit, a
-truncated file, a planted file) is set aside as ``<name>.corrupt`` with a warning naming the
-file, and the newest checkpoint that passes is used instead. The ``latest`` pointer is a
+the new one. A save the disk cannot hold removes its half-written folder and says so in one line
+from the OS error, naming the checkpoint and the step the same command resumes from. Loading
+verifies every checksum first; a checkpoint that fails (a flipped bit, a truncated file, a
+planted file) is set aside as ``<name>.corrupt`` with a warning naming the file, and the newest
+checkpoint that passes is used instead. The ``latest`` pointer is a
 verified hint: a pointer that is unreadable or names a checkpoint that fails is reported and the
 folder scanned, never trusted into a restart from step 0 over older checkpoints.
 
@@ -78,7 +80,8 @@ def save_checkpoint(accelerator: Accelerator, model, tokenizer, output_dir: Path
         _write_checkpoint(accelerator, model, tokenizer, tmp, final, step, loop_state)
     except Exception as error:
         refusal = error if isinstance(error, OSError) else _refused_write(output_dir)
-        _close_files_of(error)
+        if refusal is not None:
+            _close_files_of(error)
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         if refusal is None:
