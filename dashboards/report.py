@@ -45,6 +45,7 @@ from tasks.eval_metrics import (
     shown_in,
     with_rows,
 )
+from tasks.files import atomic_write_text
 from tasks.store import RolloutStore, default_url
 from tasks.study import (
     GROUPS,
@@ -934,7 +935,7 @@ def build_report(tracking_uri: str | None = None, experiment: str | None = None,
                              "--experiment that has one")
         output = Path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(render_page(report), encoding="utf-8")
+        atomic_write_text(output, render_page(report))
         for chart in report.charts if attach else []:
             tracker.log_figure(parent.run_id, chart.figure, f"report/{chart.name}.png")
         if attach:

@@ -30,6 +30,8 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.files import atomic_write_text
+
 ROOT_ENV = "DISTILL_LAB_ARTIFACTS"
 COMPLETE_MARKER = ".complete"
 CHECKSUMS = "checksums.json"
@@ -115,8 +117,8 @@ def write_checksums(directory: Path, self_verified: tuple[str, ...] = ()) -> str
              for p in sorted(directory.rglob("*"))
              if p.is_file() and p.name not in _UNLISTED and not _matches(p, self_verified)}
     path = directory / CHECKSUMS
-    path.write_text(json.dumps({"files": files, "self_verified": list(self_verified)},
-                               indent=1, sort_keys=True))
+    atomic_write_text(path, json.dumps({"files": files, "self_verified": list(self_verified)},
+                                       indent=1, sort_keys=True))
     return sha256_file(path)
 
 
@@ -213,9 +215,9 @@ def cached_build(
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
         try:
             build(tmp)
-            (tmp / "key.json").write_text(json.dumps(_canonical(describe or {}), indent=2))
+            atomic_write_text(tmp / "key.json", json.dumps(_canonical(describe or {}), indent=2))
             write_checksums(tmp, self_verified)
-            (tmp / COMPLETE_MARKER).write_text(key)
+            atomic_write_text(tmp / COMPLETE_MARKER, key)
             if final.exists():
                 shutil.rmtree(final)  # an incomplete leftover from a crashed build
             os.replace(tmp, final)

@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM
 from tasks.arithmetic import ArithmeticConfig, generate_splits
 from tasks.artifacts import cached_build, code_version, content_hash
 from tasks.data import REASONING_GYM_PREFIX, Problem, load_problems, read_problems, write_problems
+from tasks.files import atomic_write_text
 from tasks.grader import GRADER_VERSION, Grader, summarise
 from tasks.models import (
     SMOLLM2_GGUF,
@@ -155,7 +156,7 @@ def bootstrap_default(
             log(f"  {role} held-out greedy accuracy: {metrics['strict_accuracy']:.1%}")
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)
-            (out / "bootstrap_metrics.json").write_text(json.dumps(metrics, indent=2))
+            atomic_write_text(out / "bootstrap_metrics.json", json.dumps(metrics, indent=2))
 
         path, reused = cached_build(f"models/default-{role}", key, build, root=root,
                                     describe={**describe, "sft": sft, "data": data_dir.name})

@@ -12,9 +12,11 @@ One layout serves distillation and GRPO (``tasks.loop`` drives both)::
 
 A checkpoint is built in a hidden temporary sibling and renamed into place only when every file
 and its checksum are written, so a kill at any moment leaves either the previous checkpoint or
-the new one. Loading verifies every checksum first; a checkpoint that fails (a flipped bit, a
-truncated file, a planted file) is set aside as ``<name>.corrupt`` with a warning naming the
-file, and the newest checkpoint that passes is used instead. The ``latest`` pointer is a
+the new one. A save the disk cannot hold removes its half-written folder and says so in one line
+from the OS error, naming the checkpoint and the step the same command resumes from. Loading
+verifies every checksum first; a checkpoint that fails (a flipped bit, a truncated file, a
+planted file) is set aside as ``<name>.corrupt`` with a warning naming the file, and the newest
+checkpoint that passes is used instead. The ``latest`` pointer is a
 verified hint: a pointer that is unreadable or names a checkpoint that fails is reported and the
 folder scanned, never trusted into a restart from step 0 over older checkpoints.
 
@@ -34,7 +36,9 @@ import hashlib
 import json
 import os
 import pickle
+import secrets
 import shutil
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,8 +47,10 @@ from accelerate.utils import load as accelerate_load
 from accelerate.utils import set_seed
 
 from tasks.artifacts import CHECKSUMS, sha256_file, verify_checksums, write_checksums
+from tasks.files import atomic_write_text, write_error
 
 LOOP_STATE = "loop_state.json"
+PROBE_BYTES = 1 << 20  # a disk that cannot take 1 MiB more cannot take a checkpoint either
 LATEST = "latest"
 PREFIX = "checkpoint-"
 
@@ -62,10 +68,33 @@ def checkpoint_name(step: int) -> str:
 
 def save_checkpoint(accelerator: Accelerator, model, tokenizer, output_dir: Path, step: int,
                     loop_state: dict) -> Path:
-    """Write checkpoint-<step> (every process takes part), then move the latest pointer."""
+    """Write checkpoint-<step> (every process takes part), then move the latest pointer.
+
+    A write the OS refuses (a full disk) removes the half-written checkpoint, which gives its
+    space back for closing the run, and raises a WriteError naming the checkpoint and the step
+    the same command resumes from."""
     output_dir = Path(output_dir)
     final = output_dir / checkpoint_name(step)
     tmp = output_dir / f".{final.name}.tmp"
+    try:
+        _write_checkpoint(accelerator, model, tokenizer, tmp, final, step, loop_state)
+    except Exception as error:
+        refusal = error if isinstance(error, OSError) else _refused_write(output_dir)
+        if refusal is not None:
+            _close_files_of(error)
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if refusal is None:
+            raise
+        newest = checkpoints(output_dir)
+        resumes = checkpoint_step(newest[0]) if newest else 0
+        raise write_error(refusal, f"checkpoint {final}", then="rerun the same command; it "
+                          f"resumes from step {resumes}") from error
+    return final
+
+
+def _write_checkpoint(accelerator: Accelerator, model, tokenizer, tmp: Path, final: Path,
+                      step: int, loop_state: dict) -> None:
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -79,15 +108,44 @@ def save_checkpoint(accelerator: Accelerator, model, tokenizer, output_dir: Path
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / LOOP_STATE).write_text(json.dumps({"step": step, **loop_state}))
+        atomic_write_text(tmp / LOOP_STATE, json.dumps({"step": step, **loop_state}))
         listing_sha = write_checksums(tmp)
         _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _write_pointer(output_dir, final.name, listing_sha)
+        _write_pointer(final.parent, final.name, listing_sha)
     accelerator.wait_for_everyone()
-    return final
+
+
+def _close_files_of(error: BaseException) -> None:
+    """Clear the frames of error and the errors it chains: they hold the failed save's open
+    file (torch's zip writer), which, once closed, gives back the space of the half-written
+    checkpoint when it is removed, rather than when the error is gone: after the run has
+    tried to record its end on the same full disk."""
+    while error is not None:
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+
+
+def _refused_write(directory: Path) -> OSError | None:
+    """The OS's own error for a write into directory now, or None if it takes one.
+
+    torch.save, writing to a path, reports a full disk as a RuntimeError ("[enforce fail at
+    inline_container.cc] unexpected pos") without the errno, and safetensors as its own error
+    type; so after a failed save the same folder is asked, before the half-written checkpoint
+    is removed, while the disk is as full as the save found it."""
+    probe = directory / f".probe-{secrets.token_hex(4)}.tmp"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(bytes(PROBE_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        return error
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
 
 
 class _skip_accelerate_model_copy:
@@ -113,9 +171,7 @@ def _fsync_tree(directory: Path) -> None:
 
 
 def _write_pointer(output_dir: Path, name: str, listing_sha: str) -> None:
-    tmp = output_dir / f".{LATEST}.tmp"
-    tmp.write_text(json.dumps({"checkpoint": name, "sha256": listing_sha}))
-    os.replace(tmp, output_dir / LATEST)
+    atomic_write_text(output_dir / LATEST, json.dumps({"checkpoint": name, "sha256": listing_sha}))
 
 
 # ----------------------------------------------------------------------------- reading

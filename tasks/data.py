@@ -48,12 +48,12 @@ import math
 import numbers
 import os
 import re
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
+from tasks.files import atomic_open
 from tasks.grader import last_boxed
 
 FORMATS = ("gsm8k", "math", "aime", "deepscaler", "problems")
@@ -209,18 +209,8 @@ def write_problems(problems: Iterable[Problem], path: str | Path) -> Path:
         seen.add(problem.id)
         lines.append(json.dumps(problem.to_dict(), ensure_ascii=False) + "\n")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so the rename is atomic; opened by hand, not by tempfile, whose 0600 mode
-    # the renamed file would keep.
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with temporary.open("x", encoding="utf-8") as handle:
-            handle.writelines(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle:
+        handle.writelines(lines)
     return path
 
 

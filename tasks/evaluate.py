@@ -51,6 +51,7 @@ import distill_core as dc
 from tasks.artifacts import content_hash, file_hash
 from tasks.data import Problem, load_problems
 from tasks.entropy import response_entropies
+from tasks.files import atomic_open, atomic_write_text
 from tasks.gold_nll import GoldNLL, gold_nll, gold_nll_metrics
 from tasks.grader import GRADER_VERSION, Grade, Grader
 from tasks.models import load_model, load_tokenizer
@@ -424,17 +425,15 @@ def write_result(result: EvalResult, config: EvalConfig, output_dir: str | Path)
     summary = {"model": config.model, "metrics": result.metrics,
                "identity": result.identity, "identity_hash": result.identity_hash,
                "config": asdict(config)}
-    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(output_dir / "metrics.json", json.dumps(summary, indent=2))
     return output_dir
 
 
 def _write_jsonl(path: Path, rows: Sequence) -> None:
-    """One JSON object per dataclass row, atomically (a temporary file, then renamed)."""
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    """One JSON object per dataclass row, whole or not at all (tasks.files)."""
+    with atomic_open(path) as handle:
         for row in rows:
             handle.write(json.dumps(asdict(row)) + "\n")
-    tmp.replace(path)
 
 
 def read_result(output_dir: str | Path) -> EvalResult:

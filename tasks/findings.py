@@ -56,6 +56,7 @@ from tasks.eval_metrics import (
     RESPONSE_LENGTH,
     EvalMetric,
 )
+from tasks.files import atomic_write_text
 from tasks.plan import cells
 from tasks.stats import (
     Direction,
@@ -478,5 +479,5 @@ def update_readme(findings_path: str | Path, readme_path: str | Path, *,
     old = readme.read_text()
     new = replace_block(old, findings_markdown(findings_path, summary=summary), str(readme))
     if new != old:
-        readme.write_text(new)
+        atomic_write_text(readme, new)
     return new != old

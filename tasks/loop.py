@@ -45,6 +45,7 @@ from tasks.checkpoints import (
     read_loop_state,
     save_checkpoint,
 )
+from tasks.files import atomic_write_text
 
 
 class NonFiniteError(FloatingPointError):
@@ -143,7 +144,8 @@ class TrainingLoop:
 
     def finish(self, metrics: dict[str, float]) -> None:
         if self.is_main:
-            (self.output_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+            atomic_write_text(self.output_dir / "final_metrics.json",
+                              json.dumps(metrics, indent=2))
 
 
 def _quiet(line: str) -> None:

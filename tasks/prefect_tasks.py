@@ -25,6 +25,7 @@ from tasks.compute import ComputeMeter
 from tasks.configs import ExperimentConfig, StudyConfig
 from tasks.eval_metrics import ENTROPY, shown_in
 from tasks.evaluate import EvalConfig, evaluate
+from tasks.files import atomic_write_text
 from tasks.findings import findings_document, findings_table, study_findings
 from tasks.inputs import Inputs, benchmark_specs, bootstrap, resolve_inputs, resolve_rl_inputs
 from tasks.models import check_available, non_embedding_parameters_of
@@ -269,7 +270,7 @@ def tracked_run(spec: RunSpec, tracking_uri: str) -> Iterator[TrackedRun]:
 def write_json(path: str | Path, value: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2, default=str))
+    atomic_write_text(path, json.dumps(value, indent=2, default=str))
     return path
 
 
@@ -386,7 +387,7 @@ def conclude_task(config, parent: RunRef, store_url: str, run_dir: str,
     folder = Path(run_dir)
     write_json(folder / "findings.json", document)
     text = findings_table(findings)
-    (folder / "findings.md").write_text(text + "\n")
+    atomic_write_text(folder / "findings.md", text + "\n")
     return {"table": table, "findings": text, "document": document}
 
 

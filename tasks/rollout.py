@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.compute import ComputeMeter
 from tasks.data import Problem
+from tasks.files import atomic_open
 from tasks.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -285,13 +285,11 @@ def _trim_response(token_ids: list[int], tokenizer: PreTrainedTokenizerBase) -> 
 
 
 def write_samples(samples: list[Sample], path: str | Path) -> Path:
-    """Samples as JSONL (atomic: written to a temporary file, then renamed)."""
+    """Samples as JSONL, whole or not at all (tasks.files)."""
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_open(path) as handle:
         for sample in samples:
             handle.write(json.dumps(asdict(sample)) + "\n")
-    os.replace(tmp, path)
     return path
 
 

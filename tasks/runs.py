@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.artifacts import artifact_root
+from tasks.files import WriteError
 from tasks.store import DEFAULT_URL_ENV, default_url
 
 LOCK_FILE = ".lock"
@@ -243,12 +244,19 @@ def close_run(run: RunRef, status: str, end: RunEnd | None = None, log=print) ->
 
 
 def describe_os_error(error: BaseException) -> str:
-    """One line for an OS-level failure; a full disk says so whatever layer noticed it."""
+    """One line for an OS-level failure; a full disk says so whatever layer noticed it. The
+    place named is the file the error says it was writing (a WriteError always says), else
+    the layer's own words: never a folder guessed for it."""
     text = str(error)
+    first = text.splitlines()[0] if text else ""
+    if isinstance(error, WriteError):
+        return first
     if getattr(error, "errno", None) == errno.ENOSPC or "disk is full" in text or (
             "No space left" in text):
-        return "No space left on device (free space in the artifacts folder, then rerun)"
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+        filename = getattr(error, "filename", None)
+        said = f"writing {filename}" if filename else f"{type(error).__name__}: {first}"
+        return f"No space left on device ({said}): free space, then rerun"
+    return f"{type(error).__name__}: {first}"
 
 
 # ----------------------------------------------------------------------------- before any work

@@ -26,13 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from transformers import PreTrainedModel
 
 from tasks.artifacts import (
@@ -43,6 +42,7 @@ from tasks.artifacts import (
     write_checksums,
 )
 from tasks.compute import ComputeMeter
+from tasks.files import atomic_write_bytes, atomic_write_text
 from tasks.rollout import Sample
 
 log = logging.getLogger(__name__)
@@ -205,9 +205,7 @@ def _score_shard(teacher: PreTrainedModel, samples: Sequence[Sample], pad_token_
 
 
 def _write_shard(tensors: dict[str, torch.Tensor], path: Path) -> str:
-    tmp = path.with_suffix(".tmp")
-    save_file({name: t.contiguous() for name, t in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save({name: t.contiguous() for name, t in tensors.items()}))
     return sha256_file(path)
 
 
@@ -302,7 +300,7 @@ def build_score_cache(
             shards.append({"file": name, "start": start, "end": end,
                            "tokens": int(tensors["token_ids"].numel()),
                            "sha256": _write_shard(tensors, out / name)})
-        (out / MANIFEST).write_text(json.dumps(
+        atomic_write_text(out / MANIFEST, json.dumps(
             {"k": min(config.k, vocab_size), "vocab_size": vocab_size, "samples": len(samples),
              "teacher": teacher_id, "config": asdict(config),
              "shards": shards}, indent=2))
@@ -340,9 +338,7 @@ def _open_verified(directory: Path, samples: Sequence[Sample], pad_token_id: int
         shards.append(load_file(str(path)))
         where.extend((number, local) for local in range(entry["end"] - entry["start"]))
     if rescored:
-        tmp = manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, manifest_path)
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
         write_checksums(directory, ("shard-*.safetensors",))
     return SparseTeacherScores(directory, manifest["k"], manifest["vocab_size"], rescored,
                                shards, where)

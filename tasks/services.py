@@ -42,6 +42,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import NullPool
 
+from tasks.files import atomic_write_text
 from tasks.store import DEFAULT_URL_ENV
 
 log = logging.getLogger(__name__)
@@ -221,8 +222,8 @@ def serving(state_dir: Path, api_url: str):
         raise RuntimeError(f"distill serve already runs (pid {previous['pid']}, serving "
                            f"{previous['api_url']}): one serve per artifacts folder; stop it "
                            f"first (kill {previous['pid']}, or `distill down`)")
-    path.write_text(json.dumps({"pid": os.getpid(), "api_url": api_url,
-                                "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    atomic_write_text(path, json.dumps({"pid": os.getpid(), "api_url": api_url,
+                                        "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
     try:
         yield
     finally:
@@ -436,10 +437,7 @@ def _write_state(state_dir: Path, host: str, services: list[Service],
         s.name: {"pid": started[s.name].pid, "port": s.port, "url": s.url,
                  "log": str(s.log_path)}
         for s in services if s.name in started}}
-    path = state_dir / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(path)
+    atomic_write_text(state_dir / STATE_FILE, json.dumps(state, indent=2))
 
 
 def _read_state(state_dir: Path) -> dict | None:

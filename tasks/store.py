@@ -16,13 +16,19 @@ Every ``add_*`` call is one transaction: a batch is written whole or not at all,
 process loses at most the batch in flight and never leaves half of one. The schema is created on
 first use; opening a database written by a different schema version is an error that says so.
 ``RolloutStore(url)`` connects at once, so an unreachable URL fails at start, not after hours;
-its messages (and ``RolloutStore.url``) show a server URL with the password hidden.
+its messages (and ``RolloutStore.url``) show a server URL with the password hidden. A write the
+database refuses for lack of space raises a ``tasks.files.WriteError`` naming the store (its
+file, or its server), which may lie outside the artifacts folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
-from collections.abc import Iterable, Mapping
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,10 +54,13 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from tasks.files import named, write_error
+
 SCHEMA_VERSION = 1
 DEFAULT_URL_ENV = "DISTILL_LAB_STORE_URL"
 EVAL_STAGE = "eval/"  # + benchmark: an evaluation's sampled responses
 GREEDY_STAGE = "eval_greedy/"  # + benchmark: its one greedy response per problem
+POSTGRES_DISK_FULL = "53100"  # PostgreSQL's SQLSTATE disk_full
 
 
 class _Base(DeclarativeBase):
@@ -129,7 +138,7 @@ class RolloutStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            with self.engine.begin() as connection:
+            with self._room(), self.engine.begin() as connection:
                 versions = _create_schema(connection)
         except SQLAlchemyError as error:
             raise ConnectionError(
@@ -145,7 +154,7 @@ class RolloutStore:
 
     def create_run(self, run_id: str, name: str, kind: str,
                    config: Mapping[str, Any] | None = None) -> str:
-        with Session(self.engine) as session, session.begin():
+        with self._room(), Session(self.engine) as session, session.begin():
             session.add(RunRow(id=run_id, name=name, kind=kind, created_at=datetime.now(UTC),
                                config_json=json.dumps(config or {}, sort_keys=True,
                                                       default=str)))
@@ -162,7 +171,7 @@ class RolloutStore:
     def add_prompts(self, run_id: str, prompts: Iterable[tuple[str, str, str]]) -> int:
         """(prompt_id, problem, answer) rows for a run, in one transaction; prompts the run
         already has are left as they are. Returns the number added."""
-        with Session(self.engine) as session, session.begin():
+        with self._room(), Session(self.engine) as session, session.begin():
             known = set(session.scalars(select(PromptRow.prompt_id)
                                         .where(PromptRow.run_id == run_id)).all())
             rows = [PromptRow(run_id=run_id, prompt_id=p, problem=q, answer=a)
@@ -179,7 +188,7 @@ class RolloutStore:
                           sample_index=r.sample_index, response=r.response,
                           token_count=r.token_count, truncated=r.truncated, correct=r.correct,
                           mean_entropy=r.mean_entropy) for r in records]
-        with Session(self.engine) as session, session.begin():
+        with self._room(), Session(self.engine) as session, session.begin():
             if replace:
                 session.execute(delete(SampleRow).where(
                     SampleRow.run_id == run_id, SampleRow.stage == stage, SampleRow.step == step))
@@ -207,6 +216,21 @@ class RolloutStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    @contextlib.contextmanager
+    def _room(self) -> Iterator[None]:
+        """A write the database refuses for lack of space, as a WriteError naming the store
+        (a SQLite file, else the server URL); its transaction was rolled back whole."""
+        try:
+            yield
+        except SQLAlchemyError as error:
+            if not _disk_full(error):
+                raise
+            database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+            where = named(database) if database else self.url
+            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise write_error(full, f"the rollout store {where}",
+                              then="rerun; what it held before is unchanged") from error
+
     def __enter__(self) -> RolloutStore:
         return self
 
@@ -230,6 +254,13 @@ def _create_schema(connection: Connection) -> list[int]:
     if not versions:
         connection.execute(insert(_SchemaVersion).values(version=SCHEMA_VERSION))
     return versions
+
+
+def _disk_full(error: SQLAlchemyError) -> bool:
+    """SQLite's SQLITE_FULL or PostgreSQL's disk_full under a SQLAlchemy error."""
+    driver_error = getattr(error, "orig", None)
+    return (getattr(driver_error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            or getattr(driver_error, "sqlstate", None) == POSTGRES_DISK_FULL)
 
 
 def _shown(url: str) -> str:

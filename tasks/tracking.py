@@ -55,6 +55,7 @@ from mlflow.utils.validation import (
 
 from distill_core import Objective
 from tasks.artifacts import artifact_root
+from tasks.files import write_errors_named
 
 log = logging.getLogger(__name__)
 
@@ -469,7 +470,7 @@ class Tracker:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         for run_id, metrics in by_run.items():
             path = self.spill_path(run_id)
-            with path.open("a") as f:
+            with write_errors_named(path), path.open("a") as f:
                 f.writelines(json.dumps({"kind": "metric", **asdict(m)}) + "\n"
                              for m in metrics)
             log.warning("%s: wrote %d unsent metrics of run %s to %s; send them later with "
@@ -485,7 +486,7 @@ class Tracker:
     def _spill_record(self, run_id: str, record: dict, reason: str) -> None:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         path = self.spill_path(run_id)
-        with path.open("a") as handle:
+        with write_errors_named(path), path.open("a") as handle:
             handle.write(json.dumps({"run_id": run_id, **record}) + "\n")
         log.warning("%s: written to %s; send it with `distill replay` (or the next run does)",
                     reason, path)

@@ -1,6 +1,8 @@
 """Shared test settings (deterministic torch, no hub lookups, a throwaway Prefect home) and
-fixtures: tiny real models, and one temporary Prefect server per session."""
+fixtures: tiny real models, one temporary Prefect server per session, and small real file
+systems to fill for full-disk tests."""
 
+import errno
 import os
 import signal
 import socket
@@ -76,6 +78,63 @@ def prefect_server():
     """One temporary Prefect server (the test harness) for every flow test of the session."""
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+class SmallDisks:
+    """Real small file systems (tmpfs mounts) that a test fills: a write the kernel refuses
+    with its own ENOSPC, which /dev/full cannot give a write that renames a temporary file."""
+
+    FILLER = ".filler"
+
+    def __init__(self, folder: Path):
+        self.folder, self.mounted = folder, []
+
+    def mount(self, size: str) -> Path:
+        """A fresh tmpfs of size (e.g. "64k", "64m"); skips the test where mounting is not
+        allowed (it needs root, or CAP_SYS_ADMIN)."""
+        disk = self.folder / f"disk-{len(self.mounted)}"
+        disk.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"a full-disk test mounts a small tmpfs, not allowed here: "
+                        f"{done.stderr.strip()}")
+        self.mounted.append(disk)
+        return disk
+
+    def fill(self, disk: Path, leave: int = 0) -> Path:
+        """Fill disk to the brim with one file, then give back about `leave` bytes (whole
+        pages) by shortening it; returns the file."""
+        filler = disk / self.FILLER
+        descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while True:
+                os.write(descriptor, bytes(1 << 16))
+        except OSError as error:
+            assert error.errno == errno.ENOSPC, error
+        if leave:
+            os.ftruncate(descriptor, max(0, os.fstat(descriptor).st_size - leave))
+        os.close(descriptor)
+        return filler
+
+    def empty(self, disk: Path) -> None:
+        """Remove what fill wrote."""
+        (disk / self.FILLER).unlink()
+
+    def unmount(self) -> None:
+        for disk in self.mounted:  # lazily: a test's open handle must not leave it mounted
+            subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """SmallDisks under tmp_path, unmounted after the test."""
+    disks = SmallDisks(tmp_path)
+    yield disks
+    disks.unmount()
 
 
 # ----------------------------------------------------------------------------- the reduced default

@@ -132,6 +132,36 @@ def test_sigterm_marks_the_run_killed_and_the_rerun_finishes_it(prefect_server, 
     assert [r.status for r in _runs(artifacts)] == ["FINISHED"]
 
 
+@pytest.mark.slow
+def test_a_full_disk_at_a_checkpoint_fails_the_run_in_one_line_and_the_rerun_resumes(
+        prefect_server, tmp_path, inputs, monkeypatch, small_disk):
+    artifacts = small_disk.mount("64m")  # MLflow's database on it too, as by default
+    config = _config(tmp_path, inputs)
+    env = {**_env(artifacts, PREFECT_API_URL.value()), "DISTILL_LAB_MIN_FREE_MB": "1"}
+    process = _start(config, env)
+    train_dir = _wait_for_checkpoint(artifacts, "checkpoint-000003", process)
+    while "checkpoint-000003" not in (train_dir / "latest").read_text():
+        time.sleep(0.01)  # its pointer is written just after the rename
+    os.killpg(process.pid, signal.SIGSTOP)  # another program fills the disk meanwhile
+    size = sum(f.stat().st_size for f in (train_dir / "checkpoint-000003").iterdir())
+    small_disk.fill(artifacts, leave=size // 2)  # room for MLflow, not for a checkpoint
+    os.killpg(process.pid, signal.SIGCONT)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 2, output[-3000:]
+    assert output.splitlines()[-1] == (
+        f"distill run: No space left on device writing checkpoint "
+        f"{train_dir / 'checkpoint-000006'}: free space, then rerun the same command; it "
+        "resumes from step 3"), output[-3000:]
+    assert [r.status for r in _runs(artifacts)] == ["FAILED"]  # closed, not left RUNNING
+    small_disk.empty(artifacts)
+    monkeypatch.setenv("DISTILL_LAB_ARTIFACTS", str(artifacts))
+    monkeypatch.setenv("DISTILL_LAB_MIN_FREE_MB", "1")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["run", str(config)]) == 0  # the same command again
+    assert [r.status for r in _runs(artifacts)] == ["FINISHED"]
+    assert latest_checkpoint(train_dir).name == "checkpoint-000012"
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -337,7 +367,8 @@ def test_a_full_disk_at_the_end_is_one_line_and_never_raises(tmp_path, monkeypat
     monkeypatch.setattr(RealTracker, "spill_path", lambda self, run: Path("/dev/full"))
     lines: list[str] = []
     close_run(RunRef(uri, run_id), "FAILED", log=lines.append)
-    assert len(lines) == 1 and "No space left on device" in lines[0], lines
+    assert len(lines) == 1 and "No space left on device writing full (/dev/full)" in lines[0], (
+        lines)
 
 
 @pytest.mark.slow

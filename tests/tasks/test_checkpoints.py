@@ -135,6 +135,32 @@ def test_a_garbage_latest_pointer_never_restarts_from_step_zero(base, tmp_path):
     assert (tmp_path / "run" / "checkpoint-000001").is_dir()  # older checkpoints untouched
 
 
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes(base, tmp_path,
+                                                                        small_disk):
+    disk = small_disk.mount("8m")
+    config = replace(base, output_dir=str(disk / "run"))
+    straight = _run(replace(config, output_dir=str(tmp_path / "straight")))
+
+    def fill_before_checkpoint_2(step: int, metrics: dict) -> None:
+        if step == 2:
+            small_disk.fill(disk)
+
+    with pytest.raises(OSError) as raised:  # torch.save's own error would be a RuntimeError
+        train(config, log=lambda line: None, on_step=fill_before_checkpoint_2)
+    assert str(raised.value) == (
+        f"No space left on device writing checkpoint {disk / 'run' / checkpoint_name(2)}: "
+        "free space, then rerun the same command; it resumes from step 1")
+    # the half-written checkpoint is gone (its space back), the previous one untouched
+    assert sorted(p.name for p in (disk / "run").iterdir()) == [checkpoint_name(1), LATEST]
+    small_disk.empty(disk)
+    lines: list[str] = []
+    resumed = _run(config, lines)
+    assert any("resuming from" in line and checkpoint_name(1) in line for line in lines), lines
+    for name, tensor in _weights(resumed.checkpoint).items():
+        torch.testing.assert_close(tensor, _weights(straight.checkpoint)[name], atol=1e-6,
+                                   rtol=1e-5)
+
+
 def test_checksums_name_added_and_missing_files(tmp_path):
     (tmp_path / "a.txt").write_text("a")
     write_checksums(tmp_path)

@@ -129,3 +129,26 @@ def test_a_claim_without_id_is_refused(tmp_path):
     path.write_text(json.dumps([{"claim": "x"}]))
     with pytest.raises(ValueError, match="claim 0 has no 'id'"):
         findings_markdown(path)
+
+
+def test_a_full_disk_leaves_the_readme_byte_for_byte_and_names_it(tmp_path, capsys, small_disk):
+    disk = small_disk.mount("64k")
+    readme = (disk / "README.md").resolve()
+    # Five whole pages: the new block needs a sixth, so a rewrite in place would free five,
+    # fill them and stop mid-sentence (as it did at 16,384 bytes on a full disk).
+    block = f"{README_START}\nold\n{README_END}\n\nafter\n"
+    prose = f"# x\n\n{'A sentence of the README. ' * 1000}"[: 5 * 4096 - len(block) - 1]
+    readme.write_text(f"{prose}\n{block}")
+    before = readme.read_bytes()
+    findings = tmp_path / "findings.json"
+    findings.write_text(json.dumps(FLAT))
+    small_disk.fill(disk)
+    assert main(["findings", str(findings), "--readme", str(readme)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"distill findings: No space left on device writing README.md ({readme}): free space, "
+        "then rerun; the old file is unchanged")
+    assert readme.read_bytes() == before
+    assert sorted(p.name for p in disk.iterdir()) == [".filler", "README.md"]  # no temporary
+    small_disk.empty(disk)
+    assert main(["findings", str(findings), "--readme", str(readme)]) == 0
+    assert findings_markdown(findings, summary=True) in readme.read_text()

@@ -97,3 +97,24 @@ def test_other_schema_version_is_refused(tmp_path):
                            {"v": SCHEMA_VERSION + 1})
     with pytest.raises(RuntimeError, match=f"schema version \\[{SCHEMA_VERSION + 1}\\]"):
         RolloutStore(url)
+
+
+def test_a_full_disk_under_the_store_names_the_store_and_keeps_what_it_held(tmp_path,
+                                                                          small_disk):
+    from tasks.runs import describe_os_error
+
+    disk = small_disk.mount("1m")  # the store's own disk, away from the artifacts folder
+    database = (disk / "rollouts.db").resolve()
+    with RolloutStore(f"sqlite:///{database}") as store:
+        store.create_run("run-1", "opd", "distill")
+        store.add_samples("run-1", "train", 1, _records(2))
+        small_disk.fill(disk)
+        big = [SampleRecord(f"p{i}", 0, "x" * 100_000, 5, False) for i in range(8)]
+        with pytest.raises(OSError) as raised:
+            store.add_samples("run-1", "train", 2, big)
+        message = (f"No space left on device writing the rollout store rollouts.db ({database})"
+                   ": free space, then rerun; what it held before is unchanged")
+        assert str(raised.value) == message
+        assert describe_os_error(raised.value) == message  # the CLI's line, not another folder
+        small_disk.empty(disk)
+        assert [r.step for r in store.samples("run-1")] == [1, 1]  # the batch: none of it
