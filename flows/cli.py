@@ -219,6 +219,7 @@ def _killed_runs() -> str:
 def _one_line(error: BaseException) -> str:
     """An error as one line: the user's mistake as written, a full disk as such, anything
     unexpected with its type and a pointer to --debug."""
+    from tasks.files import WriteError
     from tasks.runs import describe_os_error
 
     cause = error
@@ -227,7 +228,8 @@ def _one_line(error: BaseException) -> str:
             return describe_os_error(cause)
         cause = cause.__cause__ or cause.__context__
     text = (str(error).strip().splitlines() or [""])[0]
-    if isinstance(error, (ValueError, FileNotFoundError, ConnectionError, RuntimeError)):
+    if isinstance(error, (ValueError, FileNotFoundError, ConnectionError, RuntimeError,
+                          WriteError)):  # WriteError: any refused write, named by its file
         return text
     return f"{type(error).__name__}: {text} (--debug shows the traceback)"
 

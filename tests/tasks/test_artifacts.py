@@ -117,7 +117,7 @@ from tasks.artifacts import cached_build
 def build(out):
     with open(sys.argv[2], "a") as log:
         log.write("built\\n")
-    time.sleep(1.0)
+    time.sleep(3.0)  # long enough that the other process arrives during it
     (out / "product.txt").write_text("made")
 
 print(cached_build("things", "k6", build, root=sys.argv[1])[1])
@@ -129,8 +129,10 @@ def test_two_processes_share_one_build(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     processes = [subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path), str(builds)],
                                   env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    reused = sorted(p.communicate(timeout=120)[0].strip() for p in processes)
-    assert reused == ["False", "True"]
+    outputs = sorted((p.communicate(timeout=120)[0].strip().splitlines() for p in processes),
+                     key=lambda lines: lines[-1])
+    assert [lines[-1] for lines in outputs] == ["False", "True"]  # reused?
+    assert "waiting for another process that is building things k6" in outputs[1][0]
     assert builds.read_text().count("built") == 1
 
 
