@@ -210,6 +210,7 @@ class MlflowServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 120) -> None:
+        assert self.process is None or self.process.poll() is not None, "already running"
         command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
                    "--port", str(self.port), "--workers", "1",
                    "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",

@@ -214,8 +214,7 @@ def test_a_long_outage_spills_to_disk_instead_of_filling_memory(tracker):
 
 @pytest.mark.slow
 def test_metrics_survive_a_server_outage(tmp_path, mlflow_server):
-    server = mlflow_server
-    server.start()
+    server = mlflow_server  # started
     try:
         tracker = Tracker(server.uri, artifacts_dir=tmp_path)
         run_id = tracker.start_run("outage", "train", {})
