@@ -27,6 +27,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from tasks.artifacts import ROOT_ENV, artifact_root
@@ -194,6 +195,28 @@ def _interrupt_on_sigterm() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)
+    sys.unraisablehook = _redeliver_swallowed_interrupts(sys.unraisablehook)
+
+
+def _redeliver_swallowed_interrupts(default_hook):
+    """An interrupt raised while Python runs a finaliser or weakref callback (SQLAlchemy's
+    cleanup, say) is printed and dropped, and the command ran on to the end. Send the signal
+    again: its handler then raises where the code can see it."""
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        number = getattr(error, "signal", None)  # Prefect's TerminationSignal carries it
+        if isinstance(error, KeyboardInterrupt):
+            number = signal.SIGTERM if error.args == (f"signal {signal.SIGTERM}",) else (
+                signal.SIGINT)
+        if number is None:
+            default_hook(unraisable)
+            return
+        # From another thread, a moment later: raised inside this hook it would be dropped too.
+        again = threading.Timer(0.05, os.kill, (os.getpid(), number))
+        again.daemon = True
+        again.start()
+
+    return hook
 
 
 # EX_TEMPFAIL: the work is kept and closed as after a kill; trying again later completes it.

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,36 @@ def test_shipped_configs_are_valid(name, model, experiment):
 def test_report_attach_needs_html(tmp_path, capsys):
     assert main(["--artifacts", str(tmp_path), "report", "--attach"]) == 2
     assert "--attach needs --html OUT" in capsys.readouterr().err
+
+
+SWALLOWING_FINALISER = """
+import os, signal, time, weakref
+from flows.cli import _interrupt_on_sigterm
+
+_interrupt_on_sigterm()
+
+class Box:
+    pass
+
+def finalise(reference):  # SIGTERM lands while Python runs a weakref callback
+    os.kill(os.getpid(), signal.SIGTERM)
+    sum(range(100_000))
+
+box = Box()
+reference = weakref.ref(box, finalise)
+try:
+    del box
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        sum(range(1_000))
+    print("swallowed")
+except KeyboardInterrupt as interrupt:
+    print("delivered", interrupt)
+"""
+
+
+def test_an_interrupt_swallowed_by_a_finaliser_is_delivered_again():
+    # Seen in CI: SIGTERM during SQLAlchemy's weakref cleanup was dropped and the run finished.
+    result = subprocess.run([sys.executable, "-c", SWALLOWING_FINALISER], capture_output=True,
+                            text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert result.stdout.strip() == "delivered signal 15", result.stdout + result.stderr
