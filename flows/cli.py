@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"distill {args.command}: {_one_line(error)}", file=sys.stderr)
-        return TRACKING_OUTAGE_EXIT if _is_tracking_outage(error) else 2
+        from tasks.tracking import TrackingOutage
+
+        return TRACKING_OUTAGE_EXIT if isinstance(error, TrackingOutage) else 2
 
 
 def _prefect_api_url() -> str | None:
@@ -221,12 +223,6 @@ def _redeliver_swallowed_interrupts(default_hook):
 
 # EX_TEMPFAIL: the work is kept and closed as after a kill; trying again later completes it.
 TRACKING_OUTAGE_EXIT = 75
-
-
-def _is_tracking_outage(error: BaseException) -> bool:
-    from tasks.tracking import TrackingOutage
-
-    return isinstance(error, TrackingOutage)
 
 
 def _killed_runs() -> str:

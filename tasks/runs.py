@@ -273,13 +273,13 @@ def preflight(config: Any = None, log=print) -> Locations:
     (tracking-spill/) is sent."""
     from tasks.artifacts import build_lock
     from tasks.store import RolloutStore
-    from tasks.tracking import Tracker
+    from tasks.tracking import Tracker, sqlite_path
 
     where = locations()
     check_free_space(where.root)
     for url, label in ((where.tracking_uri, "MLflow database"), (where.store_url, "rollout store")):
         if url.startswith("sqlite:///"):
-            check_sqlite_file(Path(url.removeprefix("sqlite:///").split("?")[0]), label)
+            check_sqlite_file(sqlite_path(url), label)
     RolloutStore(where.store_url).close()  # a bad store URL or driver fails now, not after training
     with build_lock(where.root / ".tracking-setup.lock"):
         tracker = Tracker(where.tracking_uri, artifacts_dir=where.root)

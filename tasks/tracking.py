@@ -304,7 +304,7 @@ class Tracker:
         """For a SQLite store, a folder beside the database; a server picks its own."""
         if not self.tracking_uri.startswith("sqlite:///"):
             return None
-        return (_sqlite_path(self.tracking_uri).parent / "mlflow-artifacts").as_uri()
+        return (sqlite_path(self.tracking_uri).parent / "mlflow-artifacts").as_uri()
 
     def end_run(self, run_id: str, status: str = "FINISHED", deferrable: bool = False) -> None:
         """Send the run's buffered metrics (one attempt; what fails stays buffered for
@@ -783,7 +783,7 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def _sqlite_path(uri: str) -> Path:
+def sqlite_path(uri: str) -> Path:
     return Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve()
 
 
@@ -834,7 +834,7 @@ def _check_reachable(uri: str) -> None:
                 f"`mlflow server --backend-store-uri sqlite:///mlflow.db --port <port>`), fix "
                 "MLFLOW_TRACKING_URI, or unset it to log to a local SQLite file") from error
     if uri.startswith("sqlite:///"):
-        path = _sqlite_path(uri)
+        path = sqlite_path(uri)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.closing(sqlite3.connect(path)) as database:
