@@ -20,7 +20,8 @@ Not to be confused with ``distill_core.metrics``: the Avg@k and Pass@k estimator
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -59,6 +60,9 @@ class EvalMetric:
     greedy: read from each problem's one greedy response, not from its n samples.
     interval: with per_problem, the study table gives its 95 % interval (else the estimate
         alone, as for truncation).
+    top: its top-level MLflow key (at the evaluation's k), the study's benchmark: the columns
+        and charts MLflow's runs table and compare page show first (``top_level``); None for
+        the rest.
     """
 
     name: str
@@ -69,6 +73,7 @@ class EvalMetric:
     per_problem: PerProblem | None = None
     greedy: bool = False
     interval: bool = True
+    top: str | None = None
 
     def key(self, k: int = 1) -> str:
         """The name as logged at this k (``avg_at_k`` → ``avg_at_4``)."""
@@ -135,15 +140,17 @@ def _entropy(group: Sequence[GradedSample], k: int) -> tuple[float, float]:
 
 # -- the table ----------------------------------------------------------------------------------
 
-AVG_AT_K = EvalMetric("avg_at_k", "avg@{k}", better="higher", per_problem=_avg_at_k)
-PASS_AT_K = EvalMetric("pass_at_k", "pass@{k}", better="higher", per_problem=_pass_at_k)
+AVG_AT_K = EvalMetric("avg_at_k", "avg@{k}", better="higher", per_problem=_avg_at_k,
+                      top="avg_at_k")
+PASS_AT_K = EvalMetric("pass_at_k", "pass@{k}", better="higher", per_problem=_pass_at_k,
+                       top="pass_at_k")
 GREEDY_ACCURACY = EvalMetric("greedy_accuracy", "greedy", better="higher",
-                             per_problem=_greedy_accuracy, greedy=True)
+                             per_problem=_greedy_accuracy, greedy=True, top="greedy")
 RESPONSE_LENGTH = EvalMetric("response_length_mean", "mean length", ".1f", better="lower",
-                             per_problem=_length_mean)
+                             per_problem=_length_mean, top="length")
 TRUNCATION_RATE = EvalMetric("truncation_rate", "truncated", ".1%", better="lower",
                              shown="full", per_problem=_truncation_rate, interval=False)
-ENTROPY = EvalMetric("entropy", "entropy", better=None, per_problem=_entropy)
+ENTROPY = EvalMetric("entropy", "entropy", better=None, per_problem=_entropy, top="entropy")
 GOLD_NLL_DIGITS = EvalMetric("gold_nll_digits", "gold NLL digits", better="lower")
 GOLD_NLL_OTHER = EvalMetric("gold_nll_other", "gold NLL other", better="lower")
 
@@ -178,6 +185,36 @@ def shown_in(tables: Literal["brief", "full"]) -> tuple[EvalMetric, ...]:
     """The metrics a brief or a full table shows, in table order."""
     wanted = ("brief",) if tables == "brief" else ("brief", "full")
     return tuple(m for m in EVAL_METRICS if m.shown in wanted)
+
+
+def top_level() -> tuple[EvalMetric, ...]:
+    """The headline metrics logged at the top level, in the order MLflow's views show them."""
+    return tuple(m for m in EVAL_METRICS if m.top)
+
+
+def top_key(metric: EvalMetric, k: int) -> str:
+    """A headline's top-level MLflow key at this k (``avg_at_k`` → ``avg_at_4``)."""
+    return metric.top.removesuffix("_k") + f"_{k}" if metric.top.endswith("_at_k") else metric.top
+
+
+def is_top_key(key: str) -> bool:
+    """Whether key is a headline's top-level key at some k (``avg_at_4``, ``greedy``)."""
+    return any(re.fullmatch(re.escape(m.top.removesuffix("k")) + r"\d+", key)
+               if m.top.endswith("_at_k") else key == m.top for m in top_level())
+
+
+def for_mlflow(metrics: Mapping[str, float], k: int) -> dict[str, float]:
+    """An evaluation's metrics as a run logs them: ``eval/<benchmark>/*`` with one benchmark's
+    copy left out when it is the only one (``eval/overall/*`` holds the same numbers), plus the
+    headline metrics at k at the top level (``top_level``), read from ``eval/overall``."""
+    benchmarks = {key.split("/")[1] for key in metrics if key.startswith("eval/")} - {"overall"}
+    kept = {key: value for key, value in metrics.items()
+            if len(benchmarks) != 1 or not key.startswith(f"eval/{next(iter(benchmarks))}/")}
+    for metric in top_level():
+        overall = metrics.get(metric.logged(k))
+        if overall is not None:
+            kept[top_key(metric, k)] = overall
+    return kept
 
 
 def with_rows() -> tuple[EvalMetric, ...]:

@@ -215,12 +215,34 @@ def study_directory(config: StudyConfig | ExperimentConfig, inputs: Inputs, root
     return inside(root, "runs", config.name, f"{kind}-{key[:12]}"), key
 
 
+# The ``role`` tag of a study's child runs: what its links filter on (the cells; the untrained
+# references by choice).
+CELL_ROLE, REFERENCE_ROLE = "cell", "reference"
+# What tells a study's runs apart (``cell_identity``): short params, ahead of train.* and eval.*.
+IDENTITY_PARAMS = ("cell", "prefix_source", "kl", "seed")
+
+
 def cell_tags(cell: Cell, seed: int) -> dict[str, str]:
     """The MLflow tags a cell's run carries (what the report and MLflow's UI group by)."""
     objective = cell.objective  # parsed once, when the cell was made
     return {"cell": cell.label, "objective": objective.name, "seed": str(seed),
             "prefix_source": objective.prefix_source, "lambda": f"{objective.reverse_weight:g}",
-            "curriculum": str(cell.curriculum).lower()}
+            "curriculum": str(cell.curriculum).lower(), "role": CELL_ROLE}
+
+
+def kl_direction(reverse_weight: float) -> str:
+    """The token-level KL direction as the comparison reads it: "forward" (λ = 0), "reverse"
+    (λ = 1), else "mix λ"."""
+    return {0.0: "forward", 1.0: "reverse"}.get(reverse_weight, f"mix {reverse_weight:g}")
+
+
+def cell_identity(cell: Cell, seed: int) -> dict[str, str]:
+    """What tells a study's runs apart, logged as short params: MLflow's compare page plots the
+    first three differing params by name, and these sort before every ``train.*``/``eval.*``
+    one (``cell``, ``kl``, ``prefix_source``; then ``seed``)."""
+    objective = cell.objective
+    return {"cell": cell.label, "prefix_source": objective.prefix_source,
+            "kl": kl_direction(objective.reverse_weight), "seed": str(seed)}
 
 
 def run_name(label: str, seed: int, seeds: int) -> str:
@@ -236,7 +258,8 @@ def cell_spec(config: StudyConfig | ExperimentConfig, inputs: Inputs, cell: Cell
                        code_identity())
     seeds = len(getattr(config, "seeds", [seed]))
     return RunSpec(config.name, run_name(cell.label, seed, seeds), cell_tags(cell, seed),
-                   {"train": train, "eval": evaluation}, run_dir, key, parent_run_id)
+                   {**cell_identity(cell, seed), "train": train, "eval": evaluation}, run_dir,
+                   key, parent_run_id)
 
 
 def reference_spec(config: StudyConfig | ExperimentConfig, inputs: Inputs, label: str,
@@ -245,8 +268,9 @@ def reference_spec(config: StudyConfig | ExperimentConfig, inputs: Inputs, label
     evaluated once, paired with every seed of the trained runs."""
     evaluation = eval_config(config, inputs, model)
     key = content_hash(config.name, label, model, evaluation, code_identity())
-    return RunSpec(config.name, label, {"cell": label, "reference": "true", "seed": "0"},
-                   {"eval": evaluation}, run_dir, key, parent_run_id)
+    return RunSpec(config.name, label, {"cell": label, "reference": "true", "seed": "0",
+                                        "role": REFERENCE_ROLE},
+                   {"cell": label, "eval": evaluation}, run_dir, key, parent_run_id)
 
 
 def grid_spec(config: StudyConfig, inputs: Inputs, study: list[Cell],
@@ -339,8 +363,10 @@ def grpo_spec(config: StudyConfig, inputs: Inputs, cell: Cell, seed: int, grpo,
     label = f"grpo {cell.label}"
     return RunSpec(config.name, run_name(label, seed, len(config.seeds)),
                    {"cell": label, "objective": cell.objective.name, "seed": str(seed),
-                    "stage": "rl", "source_run": source_run_id, "curriculum": "false"},
-                   {"grpo": grpo, "eval": evaluation}, run_dir, key, parent_run_id)
+                    "stage": "rl", "source_run": source_run_id, "curriculum": "false",
+                    "role": CELL_ROLE},
+                   {**cell_identity(cell, seed), "cell": label, "grpo": grpo,
+                    "eval": evaluation}, run_dir, key, parent_run_id)
 
 
 def products_shares(config: StudyConfig | ExperimentConfig, inputs: Inputs, study: list[Cell],

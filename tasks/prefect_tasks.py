@@ -23,7 +23,7 @@ from prefect.exceptions import ExternalSignal
 
 from tasks.compute import ComputeMeter
 from tasks.configs import ExperimentConfig, StudyConfig
-from tasks.eval_metrics import ENTROPY, shown_in
+from tasks.eval_metrics import ENTROPY, for_mlflow, shown_in
 from tasks.evaluate import EvalConfig, evaluate
 from tasks.files import atomic_write_text
 from tasks.findings import findings_document, findings_table, study_findings
@@ -141,7 +141,7 @@ def evaluate_task(config: EvalConfig, output_dir: str, store_url: str | None = N
                       log=_log)
     if run is not None:  # a server down now: all of it waits in the spill file for replay
         with Tracker(run.tracking_uri, check=False) as tracker:
-            tracker.log_metrics(run.run_id, result.metrics, step)
+            tracker.log_metrics(run.run_id, for_mlflow(result.metrics, max(config.ks)), step)
             tracker.set_tags(run.run_id, {"eval_identity": result.identity_hash},
                              deferrable=True)
             tracker.log_dict(run.run_id, {"identity": result.identity,

@@ -55,6 +55,7 @@ from mlflow.utils.validation import (
 
 from distill_core import Objective
 from tasks.artifacts import artifact_root
+from tasks.eval_metrics import is_top_key
 from tasks.files import write_errors_named
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,11 @@ def browse_hint(tracking_uri: str) -> str | None:
             "--workers 1")
 
 
+def home_url(tracking_uri: str) -> str:
+    """The UI's experiment list in the training view (its bare address opens the GenAI home)."""
+    return f"{ui_base(tracking_uri)}/#/experiments?{TRAINING_VIEW}"
+
+
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """A run's page in the training view of MLflow's UI (metrics, charts, artifacts)."""
     return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
@@ -123,10 +129,49 @@ def compare_url(tracking_uri: str, experiment_id: str, run_ids: Sequence[str]) -
             f"&experiments={quoted([experiment_id])}&{TRAINING_VIEW}")
 
 
-def runs_view_url(tracking_uri: str, experiment_id: str, view_key: str) -> str:
-    """The runs table of an experiment opened on a saved view (``Tracker.save_runs_view``)."""
+def runs_view_url(tracking_uri: str, experiment_id: str, view_key: str,
+                  charts: bool = False) -> str:
+    """The runs table of an experiment opened on a saved view (``Tracker.save_runs_view``), or
+    with charts its chart view."""
+    mode = "&compareRunsMode=CHART" if charts else ""
     return (f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?viewStateShareKey="
-            f"{view_key}&{TRAINING_VIEW}")
+            f"{view_key}{mode}&{TRAINING_VIEW}")
+
+
+@dataclass(frozen=True)
+class RunsCharts:
+    """The charts a saved runs view opens with, ahead of MLflow's own: a parallel-coordinates
+    chart of the params that tell the runs apart against the first two metrics, then for each
+    metric a bar per run (the runs side by side)."""
+
+    title: str
+    params: Sequence[str]
+    metrics: Sequence[str]
+
+    def state(self) -> dict[str, Any]:
+        """The part of MLflow's runs-view state that holds them (``compareRunCharts``,
+        ``compareRunSections``), as its UI writes it: two sections ahead of MLflow's own, the
+        parallel chart alone in a row (its axes need the width), the bars three a row."""
+        def section(uuid: str, name: str, columns: int, height: int) -> dict[str, Any]:
+            return {"uuid": uuid, "name": name, "display": True, "isReordered": False,
+                    "deleted": False, "isGenerated": False, "columns": columns,
+                    "cardHeight": height}
+
+        apart = section("distill-lab-apart", f"{self.title}: what tells them apart", 1, 380)
+        side = section("distill-lab-bars", f"{self.title}, side by side", 3, 320)
+
+        def chart(uuid: str, where: dict, **config: Any) -> dict[str, Any]:
+            return {"uuid": uuid, "runsCountToCompare": 100, "metricSectionId": where["uuid"],
+                    "deleted": False, "isGenerated": False, **config}
+
+        charts = [chart(f"distill-lab-bar-{key}", side, type="BAR", metricKey=key,
+                        displayName=key) for key in self.metrics]
+        if len(self.params) + len(self.metrics[:2]) >= 2:  # MLflow draws it from two axes on
+            charts.insert(0, chart("distill-lab-parallel", apart, type="PARALLEL",
+                                   selectedParams=list(self.params),
+                                   selectedMetrics=list(self.metrics[:2]), showAllRuns=True))
+        return {"compareRunCharts": charts, "compareRunSections": [apart, side],
+                "isAccordionReordered": True, "hideEmptyCharts": True}
 
 
 def git_sha(repo_dir: str | Path | None = None) -> str:
@@ -167,6 +212,24 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def is_path_value(text: str) -> bool:
+    """A param value naming a file or folder (absolute, ``~``, ``./`` or ``../``), or a JSON
+    list holding one: such values differ between runs without telling their settings apart."""
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            items = json.loads(text)
+        except ValueError:
+            return False
+        return any(isinstance(item, str) and is_path_value(item) for item in items)
+    return text.startswith(("/", "~", "./", "../"))
+
+
+def _path_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """The tags ``log_params`` made of paths: dotted config keys (``train.output_dir``); the
+    platform's other tags have no dot, MLflow's own start with ``mlflow.``."""
+    return {k: v for k, v in tags.items() if "." in k and not k.startswith("mlflow.")}
+
+
 def _param_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return json.dumps(value, default=str, separators=(",", ":"))
@@ -193,7 +256,7 @@ def _check_name(kind: str, name: str) -> None:
 
 def _check_metric_key(key: str) -> None:
     _check_name("metric", key)
-    if "/" not in key:
+    if "/" not in key and not is_top_key(key):
         raise ValueError(f"metric key {key!r} has no stage: name it 'stage/name', e.g. "
                          f"'train/{key}' or 'eval/<benchmark>/{key}'")
 
@@ -358,7 +421,9 @@ class Tracker:
     # -- params -------------------------------------------------------------------------------
 
     def log_params(self, run_id: str, config: Any) -> None:
-        """Log a (nested) config once, as flat ``a.b.c`` params.
+        """Log a (nested) config once, as flat ``a.b.c`` params; a value that is a file or
+        folder path (``is_path_value``) is logged as a tag of the same name instead, which
+        ``run_params`` reads back with the params.
 
         Values longer than MLflow's limit are truncated with a note. Logging the same values
         again is a no-op; a different value for a logged key raises ValueError, because MLflow
@@ -366,6 +431,10 @@ class Tracker:
         flat = {k: _truncate_param(k, v) for k, v in flatten_config(config).items()}
         for key in flat:
             _check_name("param", key)
+        paths = {k: v for k, v in flat.items() if is_path_value(v)}
+        if paths:  # tags: MLflow's compare page then plots what tells runs apart, not folders
+            self.set_tags(run_id, paths)
+            flat = {k: v for k, v in flat.items() if k not in paths}
         logged = self.client.get_run(run_id).data.params
         changed = {k: (logged[k], v) for k, v in flat.items() if k in logged and logged[k] != v}
         if changed:
@@ -586,7 +655,9 @@ class Tracker:
         return [(m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
 
     def run_params(self, run_id: str) -> dict[str, str]:
-        return dict(self.client.get_run(run_id).data.params)
+        """The run's params, with the paths ``log_params`` logged as tags put back."""
+        data = self.client.get_run(run_id).data
+        return {**_path_tags(data.tags), **data.params}
 
     def run_tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)
@@ -604,11 +675,14 @@ class Tracker:
                 break
         return runs
 
-    def child_runs(self, parent_run_id: str) -> list[RunSummary]:
-        """Runs whose ``mlflow.parentRunId`` is the given run, oldest first."""
+    def child_runs(self, parent_run_id: str, role: str | None = None) -> list[RunSummary]:
+        """Runs whose ``mlflow.parentRunId`` is the given run (with role, only those tagged
+        that ``role``), oldest first."""
         experiment_id = self.client.get_run(parent_run_id).info.experiment_id
-        return [_summary(r) for r in self._search(
-            [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'")]
+        search = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+        if role:
+            search += f" and tags.`role` = '{role}'"
+        return [_summary(r) for r in self._search([experiment_id], search)]
 
     def experiment_runs(self, experiment: str, without_tag: str | None = None
                         ) -> list[RunSummary] | None:
@@ -674,20 +748,40 @@ class Tracker:
         return compare_url(self.tracking_uri, experiment_id, run_ids)
 
     def save_runs_view(self, parent_run_id: str, metric_keys: Sequence[str],
-                       param_keys: Sequence[str] = (), tag_keys: Sequence[str] = ()) -> str:
-        """Save a runs-table view of a parent run's children with these metric, param and tag
-        columns (MLflow shows no metric column until one is picked among all of them), as an
-        experiment tag; returns the link that opens it. The key is the parent run's id, so a
-        rerun overwrites its own view and no other."""
+                       param_keys: Sequence[str] = (), tag_keys: Sequence[str] = (),
+                       role: str | None = None, order_by: str | None = None,
+                       charts: RunsCharts | None = None) -> str:
+        """Save a runs-table view of a parent run's children as an experiment tag (MLflow's own
+        "share view" format) and return its key (``runs_view_url`` opens it).
+
+        The view: those metric, param and tag columns (MLflow shows no metric column until one
+        is picked among all of them); only children tagged ``role`` when given; sorted by
+        ``order_by`` (a metric, highest first), which also lists the children as rows of their
+        own (MLflow nests them, collapsed, under their parent when sorted by start time, and a
+        shared view cannot expand them); with charts, its chart view. The key is the parent's
+        id and the role, so a rerun overwrites its own view and no other."""
         experiment_id = self.client.get_run(parent_run_id).info.experiment_id
-        state = {"searchFilter": f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-                 "orderByKey": "attributes.start_time", "orderByAsc": True,
-                 "selectedColumns": [*(f"metrics.`{k}`" for k in metric_keys),
-                                     *(f"params.`{k}`" for k in param_keys),
-                                     *(f"tags.`{k}`" for k in tag_keys)]}
-        key = f"runs-{parent_run_id}"
+        search = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+        if role:
+            search += f" and tags.`role` = '{role}'"
+        state: dict[str, Any] = {
+            "searchFilter": search,
+            "orderByKey": f"metrics.`{order_by}`" if order_by else "attributes.start_time",
+            "orderByAsc": not order_by,
+            "runsHiddenMode": "SHOW_ALL",
+            "selectedColumns": [*(f"params.`{k}`" for k in param_keys),
+                                *(f"metrics.`{k}`" for k in metric_keys),
+                                *(f"tags.`{k}`" for k in tag_keys)]}
+        if charts is not None:
+            state.update(charts.state())
+        key = f"runs-{parent_run_id}" + (f"-{role}" if role else "")
         self.client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + key, json.dumps(state))
-        return runs_view_url(self.tracking_uri, experiment_id, key)
+        return key
+
+    def runs_view_link(self, parent_run_id: str, key: str, charts: bool = False) -> str:
+        """The address of a view ``save_runs_view`` saved: its table, or its charts."""
+        experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+        return runs_view_url(self.tracking_uri, experiment_id, key, charts)
 
     # -- model registry -----------------------------------------------------------------------
 

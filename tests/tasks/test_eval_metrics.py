@@ -14,8 +14,12 @@ from tasks.eval_metrics import (
     ENTROPY,
     EVAL_METRICS,
     GOLD_NLL_DIGITS,
+    for_mlflow,
+    is_top_key,
     metric_named,
     shown_in,
+    top_key,
+    top_level,
     with_rows,
 )
 from tasks.evaluate import SampleResult, summarise_samples
@@ -52,3 +56,18 @@ def test_every_per_problem_metric_gives_the_evaluations_number():
         for k in (1, 4):
             estimate = problem_values({0: rows}, metric.name, k).estimate
             assert estimate == pytest.approx(reported[metric.key(k)], abs=1e-12), metric.name
+
+
+def test_one_benchmarks_copy_is_left_out_and_the_headline_goes_to_the_top():
+    one = {"eval/default/avg_at_4": 0.5, "eval/overall/avg_at_4": 0.5,
+           "eval/overall/avg_at_1": 0.75, "eval/overall/entropy": 0.3,
+           "eval/overall/response_length_mean": 12.0, "eval/overall/pass_at_4": 0.7}
+    assert for_mlflow(one, 4) == {
+        "eval/overall/avg_at_4": 0.5, "eval/overall/avg_at_1": 0.75, "eval/overall/entropy": 0.3,
+        "eval/overall/response_length_mean": 12.0, "eval/overall/pass_at_4": 0.7,
+        "avg_at_4": 0.5, "pass_at_4": 0.7, "length": 12.0, "entropy": 0.3}
+    two = {"eval/a/avg_at_4": 0.25, "eval/b/avg_at_4": 0.75, "eval/overall/avg_at_4": 0.5}
+    assert for_mlflow(two, 4) == {**two, "avg_at_4": 0.5}  # per-benchmark keys kept
+    assert [top_key(m, 4) for m in top_level()] == [
+        "avg_at_4", "pass_at_4", "greedy", "length", "entropy"]
+    assert is_top_key("avg_at_16") and is_top_key("greedy") and not is_top_key("avg_at_")

@@ -15,7 +15,15 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tasks.tracking import Tracker, default_tracking_uri, flatten_config, git_sha
+from tasks.tracking import (
+    SHARED_VIEW_TAG,
+    RunsCharts,
+    Tracker,
+    default_tracking_uri,
+    flatten_config,
+    git_sha,
+    is_path_value,
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +75,58 @@ def test_params_are_flattened_and_logged_once(tracker, caplog):
     tracker.log_params(run_id, config)  # same values again: a no-op
     with pytest.raises(ValueError, match=r"experiment\.objective: logged 'opd', now 'sft'"):
         tracker.log_params(run_id, {"experiment": Experiment(objective="sft")})
+
+
+def test_paths_are_logged_as_tags_and_read_back_with_the_params(tracker):
+    """MLflow's compare page plots the first differing params by name: a folder must not be
+    one of them (it was: eval.model and train.artifacts_root won over the cells' objectives)."""
+    run_id = tracker.start_run("params", "paths", {})
+    tracker.log_params(run_id, {"cell": "opd", "train": {
+        "output_dir": "/runs/opd/train", "student": "./models/student", "steps": 2,
+        "benchmarks": ["/data/test.jsonl"], "template": "boxed"}})
+    params = tracker.client.get_run(run_id).data.params
+    assert params == {"cell": "opd", "train.steps": "2", "train.template": "boxed"}
+    tags = tracker.run_tags(run_id)
+    assert tags["train.output_dir"] == "/runs/opd/train"
+    assert tags["train.benchmarks"] == '["/data/test.jsonl"]'
+    assert tracker.run_params(run_id)["train.student"] == "./models/student"
+    assert not is_path_value('["default"]') and not is_path_value("<the trained student>")
+
+
+def test_the_cells_view_filters_sorts_and_charts_them(tracker):
+    """The saved view of a study's cells: only children tagged role=cell, sorted by Avg@k
+    (which also lists them as rows of their own instead of nested under their parent), the
+    identity params as columns, and the charts section ahead of MLflow's own."""
+    parent = tracker.start_run("views", "study", {})
+    cells = [tracker.start_run("views", cell, {"cell": cell, "role": "cell"}, parent)
+             for cell in ("sft", "opd")]
+    tracker.start_run("views", "teacher", {"cell": "teacher", "role": "reference"}, parent)
+    assert [c.run_id for c in tracker.child_runs(parent, role="cell")] == cells
+    key = tracker.save_runs_view(parent, ["avg_at_4", "entropy"], param_keys=("cell", "kl"),
+                                 role="cell", order_by="avg_at_4",
+                                 charts=RunsCharts("Cells", ("cell", "kl"),
+                                                   ["avg_at_4", "entropy"]))
+    experiment = tracker.client.get_run(parent).info.experiment_id
+    state = json.loads(tracker.client.get_experiment(experiment).tags[SHARED_VIEW_TAG + key])
+    assert state["searchFilter"] == (f"tags.`mlflow.parentRunId` = '{parent}' and "
+                                     "tags.`role` = 'cell'")
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`avg_at_4`", False)
+    assert state["selectedColumns"][:3] == ["params.`cell`", "params.`kl`", "metrics.`avg_at_4`"]
+    parallel, *bars = state["compareRunCharts"]
+    assert (parallel["type"], parallel["selectedParams"], parallel["selectedMetrics"]) == (
+        "PARALLEL", ["cell", "kl"], ["avg_at_4", "entropy"])
+    assert [b["metricKey"] for b in bars] == ["avg_at_4", "entropy"]
+    assert {c["metricSectionId"] for c in state["compareRunCharts"]} <= {
+        s["uuid"] for s in state["compareRunSections"]}
+    link = tracker.runs_view_link(parent, key, charts=True)
+    assert link.endswith(f"viewStateShareKey={key}&compareRunsMode=CHART&"
+                         "workflowType=machine_learning")
+
+
+def test_headline_metrics_are_logged_at_the_top_level(tracker):
+    run_id = tracker.start_run("metrics", "headline", {})
+    tracker.log_metrics(run_id, {"avg_at_4": 0.5, "greedy": 0.25}, step=0)
+    assert tracker.run_metrics(run_id) == {"avg_at_4": 0.5, "greedy": 0.25}
 
 
 def test_metrics_are_read_back_by_step(tracker, caplog):
