@@ -353,7 +353,7 @@ def _up(args) -> None:
     if info["already_running"]:
         print("The servers already run (pids " + ", ".join(
             f"{name} {pid}" for name, pid in info["pids"].items()) + "); nothing started.")
-    print(f"Prefect UI: {info['prefect_ui']}\nMLflow UI:  {info['mlflow_ui']}\n"
+    print(f"Prefect UI: {info['prefect_ui']}\nMLflow UI:  {info['mlflow_home']}\n"
           f"State:      {info['database']}\nexport "
           + " ".join(f"{k}={shlex.quote(v)}" for k, v in info["env"].items()))
 

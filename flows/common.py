@@ -15,9 +15,11 @@ from prefect.cache_policies import NO_CACHE
 from dashboards.report import build_report
 from tasks.checkpoints import checkpoint_name
 from tasks.configs import ExperimentConfig, StudyConfig
-from tasks.eval_metrics import shown_in
+from tasks.eval_metrics import ENTROPY, shown_in, top_key, top_level
 from tasks.inputs import Inputs
 from tasks.plan import (
+    CELL_ROLE,
+    IDENTITY_PARAMS,
     Cell,
     cell_directory,
     cell_spec,
@@ -40,7 +42,7 @@ from tasks.prefect_tasks import (
     train_task,
 )
 from tasks.runs import Locations
-from tasks.tracking import Tracker, TrackingOutage, browse_hint
+from tasks.tracking import RunsCharts, Tracker, TrackingOutage, browse_hint
 
 
 @task(name="report", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -144,29 +146,58 @@ def study_report(where: Locations, parent_run_id: str, run_dir: str | Path) -> s
 @task(name="mlflow-links", cache_policy=NO_CACHE, **IO_RETRIES)
 def links_task(tracking_uri: str, run_id: str, children_k: int | None = None) -> dict[str, str]:
     """Links into MLflow's training view: ``run`` (this run's page). With children_k (a parent
-    run: a study, a night), also ``runs`` (its child runs as a table with their Avg@k, Pass@k,
-    greedy accuracy, entropy, length, truncation and gold NLL columns at k = children_k) and
-    ``compare`` (MLflow's compare page for them)."""
+    run: a study, a night), also, for its cells (the children tagged role "cell"; all children
+    where none is):
+
+    - ``runs``: a table, best Avg@k first, of what tells them apart (cell, prefix source, KL
+      direction, seed) and the headline metrics at k = children_k, then the full tables' rest;
+    - ``charts``: the same runs charted side by side (parallel coordinates of what tells them
+      apart against Avg@k and entropy, then a bar per run for each headline);
+    - ``compare``: MLflow's compare page for them;
+    - ``with references``: the table with the untrained references too, where there are any.
+    """
     try:
         tracker = Tracker(tracking_uri)
     except ConnectionError as error:  # it answered when the run started
         raise TrackingOutage(tracking_uri, "the runs had ended") from error
     with tracker:
         links = {"run": tracker.run_link(run_id)}
-        children = [c.run_id for c in tracker.child_runs(run_id)] if children_k else []
+        children = tracker.child_runs(run_id) if children_k else []
+        cells = tracker.child_runs(run_id, CELL_ROLE) if children else []
         if children:
-            # the full tables' metrics: MLflow's runs table shows no metric column by default
-            metrics = [m.logged(children_k) for m in shown_in("full")]
-            links["runs"] = tracker.save_runs_view(run_id, metrics, tag_keys=("cell", "seed"))
-            links["compare"] = tracker.compare_link(children)
+            links.update(_children_links(tracker, run_id, children_k, bool(cells)))
+            links["compare"] = tracker.compare_link([c.run_id for c in cells or children])
+            if cells and len(cells) < len(children):
+                links["with references"] = _children_links(tracker, run_id, children_k,
+                                                            False, charts=False)["runs"]
     if browse_hint(tracking_uri):
         links["serve the UI first"] = f"`{browse_hint(tracking_uri)}`"
     return links
 
 
+def _children_links(tracker: Tracker, run_id: str, k: int, cells_only: bool,
+                    charts: bool = True) -> dict[str, str]:
+    """The ``runs`` (and with charts the ``charts``) link of a parent's children: a saved view
+    (``Tracker.save_runs_view``)."""
+    headline = [top_key(m, k) for m in top_level()]
+    rest = [m.logged(k) for m in shown_in("full") if not m.top]
+    params = IDENTITY_PARAMS if cells_only else ()
+    view = tracker.save_runs_view(
+        run_id, [*headline, *rest], param_keys=params, tag_keys=() if params else ("cell",),
+        role=CELL_ROLE if cells_only else None, order_by=headline[0],
+        charts=RunsCharts("Cells", params[:3], [headline[0], ENTROPY.top, *[
+            key for key in headline[1:] if key != ENTROPY.top]]) if charts else None)
+    links = {"runs": tracker.runs_view_link(run_id, view)}
+    if charts:
+        links["charts"] = tracker.runs_view_link(run_id, view, charts=True)
+    return links
+
+
 LINK_NAMES = {"run": "MLflow run", "runs": "its runs, as a table with metric columns",
-              "compare": "compare them in MLflow", "report": "report",
-              "serve the UI first": "MLflow's UI (SQLite store): serve it first with"}
+              "charts": "its runs, charted side by side", "compare": "compare them in MLflow",
+              "with references": "the same table with the teacher and starting student",
+              "report": "report", "serve the UI first": "MLflow's UI (SQLite store): serve it "
+              "first with"}
 
 
 def publish(key: str, title: str, links: dict[str, str], *sections: str) -> str:

@@ -121,9 +121,9 @@ def up(state_dir: Path, prefect_port: int = 4200, mlflow_port: int = 5000,
     rollout store then keep their state there (see the module docstring), else in SQLite files
     of ``state_dir``.
 
-    Returns their URLs (``prefect_ui``, ``prefect_api``, ``mlflow_ui``), the environment to
-    export (``env``), pids, log files and ``database`` (where the state lives, password
-    hidden). When the servers of ``state_dir`` already run, reports them (``already_running:
+    Returns their URLs (``prefect_ui``, ``prefect_api``, ``mlflow_ui``; ``mlflow_home``, its
+    experiment list in the training view), the environment to export (``env``), pids, log
+    files and ``database`` (where the state lives, password hidden). When the servers of ``state_dir`` already run, reports them (``already_running:
     True``) and starts nothing. Raises before starting anything when a port is taken
     (``RuntimeError``) or the DSN does not connect (``ConnectionError``), and after stopping both
     servers when one dies or stays unhealthy for ``timeout_s`` (the message names its log file
@@ -390,12 +390,14 @@ def wait_until_healthy(services: list[Service], processes: dict[str, subprocess.
 
 def _urls(host: str, prefect_port: int, mlflow_port: int,
           database: Postgres | None = None) -> dict:
+    from tasks.tracking import home_url  # here: MLflow's import costs `distill status` 2 s
+
     prefect, mlflow = f"http://{host}:{prefect_port}", f"http://{host}:{mlflow_port}"
     env = {"PREFECT_API_URL": f"{prefect}/api", "MLFLOW_TRACKING_URI": mlflow}
     if database is not None:
         env[DEFAULT_URL_ENV] = database.store_url
     return {"prefect_ui": prefect, "prefect_api": f"{prefect}/api", "mlflow_ui": mlflow,
-            "env": env}
+            "mlflow_home": home_url(mlflow), "env": env}
 
 
 def _report(services: dict) -> dict:

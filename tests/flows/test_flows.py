@@ -56,16 +56,26 @@ def test_grid_logs_a_parent_with_a_child_run_per_cell(prefect_server, study):
         tags, metrics = tracker.run_tags(opd), tracker.run_metrics(opd)
         assert tags["prefix_source"] == "student" and tags["lambda"] == "1"
         assert tags["cell"] == "opd" and tags["curriculum"] == "false" and tags["git_sha"]
-        # every response-length metric, training and evaluation
+        # every response-length metric, training and evaluation; the headline at the top
         for key in ("train/response_length", "train/response_length_max",
-                    "train/truncation_rate", "eval/tiny/response_length_mean",
-                    "eval/tiny/response_length_median", "eval/overall/truncation_rate",
-                    "eval/tiny/avg_at_2", "eval/tiny/pass_at_2", "eval/tiny/entropy",
-                    "train/total_flops"):
+                    "train/truncation_rate", "eval/overall/response_length_mean",
+                    "eval/overall/response_length_median", "eval/overall/truncation_rate",
+                    "eval/overall/avg_at_2", "eval/overall/pass_at_2", "eval/overall/entropy",
+                    "train/total_flops", "avg_at_2", "pass_at_2", "greedy", "length",
+                    "entropy"):
             assert key in metrics, key
+        assert metrics["avg_at_2"] == metrics["eval/overall/avg_at_2"]
+        assert not any(key.startswith("eval/tiny/") for key in metrics)  # one benchmark
         assert [step for step, _ in tracker.metric_history(opd, "train/loss")] == [1, 2]
         params = tracker.run_params(opd)
         assert params["train.objective"] == "opd" and params["train.steps"] == "2"
+        # what tells the cells apart sorts first; folders are tags, not params
+        logged = tracker.client.get_run(opd).data.params
+        assert {k: logged[k] for k in ("cell", "prefix_source", "kl", "seed")} == {
+            "cell": "opd", "prefix_source": "student", "kl": "reverse", "seed": "0"}
+        assert "train.output_dir" not in logged and tags["train.output_dir"]
+        assert tags["role"] == "cell"
+        assert tracker.run_tags(children["teacher"].run_id)["role"] == "reference"
         assert not any(key.startswith("study.") for key in params)  # the run's own params
         versions = tracker.latest_model_versions("distill-tiny-")
     assert {v.name for v in versions} == {"distill-tiny-sft", "distill-tiny-opd"}
@@ -171,6 +181,12 @@ def test_grid_attaches_its_report_and_the_cli_rebuilds_it(prefect_server, study,
                                            "machine_learning")
     assert longer["links"]["run"] in markdown and "report.html" in markdown
     assert "compare-runs?runs=" in longer["links"]["compare"]
+    with Tracker(longer["tracking_uri"]) as tracker:  # the cells, not the references
+        cells = {c.run_id for c in tracker.child_runs(longer["parent_run_id"], role="cell")}
+    assert len(cells) == 2 and all(run_id in longer["links"]["compare"] for run_id in cells)
+    assert longer["links"]["compare"].count("%22") == 2 * 2 + 2  # 2 runs, 1 experiment
+    assert "compareRunsMode=CHART" in longer["links"]["charts"]
+    assert "viewStateShareKey=" in longer["links"]["with references"]
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "again.html"
     assert main(["--artifacts", str(root), "report", "--experiment", "tiny", "--run",
