@@ -52,7 +52,9 @@ def evaluate_flow(config: EvaluateFlowConfig = EvaluateFlowConfig()) -> dict:
         table = nightly_table(rows)
         trend = trend_task(night.ref, config.name, max(config.ks))
         night.end.text["results.md"] = table + "\n"
-    links = links_task(where.tracking_uri, night.ref.run_id, max(config.ks))
+    # the runs view's metric columns at the night's largest k (each model's own k may differ)
+    links = links_task(where.tracking_uri, night.ref.run_id,
+                       max(max(row["config"].ks) for row in rows))
     publish(f"evaluation-{config.name}", spec.name, links,
             "## Tonight\n\n" + table, "## Trend\n\n" + trend)
     return {label: {**result, "night_run_id": night.ref.run_id, "links": links,
