@@ -305,9 +305,10 @@ class _EvaluateBase(_Config):
 EvaluateFlowConfig = create_model(
     "EvaluateFlowConfig", __base__=_EvaluateBase, __module__=__name__,
     __doc__="Evaluate models on benchmarks: given paths, or the newest version of each "
-    "registered student (the nightly schedule). Its knobs are the evaluation stage's, with the "
-    "same defaults as a study's eval_* fields, so a student's nightly numbers equal its "
-    "study's.", **form_fields(EvalConfig, group="evaluation"))
+    "registered student (the nightly schedule). A registered student is evaluated with its own "
+    "study's settings (its run's eval.* params); the knobs here, the evaluation stage's with "
+    "the same defaults as a study's eval_* fields, are for given models and students whose run "
+    "recorded none.", **form_fields(EvalConfig, group="evaluation"))
 
 
 class BootstrapFlowConfig(_Config):

@@ -298,9 +298,11 @@ def evaluate(
     step: int = 0,
     artifacts_root: str | Path | None = None,
     log: Callable[[str], None] = print,
+    label: str | None = None,
 ) -> EvalResult:
     """Evaluate config.model on config.benchmarks (see the module docstring).
 
+    label: the model's name in the log lines ("distill-opd v3"; default: its folder's name).
     output_dir: writes metrics.json (metrics + identity), samples.jsonl and gold_nll.jsonl there.
     store_url, run_id, step: also writes the per-sample table to the rollout store, stages
     ``eval/<benchmark>`` and ``eval_greedy/<benchmark>``, under run_id (created if missing), at
@@ -317,7 +319,7 @@ def evaluate(
                                                                        tokenizer) as backend:
         for benchmark in benchmarks:
             with Progress(len(benchmark.problems) * config.n,
-                          f"evaluating {Path(config.model).name} on {benchmark.name}", log,
+                          _evaluating(label or Path(config.model).name, benchmark, config), log,
                           unit="samples") as progress:
                 bench_rows, bench_gold = _evaluate_benchmark(
                     config, benchmark, model, tokenizer, backend, grader, progress)
@@ -337,6 +339,13 @@ def evaluate(
         store_samples(result, benchmarks, store_url, run_id or f"eval-{result.identity_hash}",
                       step, config)
     return result
+
+
+def _evaluating(label: str, benchmark: Benchmark, config: EvalConfig) -> str:
+    """What a log line says is being evaluated, and how: "evaluating distill-opd v3 on default
+    (20 problems × 4 samples, T=1.0, cap 256)"."""
+    return (f"evaluating {label} on {benchmark.name} ({len(benchmark.problems)} problems × "
+            f"{config.n} samples, T={config.temperature}, cap {config.max_new_tokens})")
 
 
 def _backend(config: EvalConfig, model, tokenizer):

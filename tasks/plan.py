@@ -6,6 +6,8 @@ decision about ML meaning, so the flows stay wiring only:
 
 - ``cells``: the grid's runs (cells, λ mixes per prefix source, curriculum variants);
 - ``train_config`` / ``eval_config`` / ``flow_eval_config`` / ``grpo_config``;
+- ``nightly_eval_config``: the nightly's procedure for one registered student, its study's own
+  (``recorded_eval_knobs``) where its run recorded one;
 - ``teacher_product_configs``: the teacher products teacher-prefix cells share;
 - ``*_spec``: each run's MLflow identity and folder (``tasks.runs``), keyed by its configs and
   ``code_identity()`` so a rerun after a kill resumes it.
@@ -13,9 +15,14 @@ decision about ML meaning, so the flows stay wiring only:
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import distill_core as dc
 from tasks.artifacts import artifact_root, code_version, content_hash, package_modules
@@ -120,6 +127,56 @@ def flow_eval_config(config: EvaluateFlowConfig, model: str,
                      benchmarks: tuple[str, ...]) -> EvalConfig:
     """The evaluate flow's procedure; benchmarks resolved by tasks.inputs.benchmark_specs."""
     return EvalConfig(model, benchmarks, **stage_values(config, EvalConfig))
+
+
+def recorded_eval_knobs(params: Mapping[str, str]) -> dict[str, Any]:
+    """The evaluation procedure a run recorded, typed back from its ``eval.*`` params (an
+    EvalConfig as ``tasks.tracking.flatten_config`` writes it: "4", "[1,4]", "None", "True"):
+    {knob: value}, benchmarks included, model left out. Empty if the run recorded none (a run
+    from before runs logged their evaluation, a run of another flow)."""
+    hints = typing.get_type_hints(EvalConfig)
+    return {f.name: _typed(params[f"eval.{f.name}"], hints[f.name])
+            for f in dataclasses.fields(EvalConfig)
+            if f.name != "model" and f"eval.{f.name}" in params}
+
+
+def _typed(text: str, hint: Any) -> Any:
+    if text == "None":
+        return None
+    optional = isinstance(hint, types.UnionType)  # "int | None": the type that is not None
+    kind = next(t for t in typing.get_args(hint) if t is not type(None)) if optional else hint
+    if typing.get_origin(kind) is tuple:
+        return tuple(json.loads(text))
+    return text == "True" if kind is bool else kind(text)
+
+
+# Where a nightly evaluation's settings came from (child tag ``eval_settings``, table column).
+FROM_STUDY, FROM_FLOW = "its study", "the flow's"
+
+
+def nightly_eval_config(config: EvaluateFlowConfig, model: str, benchmarks: tuple[str, ...],
+                        recorded: Mapping[str, Any]) -> tuple[EvalConfig, str]:
+    """One registered student's nightly procedure and where it came from: its own study's
+    (recorded: its source run's ``recorded_eval_knobs``) — samples, k, temperature, cap,
+    problems, seed, template, benchmarks, batch size, backend — so that its nightly number is
+    the study's number again for the same weights; where it recorded none (a given model, an
+    older run) the flow's config, said in the second value. A knob its run did not record (it
+    did not exist then) takes the flow's value; benchmark files missing on this machine give
+    the flow's benchmarks (said too: then the numbers are not comparable).
+
+    Each student is evaluated with its own config rather than students grouped by settings:
+    an evaluation loads one model anyway, so grouping would save nothing and only reorder the
+    night; per student, each child run's params are exactly its procedure."""
+    if not recorded:
+        reason = "given model" if config.models else "its run recorded no settings"
+        return flow_eval_config(config, model, benchmarks), f"{FROM_FLOW} ({reason})"
+    knobs = {**stage_values(config, EvalConfig), "benchmarks": benchmarks, **recorded}
+    missing = [spec for spec in knobs["benchmarks"] if not Path(spec.rpartition("=")[2]).is_file()]
+    source = FROM_STUDY
+    if missing:
+        knobs["benchmarks"] = benchmarks
+        source += f", benchmarks {FROM_FLOW} ({', '.join(missing)} not here)"
+    return EvalConfig(model, **knobs), source
 
 
 def grpo_config(config: RLFlowConfig, inputs: RLInputs, source: dict, output_dir: str
@@ -323,21 +380,33 @@ NIGHT_TAG = "night"  # the date (UTC, YYYY-MM-DD) of an evaluation's parent run
 
 
 def night_spec(config: EvaluateFlowConfig, models: list[tuple[str, str, dict]],
-               root: str | Path) -> RunSpec:
+               root: str | Path, taken: Collection[str] = ()) -> RunSpec:
     """The parent run of one evaluate flow run, "<name> <date>", tagged with the date (``night``)
     and with where the models came from: the registry (``nightly``: the schedule's case) or the
-    given list. Its children are the models' runs; its metrics and trend the night's summary."""
+    given list. Its children are the models' runs; its metrics and trend the night's summary.
+
+    One parent per night and trigger (config.name, its experiment): taken holds the names of
+    the experiment's earlier parents, and a second run on the same date is "<name> <date> (2)",
+    a third "(3)", so that two triggers on one day never make two runs of one name."""
     from datetime import UTC, datetime
 
     now = datetime.now(UTC)
     night = now.strftime("%Y-%m-%d")
     source = "given models" if config.models else "registry"
-    return RunSpec(config.name, f"{config.name} {night}",
+    return RunSpec(config.name, night_name(f"{config.name} {night}", taken),
                    {NIGHT_TAG: night, "evaluation": "nightly" if not config.models else "models",
                     "models": ", ".join(label for label, _, _ in models),
                     "models_from": source},
                    {"evaluate": config.model_dump()},
                    inside(root, "runs", config.name, f"night-{now.strftime('%Y%m%d-%H%M%S-%f')}"))
+
+
+def night_name(name: str, taken: Collection[str]) -> str:
+    """name if no earlier run has it, else name with the first free count: "name (2)", …"""
+    count = 1
+    while (candidate := name if count == 1 else f"{name} ({count})") in taken:
+        count += 1
+    return candidate
 
 
 def study_grpo_config(config: StudyConfig, inputs: Inputs, checkpoint: str, seed: int,

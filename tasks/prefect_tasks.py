@@ -133,12 +133,13 @@ def train_task(config: TrainConfig, run: RunRef | None = None,
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(config: EvalConfig, output_dir: str, store_url: str | None = None,
-                  run: RunRef | None = None, step: int = 0, root: str | None = None) -> dict:
-    """Evaluate one model; its metrics (greedy accuracy and gold NLL among them) and the
-    per-sample table go to output_dir, the store and the run."""
+                  run: RunRef | None = None, step: int = 0, root: str | None = None,
+                  label: str | None = None) -> dict:
+    """Evaluate one model (label: its name in the log lines); its metrics (greedy accuracy and
+    gold NLL among them) and the per-sample table go to output_dir, the store and the run."""
     result = evaluate(config, output_dir=output_dir, store_url=store_url,
                       run_id=run.run_id if run else None, step=step, artifacts_root=root,
-                      log=_log)
+                      log=_log, label=label)
     if run is not None:  # a server down now: all of it waits in the spill file for replay
         with Tracker(run.tracking_uri, check=False) as tracker:
             tracker.log_metrics(run.run_id, for_mlflow(result.metrics, max(config.ks)), step)

@@ -1,4 +1,5 @@
-"""The Markdown tables flows print and attach: a study's results, RL before → after.
+"""The Markdown tables flows print and attach: a study's results, RL before → after, a night's
+evaluation beside its students' study numbers.
 
 Their metric columns are the entries of ``tasks.eval_metrics`` (labels, formats, which table
 shows which, in the table's order). Every table shows greedy accuracy beside Avg@k and Pass@k,
@@ -44,6 +45,63 @@ def results_table(rows: list[dict], ks: list[int]) -> str:
                   _fmt(t.get("time/train_total"), ".0f")]
         lines.append("| " + " | ".join(cells_) + " |")
     return "\n".join(lines) + f"\n\n{LEGEND}"
+
+
+# A night's Avg@k against its study's: with the same procedure (the evaluation identity: grader,
+# prompt, sampling settings and seed, problems, benchmark files), the same weights and the same
+# machine and backend, tasks.rollout reseeds every batch from (seed, batch index), so the samples
+# and the number repeat exactly; the tolerance only absorbs float summation. Any larger
+# difference is flagged: other weights, or another machine, torch or backend (whose sampled
+# tokens can differ; each flipped sample moves Avg@k by 1 / (problems × k)).
+AGREEMENT_TOLERANCE = 1e-9
+AGREES, DIFFERS, OTHER_PROCEDURE, NO_STUDY = "=", "⚠ differs", "≠ procedure", "no study number"
+NIGHTLY_LEGEND = (
+    f"study: the Avg@k its source run logged for the same model; Δ = tonight − study. "
+    f"{AGREES}: equal (same procedure, |Δ| ≤ {AGREEMENT_TOLERANCE:g}); {DIFFERS}: same "
+    f"procedure, different number — other weights, or another machine, torch or backend; "
+    f"{OTHER_PROCEDURE}: evaluated differently from the study (settings, grader, benchmark "
+    f"files), Δ is not a discrepancy; {NO_STUDY}: a given model, or its run logged no Avg@k. "
+    "settings: where tonight's settings came from (its study's, or the flow's where its run "
+    "recorded none)")
+
+
+def agreement(tonight: float | None, study: float | None, same_procedure: bool
+              ) -> tuple[float | None, str]:
+    """(tonight − study, its flag; see NIGHTLY_LEGEND)."""
+    if tonight is None or study is None:
+        return None, NO_STUDY
+    delta = tonight - study
+    if not same_procedure:
+        return delta, OTHER_PROCEDURE
+    return delta, AGREES if abs(delta) <= AGREEMENT_TOLERANCE else DIFFERS
+
+
+def nightly_table(rows: list[dict]) -> str:
+    """A night's evaluation as Markdown: a row per model with the settings it was evaluated
+    with, its Avg@k beside its study's (Δ and a flag), the brief metrics and the evaluation's
+    wall time; then the legends. Each row at its own k (its settings' largest).
+
+    rows: {"model": label, "settings": where they came from, "config": its EvalConfig,
+    "metrics": tonight's eval metrics, "study": the source run's {"metrics", "identity"} or {},
+    "identity": tonight's evaluation identity hash}."""
+    metrics = [m for m in shown_in("brief") if m is not AVG_AT_K]
+    head = ["model", "settings", "problems", "samples", "T", "cap", "k", AVG_AT_K.heading("k"),
+            "study", "Δ", "agrees", *(m.heading("k") for m in metrics), "eval s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        config, m, study = row["config"], row["metrics"], row["study"]
+        k = max(config.ks)
+        tonight = m.get(AVG_AT_K.logged(k))
+        studied = study.get("metrics", {}).get(AVG_AT_K.logged(k))
+        delta, flag = agreement(tonight, studied, study.get("identity") == row["identity"])
+        cells_ = [row["model"], row["settings"], _fmt(m.get("eval/overall/problems"), ".0f"),
+                  str(config.n), str(config.temperature), str(config.max_new_tokens), str(k),
+                  _fmt(tonight, AVG_AT_K.spec), _fmt(studied, AVG_AT_K.spec),
+                  _fmt(delta, "+.3f"), flag,
+                  *(_fmt(m.get(metric.logged(k)), metric.spec) for metric in metrics),
+                  _fmt(m.get("eval/overall/seconds"), ".0f")]
+        lines.append("| " + " | ".join(cells_) + " |")
+    return "\n".join(lines) + f"\n\n{NIGHTLY_LEGEND}.\n\n{LEGEND}"
 
 
 def before_after_table(rows: list[dict], ks: list[int]) -> str:

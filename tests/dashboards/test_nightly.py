@@ -51,3 +51,17 @@ def test_a_trend_across_nights(tracker):
 def test_no_nights_yet(tracker):
     assert read_trend(tracker, "nightly", 4) == []
     assert trend_table([], 4).endswith("| night |  |\n|---|")
+
+
+def test_each_model_is_read_at_its_own_k_and_shown_with_its_settings(tracker):
+    parent = tracker.start_run("nightly", "nightly 2026-01-04", {NIGHT_TAG: "2026-01-04"})
+    child = tracker.start_run("nightly", "eval distill-demo-opd v3",
+                              {"evaluated_model": "distill-demo-opd", "model_version": "3"},
+                              parent)
+    tracker.log_params(child, {"eval": {"n": 2, "ks": [1, 2], "temperature": 0.7,
+                                        "max_new_tokens": 96}})
+    tracker.log_metrics(child, {"eval/overall/avg_at_2": 0.5, "eval/overall/problems": 20},
+                        step=0)
+    table = attach_trend(tracker, "nightly", parent, 4)
+    assert "| 2026-01-04 | 0.500 (avg@2) (v3; 20×2, T=0.7, cap 96) |" in table
+    assert tracker.run_metrics(parent) == {"avg_at_2/distill-demo-opd": 0.5}

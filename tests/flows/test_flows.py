@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow  # every test runs flows on the Prefect harness
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_pair, tiny_problems):
     """A 2-cell grid run twice in one artifact directory (the second reuses the finished study),
-    then with one more step (a new study: the caches are shared, the students registered anew)."""
+    then with one more step (a new study: the caches are shared, the students registered anew);
+    then the nightly evaluation twice on one day, its own config unlike the study's."""
     root = tmp_path_factory.mktemp("grid")
     train = write_problems(tiny_problems["train"][:32], root / "train.jsonl")
     held_out = write_problems(tiny_problems["held_out"], root / "held_out.jsonl")
@@ -40,10 +41,12 @@ def study(tmp_path_factory, tiny_pair, tiny_problems):
         first = grid_flow(config)
         second = grid_flow(config)
         longer = grid_flow(config.model_copy(update={"steps": 3}))
-        nightly = evaluate_flow(EvaluateFlowConfig(registered_prefix="distill-tiny-",
-                                                   benchmarks=[str(bench)], n=2, ks=[1, 2],
-                                                   limit=4, max_new_tokens=8))
-    return root / "artifacts", config, first, second, nightly, longer
+        # not the study's settings (n=2, ks [1, 2], 4 problems, cap 8): each student's own win
+        nightly_config = EvaluateFlowConfig(registered_prefix="distill-tiny-",
+                                            benchmarks=[str(bench)], n=4, ks=[1, 4], limit=3,
+                                            max_new_tokens=6, seed=1)
+        nights = (evaluate_flow(nightly_config), evaluate_flow(nightly_config))
+    return root / "artifacts", config, first, second, nights, longer
 
 
 def test_grid_logs_a_parent_with_a_child_run_per_cell(prefect_server, study):
@@ -109,7 +112,7 @@ def test_evaluation_samples_reach_the_store(prefect_server, study):
 
 
 def test_nightly_evaluation_takes_the_newest_registered_students(prefect_server, study):
-    _, _, first, _, nightly, _ = study
+    _, _, first, _, (nightly, _), _ = study
     assert set(nightly) == {"distill-tiny-sft v2", "distill-tiny-opd v2"}  # two grid runs
     assert all("eval/tiny/avg_at_2" in r["metrics"] for r in nightly.values())
     (night,) = {r["night_run_id"] for r in nightly.values()}  # one parent run for the night
@@ -125,6 +128,67 @@ def test_nightly_evaluation_takes_the_newest_registered_students(prefect_server,
         assert params["eval.n"] == "2" and params["eval.ks"] == "[1,2]"
     markdown = _artifact("evaluation-nightly-evaluation")
     assert "## Trend" in markdown and "workflowType=machine_learning" in markdown
+
+
+def test_the_nightly_evaluates_each_student_with_its_studys_settings(prefect_server, study):
+    _, _, first, _, (nightly, _), _ = study
+    with Tracker(first["tracking_uri"]) as tracker:
+        for label, result in nightly.items():
+            tags, params = tracker.run_tags(result["run_id"]), tracker.run_params(result["run_id"])
+            assert tags["eval_settings"] == result["settings"] == "its study", label
+            assert (params["eval.n"], params["eval.ks"], params["eval.limit"],
+                    params["eval.max_new_tokens"], params["eval.seed"]) == (
+                "2", "[1,2]", "4", "8", "0"), label  # the study's, not the flow's
+            studied = tracker.run_metrics(tags["source_run"])
+            for key in ("eval/tiny/avg_at_2", "eval/overall/pass_at_2",
+                        "eval/overall/greedy_accuracy"):  # the same weights, the same samples
+                assert result["metrics"][key] == studied[key], (label, key)
+        night = next(iter(nightly.values()))["night_run_id"]
+        table = tracker.client.download_artifacts(night, "results.md")
+        trend = tracker.client.download_artifacts(night, "trend.md")
+        table, trend = Path(table).read_text(), Path(trend).read_text()
+    row = _row(table, "distill-tiny-opd v2")
+    assert (row["settings"], row["problems"], row["samples"], row["T"], row["cap"], row["k"]) == (
+        "its study", "4", "2", "1.0", "8", "2")
+    assert row["study"] == row["avg@k"] and (row["Δ"], row["agrees"]) == ("+0.000", "=")
+    assert float(row["eval s"]) >= 0 and "FLOPs" not in table
+    assert "4×2, T=1.0, cap 8" in trend  # the trend says how each value was measured
+    head = "| model | settings | problems | samples | T | cap | k | avg@k | study | Δ | agrees |"
+    assert table.startswith(head) and head in _artifact("evaluation-nightly-evaluation")
+
+
+def test_a_second_nightly_on_one_day_gets_a_numbered_parent(prefect_server, study):
+    _, _, first, _, nights, _ = study
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    with Tracker(first["tracking_uri"]) as tracker:
+        names = [tracker.run_summary(next(iter(n.values()))["night_run_id"]).run_name
+                 for n in nights]
+    assert names == [f"nightly-evaluation {today}", f"nightly-evaluation {today} (2)"]
+
+
+def test_the_nightly_log_names_each_model_and_its_settings(prefect_server, study):
+    _, _, _, _, (nightly, _), _ = study
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    flow_run_id = next(iter(nightly.values()))["prefect_run_url"].rstrip("/").rsplit("/", 1)[1]
+    with get_client(sync_client=True) as client:
+        logs = [log.message for log in client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+    for model in ("distill-tiny-sft v2", "distill-tiny-opd v2"):
+        assert any(line.startswith(f"evaluating {model} on tiny (4 problems × 2 samples, T=1.0, "
+                                   "cap 8)") for line in logs), logs
+
+
+def _row(table: str, first: str) -> dict[str, str]:
+    """{column head: cell text} of the row of a Markdown table whose first cell is first."""
+    lines = table.splitlines()
+    heads = [h.strip() for h in lines[0].strip("|").split("|")]
+    for line in lines[2:]:
+        values = [v.strip() for v in line.strip("|").split("|")]
+        if values[0] == first:
+            return dict(zip(heads, values, strict=True))
+    raise AssertionError(f"no row {first!r} in\n{table}")
 
 
 def _artifact(key: str) -> str:

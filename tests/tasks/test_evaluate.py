@@ -280,6 +280,16 @@ def test_greedy_rows_match_a_direct_greedy_generate(tmp_path, tiny_pair, tokeniz
     assert [r.correct for r in result.greedy] == [g.strict_correct for g in grades]
 
 
+def test_log_lines_name_the_model_and_its_settings(tmp_path, tiny_pair, tiny_problems):
+    bench = write_problems(tiny_problems["test"][:3], tmp_path / "bench.jsonl")
+    lines = []
+    evaluate(EvalConfig(model=str(tiny_pair[1]), benchmarks=(f"b={bench}",), n=2, ks=(1, 2),
+                        max_new_tokens=6, temperature=0.5, greedy=False),
+             log=lines.append, label="distill-opd v3")
+    assert lines[0].startswith(
+        "evaluating distill-opd v3 on b (3 problems × 2 samples, T=0.5, cap 6): 0 of 6 samples")
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

@@ -1,6 +1,8 @@
 """A study's plan: which runs, evaluated when; and the study form's refusals of bad input,
 each naming the field, before anything trains."""
 
+import dataclasses
+
 import pytest
 
 import distill_core as dc
@@ -114,3 +116,48 @@ def test_h_min_is_given_or_a_fraction_of_the_starting_students_entropy():
     assert measured == {"min_entropy_derived": 0.4}
     assert said == ["curriculum gate: H_min = 0.5 × the starting student's entropy 0.8000 = "
                     "0.4000 nats/token"]
+
+
+# ----------------------------------------------------------------------------- the nightly
+
+
+def test_a_runs_recorded_evaluation_reads_back_as_the_same_procedure(tmp_path):
+    from tasks.configs import EvaluateFlowConfig
+    from tasks.evaluate import EvalConfig
+    from tasks.plan import FROM_STUDY, nightly_eval_config, recorded_eval_knobs
+    from tasks.tracking import flatten_config
+
+    bench = tmp_path / "tiny.jsonl"
+    bench.write_text("")
+    studied = EvalConfig("<the trained student>", (f"tiny={bench}",), n=3, ks=(1, 3),
+                         temperature=0.7, max_new_tokens=24, limit=None, seed=5,
+                         prompt_template="boxed", greedy=False, batch_size=7)
+    params = {**flatten_config({"eval": studied}), "train.steps": "2"}  # as a study logs them
+    flow = EvaluateFlowConfig(benchmarks=["other.jsonl"])
+    evaluation, source = nightly_eval_config(flow, "registry/opd", ("other=other.jsonl",),
+                                             recorded_eval_knobs(params))
+    assert evaluation == dataclasses.replace(studied, model="registry/opd")
+    assert source == FROM_STUDY
+
+
+def test_without_recorded_settings_the_nightly_uses_its_own_and_says_so(tmp_path):
+    from tasks.configs import EvaluateFlowConfig
+    from tasks.plan import FROM_FLOW, flow_eval_config, nightly_eval_config
+
+    flow = EvaluateFlowConfig(n=2, ks=[1, 2])
+    given = flow.model_copy(update={"models": ["some/model"]})
+    assert nightly_eval_config(given, "m", ("b=b.jsonl",), {}) == (
+        flow_eval_config(given, "m", ("b=b.jsonl",)), f"{FROM_FLOW} (given model)")
+    evaluation, source = nightly_eval_config(flow, "m", ("b=b.jsonl",),
+                                             {"n": 3, "benchmarks": ("gone=/no/such.jsonl",)})
+    assert evaluation.n == 3 and evaluation.benchmarks == ("b=b.jsonl",)
+    assert "/no/such.jsonl not here" in source  # not comparable, and the table says why
+
+
+def test_a_second_night_run_on_one_date_gets_a_number():
+    from tasks.plan import night_name
+
+    assert night_name("nightly 2026-12-07", ["nightly 2026-12-06"]) == "nightly 2026-12-07"
+    assert night_name("nightly 2026-12-07", ["nightly 2026-12-07"]) == "nightly 2026-12-07 (2)"
+    assert night_name("nightly 2026-12-07", ["nightly 2026-12-07", "nightly 2026-12-07 (2)"]
+                      ) == "nightly 2026-12-07 (3)"

@@ -60,3 +60,33 @@ def test_interval_table_gives_greedy_its_interval_and_paired_difference():
     assert base["Δ greedy vs base [95 %]"] == "–"  # the baseline itself
     assert old["greedy [95 %]"] == old["Δ greedy vs base [95 %]"] == "–"
     assert table.endswith(LEGEND)
+
+
+def test_the_nightly_table_puts_each_models_settings_and_study_number_beside_tonights():
+    from tasks.evaluate import EvalConfig
+    from tasks.tables import AGREES, DIFFERS, NO_STUDY, OTHER_PROCEDURE, nightly_table
+
+    config = EvalConfig("m", ("b=x.jsonl",), n=4, ks=(1, 4), temperature=0.7,
+                        max_new_tokens=96, limit=20)
+    tonight = {"eval/overall/avg_at_4": 0.1, "eval/overall/problems": 20.0,
+               "eval/overall/seconds": 12.4}
+
+    def row(model, study_avg=None, identity="same", settings="its study"):
+        study = {"metrics": {"eval/overall/avg_at_4": study_avg}, "identity": "same"}
+        return {"model": model, "settings": settings, "config": config, "metrics": tonight,
+                "study": study if study_avg is not None else {}, "identity": identity}
+
+    table = nightly_table([row("distill-sft v1", 0.1), row("distill-opd v3", 0.05),
+                           row("distill-rl v1", 0.05, identity="other"),
+                           row("given", settings="the flow's (given model)")])
+    same, differs, other, given = (columns(table, i) for i in range(4))
+    assert table.splitlines()[0].startswith("| model | settings |")
+    assert (same["problems"], same["samples"], same["T"], same["cap"], same["k"]) == (
+        "20", "4", "0.7", "96", "4")
+    assert (same["avg@k"], same["study"], same["Δ"], same["agrees"]) == (
+        "0.100", "0.100", "+0.000", AGREES)
+    assert (differs["study"], differs["Δ"], differs["agrees"]) == ("0.050", "+0.050", DIFFERS)
+    assert other["agrees"] == OTHER_PROCEDURE  # evaluated otherwise: Δ is no discrepancy
+    assert (given["study"], given["Δ"], given["agrees"]) == ("–", "–", NO_STUDY)
+    assert same["eval s"] == "12" and "train FLOPs" not in table
+    assert "Δ = tonight − study" in table and table.endswith(LEGEND)
