@@ -123,11 +123,11 @@ def up(state_dir: Path, prefect_port: int = 4200, mlflow_port: int = 5000,
 
     Returns their URLs (``prefect_ui``, ``prefect_api``, ``mlflow_ui``; ``mlflow_home``, its
     experiment list in the training view), the environment to export (``env``), pids, log
-    files and ``database`` (where the state lives, password hidden). When the servers of ``state_dir`` already run, reports them (``already_running:
-    True``) and starts nothing. Raises before starting anything when a port is taken
-    (``RuntimeError``) or the DSN does not connect (``ConnectionError``), and after stopping both
-    servers when one dies or stays unhealthy for ``timeout_s`` (the message names its log file
-    and quotes its last lines).
+    files and ``database`` (where the state lives, password hidden). When the servers of
+    ``state_dir`` already run, reports them (``already_running: True``) and starts nothing.
+    Raises before starting anything when a port is taken (``RuntimeError``) or the DSN does
+    not connect (``ConnectionError``), and after stopping both servers when one dies or stays
+    unhealthy for ``timeout_s`` (the message names its log file and quotes its last lines).
     """
     state_dir = Path(state_dir).resolve()
     database = Postgres.parse(postgres) if postgres else None
