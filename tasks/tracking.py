@@ -772,6 +772,7 @@ class Tracker:
             "selectedColumns": [*(f"params.`{k}`" for k in param_keys),
                                 *(f"metrics.`{k}`" for k in metric_keys),
                                 *(f"tags.`{k}`" for k in tag_keys)]}
+        state["columnOrder"] = state["selectedColumns"]  # as given, not MLflow's by-name order
         if charts is not None:
             state.update(charts.state())
         key = f"runs-{parent_run_id}" + (f"-{role}" if role else "")
