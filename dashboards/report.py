@@ -636,16 +636,18 @@ def benchmark_section(report: Report) -> str:
     gold NLL) and Avg@k bars with intervals."""
     names, k = report.study.benchmarks(), report.k
     shown = eval_metrics(k, tables="brief")
-    if not names:
-        return "<h2>Per benchmark</h2>" + no_plot("No run has eval/<benchmark>/… metrics.")
+    if not names:  # runs log eval/<benchmark>/… only beside another benchmark
+        return ("<h2>Per benchmark</h2>" + no_plot(
+            "One benchmark: its numbers are the results table's (eval/overall/…)."))
     top = "".join(f'<th colspan="{len(shown)}">{esc(b)}</th>' for b in names)
     sub = "".join(f"<th>{esc(m.label)}</th>" for _ in names for m in shown)
     rows = "".join(f"<tr><td>{swatch(report, run.label)}</td>" + "".join(
         _td(run.metric(metric.key), metric.spec) for b in names
         for metric in eval_metrics(k, b, tables="brief")) + "</tr>"
         for run in report.study.runs)
-    return (f'<h2>Per benchmark</h2><table class="benchmarks"><thead><tr><th rowspan="2">run'
-            f"</th>{top}</tr><tr>{sub}</tr></thead><tbody>{rows}</tbody></table>"
+    return (f'<h2>Per benchmark</h2><div class="scroll"><table class="benchmarks"><thead><tr>'
+            f'<th rowspan="2">run</th>{top}</tr><tr>{sub}</tr></thead><tbody>{rows}</tbody>'
+            "</table></div>"
             f'<div class="figures">{benchmark_bars(report, names)}</div>')
 
 

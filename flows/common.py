@@ -175,6 +175,13 @@ def links_task(tracking_uri: str, run_id: str, children_k: int | None = None) ->
     return links
 
 
+@task(name="report-link", cache_policy=NO_CACHE, **IO_RETRIES)
+def report_link(tracking_uri: str, run_id: str) -> str:
+    """The study's report.html in its run's Artifacts tab, where MLflow shows it as a page."""
+    with Tracker(tracking_uri) as tracker:
+        return tracker.artifact_link(run_id, "report.html")
+
+
 def _children_links(tracker: Tracker, run_id: str, k: int, cells_only: bool,
                     charts: bool = True) -> dict[str, str]:
     """The ``runs`` (and with charts the ``charts``) link of a parent's children: a saved view
@@ -196,7 +203,8 @@ def _children_links(tracker: Tracker, run_id: str, k: int, cells_only: bool,
 LINK_NAMES = {"run": "MLflow run", "runs": "its runs, as a table with metric columns",
               "charts": "its runs, charted side by side", "compare": "compare them in MLflow",
               "with references": "the same table with the teacher and starting student",
-              "report": "report", "serve the UI first": "MLflow's UI (SQLite store): serve it "
+              "report": "the report, in MLflow", "report file": "the report, as a file",
+              "serve the UI first": "MLflow's UI (SQLite store): serve it "
               "first with"}
 
 

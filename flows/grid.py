@@ -18,6 +18,7 @@ from flows.common import (
     evaluate_reference,
     links_task,
     publish,
+    report_link,
     run_cell,
     run_grpo,
     study_report,
@@ -94,7 +95,8 @@ def grid_flow(config: StudyConfig = StudyConfig()) -> dict:
     print(outcome["table"] + "\n\n" + outcome["findings"])
     links = links_task(where.tracking_uri, parent.ref.run_id, max(config.eval_ks))
     if report:
-        links["report"] = f"{report} (also report.html in the study run's Artifacts tab)"
+        links["report"] = report_link(where.tracking_uri, parent.ref.run_id)
+        links["report file"] = report
     publish(f"study-{config.name}", f"Study {config.name}", links,
             "## Results\n\n" + outcome["table"], "## Findings\n\n" + outcome["findings"])
     return {"parent_run_id": parent.ref.run_id, "rows": rows, "table": outcome["table"],

@@ -119,6 +119,12 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
+def artifact_url(tracking_uri: str, experiment_id: str, run_id: str, path: str) -> str:
+    """A run's artifact opened in its Artifacts tab (an HTML file is shown as its page)."""
+    return (f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/"
+            f"{urllib.parse.quote(path)}?{TRAINING_VIEW}")
+
+
 def compare_url(tracking_uri: str, experiment_id: str, run_ids: Sequence[str]) -> str:
     """MLflow's compare page for runs of one experiment: parallel coordinates, scatter and box
     plots, and their params and metrics side by side (only the differing ones, on a switch)."""
@@ -741,6 +747,11 @@ class Tracker:
         """The run's page in the training view (``run_url``)."""
         return run_url(self.tracking_uri, self.client.get_run(run_id).info.experiment_id,
                        run_id)
+
+    def artifact_link(self, run_id: str, path: str) -> str:
+        """The run's artifact at path in its Artifacts tab (``artifact_url``)."""
+        return artifact_url(self.tracking_uri, self.client.get_run(run_id).info.experiment_id,
+                            run_id, path)
 
     def compare_link(self, run_ids: Sequence[str]) -> str:
         """MLflow's compare page for these runs (all of one experiment)."""

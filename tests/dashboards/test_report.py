@@ -306,7 +306,7 @@ def test_an_older_run_without_histories_or_store(tmp_path):
     assert "no training history (train/loss)" in page
     assert "No rollout store at" in page and "no intervals" in page
     assert "No trained cell has evaluations with a FLOPs history." in page
-    assert "No run has eval/&lt;benchmark&gt;/… metrics." in page
+    assert "One benchmark: its numbers are the results table" in page
     assert not (tmp_path / "distill_lab.db").exists()
 
 

@@ -176,6 +176,17 @@ class Prefect:
         return [entry["message"] for entry in self.post(
             "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})]
 
+    def log_times(self, run_id: str) -> list[float]:
+        """The run's log lines' times (s since the epoch), oldest first."""
+        from datetime import datetime
+
+        times = []
+        while page := self.post("/logs/filter", {
+                "logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC",
+                "limit": 200, "offset": len(times)}):
+            times += [datetime.fromisoformat(e["timestamp"]).timestamp() for e in page]
+        return times
+
     def artifact(self, run_id: str) -> dict:
         (found,) = self.post("/artifacts/filter",
                              {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
@@ -206,6 +217,8 @@ def test_the_users_path_through_prefect_and_mlflow(tmp_path, tiny_pair, tiny_pro
     up = _cli(env, "up", "--prefect-port", str(_free_port()), "--mlflow-port",
               str(_free_port()))
     seen.timed("distill up", started)
+    (home,) = re.findall(r"MLflow UI: +(\S+)", up)  # the training view, not the GenAI home
+    assert home.endswith("/#/experiments?workflowType=machine_learning"), up
     exports = dict(re.findall(r"(\w+)=(\S+)", up.split("export ", 1)[1]))
     env.update(exports)
     prefect, mlflow_ui = Prefect(exports["PREFECT_API_URL"]), exports["MLFLOW_TRACKING_URI"]
@@ -240,10 +253,12 @@ def test_the_users_path_through_prefect_and_mlflow(tmp_path, tiny_pair, tiny_pro
         submitted = time.monotonic()
         distill_run = prefect.run(deployments["distill"],
                                   {**_form_defaults(deployments["distill"]), **typed})
+        # The study: the form's four cells and references, 2 steps each, evaluated with
+        # settings other than the nightly form's (2 samples, k 2, 6 problems, not 4, 4, 50).
         study = {**_form_defaults(deployments["grid"]), **typed, "name": "ui-study",
-                 "cells": ["sft", "opd"], "steps": 2, "batch_size": 4, "eval_n": 2,
-                 "eval_ks": [1, 2], "evaluate_references": False, "baseline": "sft",
-                 "register_model": False}
+                 "steps": 2, "batch_size": 4, "eval_n": 2, "eval_ks": [1, 2], "eval_limit": 6,
+                 "evaluate_references": True, "baseline": "sft", "register_model": True}
+        assert study["cells"] == ["sft", "dagger", "offline_rl", "opd"]
         grid_run = prefect.run(deployments["grid"], study)
 
         started = time.monotonic()
@@ -262,12 +277,17 @@ def test_the_users_path_through_prefect_and_mlflow(tmp_path, tiny_pair, tiny_pro
         assert run["state"]["type"] == "COMPLETED", (run["state"], (tmp_path / "serve.log")
                                                      .read_text()[-3000:])
         seen.timed("distill run from the form (submit → Completed)", submitted)
-        if seen.shots:  # docs/ui.md's picture of a night: the nightly deployment run by hand
-            nightly = {**_form_defaults(deployments["nightly-evaluate"]),
-                       "benchmarks": [str(bench)]}
-            night_run = prefect.run(deployments["nightly-evaluate"], nightly)
+        # The nightly deployment run by hand, untouched: it queues behind the study, then
+        # evaluates each registered student (the distill run's, the study's four) with the
+        # settings its own run used.
+        night_run = prefect.run(deployments["nightly-evaluate"],
+                                _form_defaults(deployments["nightly-evaluate"]))
         link = _logged(prefect, distill_run, "MLflow run")  # all its logs are in by then
         logs = prefect.logs(distill_run)
+        # a first run (teacher rollouts, training, evaluation) is never silent for 60 s
+        stamps = prefect.log_times(distill_run)
+        gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:], strict=False)]
+        assert len(stamps) > 10 and max(gaps) <= 60, (max(gaps), logs)
         # progress as log lines ("training sft: 8 of 8 steps (100%), 0:07 elapsed"; a longer
         # step also logs one every 30 s with its ETA), not bars
         progress = [line for line in logs
@@ -287,38 +307,69 @@ def test_the_users_path_through_prefect_and_mlflow(tmp_path, tiny_pair, tiny_pro
         assert "avg@4" in _text(browser, "table")
         seen.shot(browser, "prefect-artifact")
 
+        browser.get(home)  # the address `distill up` printed
+        _until(lambda: "Model registry" in _text(browser, "aside"), "MLflow's experiment list")
+        _training_sidebar(browser)
         browser.get(link)  # the run in MLflow's training view, with its metrics
         _until(lambda: "eval/overall/avg_at_4" in _text(browser, "body"), "the MLflow run page")
-        _click(browser, "mlflow.assistant.chat_panel.close")  # its side panel, for the pictures
+        _training_sidebar(browser)
+        # MLflow's Assistant opens itself on a browser's first visit to a local server, and
+        # the server has no setting against it: closed once, it stays closed (docs/ui.md)
+        _click(browser, "mlflow.assistant.chat_panel.close")
         body = _text(browser, "body")
-        assert "Evaluations" not in body and "Model training" in body
-        assert "train/loss" in body and "eval.n" in body
+        assert "train/loss" in body and "eval.n" in body and "avg_at_4" in body
         seen.shot(browser, "mlflow-run")
 
-        # The small study from the grid form: its cells on MLflow's compare page.
+        # Job 3: the study from the grid form, its cells compared in MLflow.
         assert prefect.finished(grid_run)["state"]["type"] == "COMPLETED"
-        seen.timed("distill run, then a 2-cell study from the grid form (submit → Completed)",
+        seen.timed("distill run, then a 4-cell study from the grid form (submit → Completed)",
                    submitted)
-        browser.get(_logged(prefect, grid_run, "compare them in MLflow"))
-        _until(lambda: "Comparing 2 Runs" in _text(browser, "body"), "the compare page")
-        body = _text(browser, "body")
-        assert "Parallel Coordinates Plot" in body and "eval/overall/avg_at_2" in body
-        seen.shot(browser, "mlflow-compare", height=1600)
+        cells = {"sft", "dagger", "offline_rl", "opd"}
         browser.get(_logged(prefect, grid_run, "its runs, as a table with metric columns"))
-        _until(lambda: "eval/overall/avg_at_2" in _text(browser, "body"), "the runs table")
-        _click(browser, "mlflow.experiment_page.shared_view.dismiss")
-        _click(browser, "runnamecellrenderer.tsx_46")  # the study's row opens on its cells
-        _until(lambda: "opd" in _text(browser, "body"), "the study's cells in the table")
+        rows = _until(lambda: len(r := _table_rows(browser)) == 4 and r, "the cells' table")
+        assert {name for name, _ in rows} == cells  # the cells, no parent row, no references
+        for name, metrics in rows:  # numbers in every metric column, with no click
+            assert "metrics.`avg_at_2`" in metrics, metrics
+            assert all(_is_number(value) for value in metrics.values()), (name, metrics)
+        _training_sidebar(browser)
         seen.shot(browser, "mlflow-study-runs")
+        browser.get(_logged(prefect, grid_run, "its runs, charted side by side"))
+        first = _until(lambda: _first_chart(browser), "the cells' charts")
+        for axis in ("cell", "prefix_source", "kl", "avg_at_2", "entropy"):
+            assert axis in first.split("\n"), first
+        _training_sidebar(browser)
+        seen.shot(browser, "mlflow-study-charts", height=1300)
+        browser.get(_logged(prefect, grid_run, "compare them in MLflow"))
+        _until(lambda: "Comparing 4 Runs" in _text(browser, "body"), "the compare page")
+        axes = _until(lambda: _texts(browser, ".js-plotly-plot .axis-title"),
+                      "the parallel coordinates plot")
+        assert axes[:3] == ["cell", "kl", "prefix_source"], axes  # the first plot's axes
+        _training_sidebar(browser)
+        seen.shot(browser, "mlflow-compare", height=1600)
+        browser.get(_logged(prefect, grid_run, "the report, in MLflow"))  # a link, not a path
+        _until(lambda: "report.html" in _text(browser, "body"), "the report in MLflow")
+        _training_sidebar(browser)
+        browser.get(_logged(prefect, grid_run, "the same table with the teacher and starting "
+                                               "student"))
+        rows = _until(lambda: len(r := _table_rows(browser)) == 6 and r, "the table with both")
+        assert {name for name, _ in rows} == cells | {"teacher", "student (start)"}
+        _training_sidebar(browser)
 
-        if seen.shots:
-            assert prefect.finished(night_run)["state"]["type"] == "COMPLETED"
-            seen.timed("... then the nightly evaluation by hand (submit → Completed)",
-                       submitted)
-            browser.get(_logged(prefect, night_run, "MLflow run"))
-            _until(lambda: "avg_at_4/distill-demo-sft" in _text(browser, "body"),
-                   "the night's run")
-            seen.shot(browser, "mlflow-night")
+        # The night agrees with the study: each of its students evaluated with its settings.
+        assert prefect.finished(night_run)["state"]["type"] == "COMPLETED"
+        seen.timed("... then the nightly evaluation by hand (submit → Completed)", submitted)
+        night = _markdown_rows(prefect.artifact(night_run)["data"])
+        studied = {row["model"]: row for row in night if row["model"].startswith("distill-ui-")}
+        assert len(studied) == 4, night
+        for row in studied.values():
+            assert (row["settings"], row["problems"], row["samples"], row["k"]) == (
+                "its study", "6", "2", "2"), row
+            assert row["agrees"] == "=" and row["Δ"] == "+0.000", row
+        browser.get(_logged(prefect, night_run, "MLflow run"))
+        _until(lambda: "avg_at_2/distill-ui-study-opd" in _text(browser, "body"),
+               "the night's run")
+        _training_sidebar(browser)
+        seen.shot(browser, "mlflow-night")
 
         started = time.monotonic()
         status = _cli(env, "status")
@@ -349,6 +400,65 @@ def _click(browser, component: str) -> None:
         button.click()
         time.sleep(0.5)
         return
+
+
+def _training_sidebar(browser) -> None:
+    """The page shows MLflow's training sidebar (runs, models), not its GenAI one (traces,
+    evaluations, prompts), which the UI falls back to wherever an address lacks workflowType."""
+    aside = _text(browser, "aside")
+    assert "Model registry" in aside and not {"Observability", "Prompts"} & set(
+        aside.split("\n")), aside
+
+
+def _table_rows(browser) -> list[tuple[str, dict[str, str]]]:
+    """The runs table's rows as MLflow renders them: (run name, {metric column: text})."""
+    from selenium.webdriver.common.by import By
+
+    names = {row.get_attribute("row-index"): row.text.split("\n")[-2] for row in
+             browser.find_elements(By.CSS_SELECTOR, ".ag-pinned-left-cols-container .ag-row")}
+    values = {row.get_attribute("row-index"): {
+        cell.get_attribute("col-id"): cell.text
+        for cell in row.find_elements(By.CSS_SELECTOR, ".ag-cell")
+        if (cell.get_attribute("col-id") or "").startswith("metrics.")}
+        for row in browser.find_elements(By.CSS_SELECTOR, ".ag-center-cols-container .ag-row")}
+    return [(names[i], values[i]) for i in sorted(names)] if names.keys() == values.keys() else []
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _first_chart(browser) -> str:
+    """The text of the first chart card on a runs view's chart page (its axes' names)."""
+    from selenium.webdriver.common.by import By
+
+    cards = browser.find_elements(By.CSS_SELECTOR,
+                                  '[data-testid="experiment-view-compare-runs-card"]')
+    return cards[0].text if cards and "entropy" in cards[0].text else ""
+
+
+def _texts(browser, css: str) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [e.get_attribute("textContent") for e in browser.find_elements(By.CSS_SELECTOR, css)]
+
+
+def _markdown_rows(markdown: str) -> list[dict[str, str]]:
+    """The rows of the first Markdown table with a "model" column, by column name."""
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    head = next(i for i, line in enumerate(lines) if line.startswith("| model |"))
+    names = [c.strip() for c in lines[head].strip("|").split("|")]
+    rows = []
+    for line in lines[head + 1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != len(names):
+            break
+        rows.append(dict(zip(names, cells, strict=True)))
+    return rows
 
 
 def _logged(prefect: Prefect, run_id: str, label: str) -> str:

@@ -140,7 +140,7 @@ def test_the_nightly_evaluates_each_student_with_its_studys_settings(prefect_ser
                     params["eval.max_new_tokens"], params["eval.seed"]) == (
                 "2", "[1,2]", "4", "8", "0"), label  # the study's, not the flow's
             studied = tracker.run_metrics(tags["source_run"])
-            for key in ("eval/tiny/avg_at_2", "eval/overall/pass_at_2",
+            for key in ("eval/overall/avg_at_2", "eval/overall/pass_at_2",
                         "eval/overall/greedy_accuracy"):  # the same weights, the same samples
                 assert result["metrics"][key] == studied[key], (label, key)
         night = next(iter(nightly.values()))["night_run_id"]
@@ -278,7 +278,7 @@ def test_rl_after_distill_starts_from_every_cell_of_the_study(prefect_server, st
         sources = {tracker.run_tags(c.run_id)["source_run"] for c in children}
         cell_runs = {r["run_id"] for r in first["rows"] if r["cell"] in ("sft", "opd")}
         assert sources == cell_runs  # each RL run names the distillation run it started from
-        history = tracker.metric_history(children[0].run_id, "eval/tiny/avg_at_2")
+        history = tracker.metric_history(children[0].run_id, "eval/overall/avg_at_2")
         assert [step for step, _ in history] == [0, 2]  # before and after RL
         assert "rl/reward_mean" in tracker.run_metrics(children[0].run_id)
         study_artifacts = [a.path for a in tracker.client.list_artifacts(first["parent_run_id"])]

@@ -44,7 +44,8 @@ def outcome(tmp_path_factory, prefect_server):
         runs = {}
         for child in tracker.child_runs(result["parent_run_id"]):
             run = tracker.client.get_run(child.run_id)
-            runs[run.data.tags["cell"]] = (child.status, run.data.metrics, run.data.params)
+            runs[run.data.tags["cell"]] = (child.status, run.data.metrics,
+                                           tracker.run_params(child.run_id))
     return root, result, runs
 
 
@@ -53,13 +54,13 @@ def test_every_cell_and_reference_finished_with_valid_metrics(outcome):
     assert sorted(runs) == sorted(LABELS)
     for label, (status, metrics, params) in runs.items():
         assert status == "FINISHED", label
-        assert metrics["eval/default/problems"] == CONFIG.eval_limit
+        assert metrics["eval/overall/problems"] == CONFIG.eval_limit
         for rate in ("avg_at_1", "pass_at_1", "strict_accuracy", "flexible_accuracy",
                      "truncation_rate"):
-            assert 0.0 <= metrics[f"eval/default/{rate}"] <= 1.0, (label, rate)
-        assert 0 < metrics["eval/default/response_length_mean"] <= EVAL_CAP, label
+            assert 0.0 <= metrics[f"eval/overall/{rate}"] <= 1.0, (label, rate)
+        assert 0 < metrics["eval/overall/response_length_mean"] <= EVAL_CAP, label
         # a real language model over 49,152 tokens: neither certain nor uniform (ln V = 10.8)
-        assert 0.0 < metrics["eval/default/entropy"] < math.log(49152), label
+        assert 0.0 < metrics["eval/overall/entropy"] < math.log(49152), label
         # the profile's prompt asks SmolLM2 for a box; nothing in the config says so
         assert params["eval.prompt_template"] == "boxed", label
     assert "smollm2-teacher" in runs["teacher"][2]["eval.model"]

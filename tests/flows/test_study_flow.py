@@ -48,7 +48,7 @@ def test_every_cell_and_seed_is_a_run_evaluated_at_its_steps(outcome):
         tags = {c.run_id: tracker.run_tags(c.run_id) for c in children}
         long_opd = next(c for c in children if tags[c.run_id]["cell"] == "opd 6 steps"
                         and tags[c.run_id]["seed"] == "1")
-        history = tracker.metric_history(long_opd.run_id, "eval/tiny/avg_at_2")
+        history = tracker.metric_history(long_opd.run_id, "eval/overall/avg_at_2")
         parent_metrics = tracker.run_metrics(result["parent_run_id"])
     labels = sorted({t["cell"] for t in tags.values()})
     assert labels == sorted(["teacher", "student (start)", "sft", "dagger", "offline_rl",
