@@ -84,7 +84,7 @@ def run_cell(config: StudyConfig | ExperimentConfig, inputs: Inputs, cell: Cell,
             evaluated = evaluate_task(
                 eval_config(config, inputs, str(Path(train.output_dir) / checkpoint_name(step))),
                 str(run_dir / f"eval-step{step}"), where.store_url, run.ref, step,
-                str(where.root))
+                str(where.root), label=f"{cell.label} at step {step}")
         if config.register_model:
             run.end.register = (f"distill-{config.name}-{cell.slug}", trained["checkpoint"])
             run.end.register_metrics = evaluated["metrics"]
@@ -109,7 +109,7 @@ def run_grpo(config: StudyConfig, inputs: Inputs, cell: Cell, source: dict, wher
         trained = rl_task(grpo, run.ref)
         evaluated = evaluate_task(eval_config(config, inputs, trained["checkpoint"]),
                                   str(run_dir / "eval-after"), where.store_url, run.ref,
-                                  config.rl_steps, str(where.root))
+                                  config.rl_steps, str(where.root), label=spec.tags["cell"])
     return {"cell": spec.tags["cell"], "seed": seed, "run_id": run.ref.run_id,
             "metrics": evaluated["metrics"], "train": trained["metrics"]}
 
@@ -123,7 +123,7 @@ def evaluate_reference(config: ExperimentConfig, inputs: Inputs, label: str, mod
         if run.finished:
             return {"cell": label, **run_results_task(run.ref), "train": {}}
         evaluated = evaluate_task(eval_config(config, inputs, model), str(run_dir),
-                                  where.store_url, run.ref, 0, str(where.root))
+                                  where.store_url, run.ref, 0, str(where.root), label=label)
     return {"cell": label, "run_id": run.ref.run_id, "metrics": evaluated["metrics"],
             "train": {}}
 

@@ -62,11 +62,11 @@ def _grpo_from(config: RLFlowConfig, inputs, source: dict, where, study_dir,
             return {"label": source["label"], "run_id": run.ref.run_id, **metrics}
         before = evaluate_task(eval_config(config, inputs, source["checkpoint"]),
                                str(spec.run_dir / "eval-before"), where.store_url, run.ref, 0,
-                               str(where.root))
+                               str(where.root), label=f"{source['label']} before GRPO")
         trained = rl_task(grpo_config(config, inputs, source, str(spec.run_dir / "grpo")),
                           run.ref)
         after = evaluate_task(eval_config(config, inputs, trained["checkpoint"]),
                               str(spec.run_dir / "eval-after"), where.store_url, run.ref,
-                              config.steps, str(where.root))
+                              config.steps, str(where.root), label=f"{source['label']} after GRPO")
     return {"label": source["label"], "run_id": run.ref.run_id, "before": before["metrics"],
             "after": after["metrics"], "checkpoint": trained["checkpoint"]}
