@@ -79,7 +79,7 @@ def prepare_task(config: ExperimentConfig | StudyConfig, root: str) -> Inputs:
 def teacher_rollouts_task(config: TrainConfig) -> dict:
     """The teacher's responses for teacher-prefix cells (generated once, then reused)."""
     meter = ComputeMeter(0, 0)
-    directory, samples = teacher_prefixes(config, meter)
+    directory, samples = teacher_prefixes(config, meter, _log)
     generated = meter.tokens["generate"]
     _log(f"teacher rollouts: {len(samples)} at {directory} "
          f"({'generated now' if generated else 'reused from the cache'})")
@@ -94,8 +94,8 @@ def teacher_rollouts_task(config: TrainConfig) -> dict:
 def teacher_scores_task(config: TrainConfig) -> dict:
     """The teacher's top-k score cache over its rollouts (scored once, then reused)."""
     meter = ComputeMeter(0, 0)
-    _, samples = teacher_prefixes(config)
-    scores = teacher_scores(config, samples, meter)
+    _, samples = teacher_prefixes(config, log=_log)
+    scores = teacher_scores(config, samples, meter, _log)
     forward = meter.tokens["teacher_score"]
     _log(f"teacher scores: top-{config.cache_k}, {scores.bytes_per_token():.0f} bytes/token "
          f"({'scored now' if forward else 'reused from the cache'})")
