@@ -135,8 +135,9 @@ def study_report(where: Locations, parent_run_id: str, run_dir: str | Path) -> s
         return report_task(where.tracking_uri, parent_run_id, where.store_url,
                            str(Path(run_dir) / "report.html"))
     except Exception as error:  # the report must never cost the study its results
-        print(f"warning: the report of run {parent_run_id} was not built ({error}); rebuild it "
-              f"with `distill report --run {parent_run_id} --html report.html --attach`")
+        get_run_logger().warning(
+            f"the report of run {parent_run_id} was not built ({error}); rebuild it with "
+            f"`distill report --run {parent_run_id} --html report.html --attach`")
         return None
 
 
@@ -208,17 +209,22 @@ LINK_NAMES = {"run": "MLflow run", "runs": "its runs, as a table with metric col
               "first with"}
 
 
-def publish(key: str, title: str, links: dict[str, str], *sections: str) -> str:
+def publish(key: str, title: str, links: dict[str, str], *sections: str,
+            warning: str | None = None) -> str:
     """Print the links (one line each) and publish title, links and sections (Markdown tables)
     as the flow run's Prefect markdown artifact under key (its Artifacts tab; the Artifacts page
-    keeps one per key with its history). Returns the Markdown."""
+    keeps one per key with its history). A warning (a study that was not ready) is logged as a
+    warning and leads the artifact's Markdown and its description. Returns the Markdown."""
     lines = []
+    if warning:
+        get_run_logger().warning(warning)
     for name, url in links.items():
         label = LINK_NAMES.get(name, name)
         print(f"{label}: {url.strip('`')}")
         lines.append(f"- [{label}]({url})" if url.startswith(("http://", "https://"))
                      else f"- {label}: {url}")
-    markdown = "\n\n".join([f"# {title}", "\n".join(lines), *sections])
+    markdown = "\n\n".join([*([f"**{warning}**"] if warning else []), f"# {title}",
+                            "\n".join(lines), *sections])
     create_markdown_artifact(markdown, key=re.sub(r"[^a-z0-9-]+", "-", key.lower()).strip("-"),
-                             description=title)
+                             description=f"{title}: {warning}" if warning else title)
     return markdown

@@ -35,6 +35,7 @@ from tasks.prefect_tasks import (
     tracked_run,
 )
 from tasks.progress import Progress
+from tasks.readiness import not_ready_line
 
 
 @flow(name="grid", log_prints=True)
@@ -98,7 +99,8 @@ def grid_flow(config: StudyConfig = StudyConfig()) -> dict:
         links["report"] = report_link(where.tracking_uri, parent.ref.run_id)
         links["report file"] = report
     publish(f"study-{config.name}", f"Study {config.name}", links,
-            "## Results\n\n" + outcome["table"], "## Findings\n\n" + outcome["findings"])
+            "## Results\n\n" + outcome["table"], "## Findings\n\n" + outcome["findings"],
+            warning=not_ready_line(readiness))
     return {"parent_run_id": parent.ref.run_id, "rows": rows, "table": outcome["table"],
             "findings": outcome["document"], "findings_table": outcome["findings"],
             "teacher_products": products, "tracking_uri": where.tracking_uri,

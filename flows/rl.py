@@ -5,7 +5,7 @@ its "RL after distillation" section."""
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.common import links_task, publish, study_report
 from tasks.configs import RLFlowConfig
@@ -30,7 +30,7 @@ def rl_after_distill_flow(config: RLFlowConfig = RLFlowConfig()) -> dict:
     """GRPO from each source student; returns the before → after table and the run ids."""
     where = preflight_task(config)
     inputs = rl_inputs_task(config, str(where.root))
-    study, sources = rl_sources(config, where.tracking_uri)
+    study, sources = rl_sources(config, where.tracking_uri, get_run_logger().warning)
     check_rl_lengths_fit(config, sources)  # before any run opens, not after an evaluation
     spec = rl_spec(config, inputs, where.root)
     rows = []

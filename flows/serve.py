@@ -10,10 +10,15 @@ Stopping `distill serve` (Ctrl-C, SIGTERM, `distill down`) leaves every deployme
 as the user left it: Prefect's own serve would pause them all on the way out, the nightly
 schedule included. While no serve runs, the server still schedules the nightly runs; they wait
 as Late and the next `distill serve` runs them (pause the schedule in the UI to skip them).
+
+The serve terminal says each thing once: Prefect's runner logs "1 scheduled runs skipped (at
+capacity)" on every poll (10 s) while a run waits for the one in progress, so ``OncePerWait``
+lets the first of a wait through, saying what it means, and drops its repeats.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from prefect import serve as prefect_serve
@@ -27,6 +32,7 @@ from prefect.workers.process import ProcessWorker
 from flows.distill import distill_flow
 from flows.evaluate import evaluate_flow
 from flows.grid import grid_flow
+from flows.pool import WORKER_COMMAND
 from flows.prepare import bootstrap_flow
 from flows.rl import rl_after_distill_flow
 from flows.study_run import DEPLOYMENT_NAME, study_run_flow
@@ -74,7 +80,11 @@ def study_run_deployment(pool: str = DEFAULT_POOL):
         name=DEPLOYMENT_NAME, work_pool_name=pool, tags=["distill-lab"],
         entrypoint_type=EntrypointType.MODULE_PATH,
         description="One (cell, seed) run of a study with executor pool; submitted by the "
-                    "grid flow, not by hand.")
+                    "grid flow, not by hand. Its runs need a worker of work pool "
+                    f"{pool!r}, which `distill serve` does not start: without one this "
+                    "deployment shows Not Ready. Start one on each training machine with "
+                    f"`{WORKER_COMMAND.format(pool=pool)}` (or `infra/worker.sh {pool}`, "
+                    "which checks its environment first; infra/README.md).")
 
 
 def register_study_run(pool: str = DEFAULT_POOL) -> str:
@@ -95,6 +105,34 @@ def serve(cron: str = NIGHTLY_CRON, timezone: str = "UTC", limit: int | None = 1
     interrupted (study-run is run by the pool's workers, not here); the deployments and their
     schedules stay as they are when it stops."""
     register_study_run(pool)
-    print(f"study-run registered on work pool {pool!r}: start its workers with `prefect worker "
-          f"start --pool {pool} --type process --limit 1` (infra/README.md)")
+    print(f"study-run registered on work pool {pool!r}: start its workers with "
+          f"`{WORKER_COMMAND.format(pool=pool)}` (infra/README.md)")
+    logging.getLogger("prefect.runner").addFilter(OncePerWait())
     prefect_serve(*deployments(cron, timezone), limit=limit, pause_on_shutdown=False)
+
+
+class OncePerWait(logging.Filter):
+    """Prefect's runner logs "N scheduled runs skipped (at capacity)" on every poll while runs
+    wait for a free slot. The first line of a wait passes, saying what it means; a repeat
+    (the same line within a few polls of the last) is dropped. A new count, or a wait after a
+    pause longer than that (the queue emptied in between), passes again."""
+
+    def __init__(self, poll_s: float | None = None):
+        super().__init__()
+        if poll_s is None:
+            from prefect.settings import get_current_settings
+
+            poll_s = get_current_settings().runner.poll_frequency
+        self.gap_s = 2.5 * poll_s  # the runner polls every poll_s: a longer gap ended the wait
+        self._last: tuple[str, float] | None = None  # the last such line seen, and when
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "(at capacity)" not in message:
+            return True
+        last, self._last = self._last, (message, record.created)
+        if last is not None and last[0] == message and record.created - last[1] < self.gap_s:
+            return False
+        record.msg, record.args = (f"{message}: they start when a flow run in progress ends "
+                                   "(not repeated while they wait)"), None
+        return True

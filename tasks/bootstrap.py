@@ -91,7 +91,8 @@ class BootstrapArtifacts:
         return self.data_dir / f"{name}.jsonl"
 
 
-def prepare_default_data(task: ArithmeticConfig, root: str | Path | None = None) -> Path:
+def prepare_default_data(task: ArithmeticConfig, root: str | Path | None = None,
+                         log: Callable[[str], None] = print) -> Path:
     """train/held_out/test JSONL files of the default task (cached)."""
     key = content_hash(task, code_version(DATA_CODE))
 
@@ -99,7 +100,8 @@ def prepare_default_data(task: ArithmeticConfig, root: str | Path | None = None)
         for split, problems in generate_splits(task).items():
             write_problems(problems, out / f"{split}.jsonl")
 
-    path, _ = cached_build("data/arithmetic", key, build, root=root, describe={"task": task})
+    path, _ = cached_build("data/arithmetic", key, build, root=root, describe={"task": task},
+                           log=log)
     return path
 
 
@@ -109,7 +111,7 @@ def bootstrap_default(
     log: Callable[[str], None] = print,
 ) -> BootstrapArtifacts:
     """Data, tokenizer, teacher and student of the default, built once and then reused."""
-    data_dir = prepare_default_data(config.task, root)
+    data_dir = prepare_default_data(config.task, root, log)
     train = read_problems(data_dir / "train.jsonl")
     held_out = read_problems(data_dir / "held_out.jsonl")[: config.eval_problems]
     tokenizer_key = content_hash(data_dir.name, config.vocab_size, code_version(MODEL_CODE))
@@ -121,7 +123,7 @@ def bootstrap_default(
     tokenizer_dir, _ = cached_build("models/default-tokenizer", tokenizer_key,
                                     build_tokenizer_dir, root=root,
                                     describe={"vocab_size": config.vocab_size,
-                                              "data": data_dir.name})
+                                              "data": data_dir.name}, log=log)
 
     def build_model(role: str, key: str, make: Callable[[], torch.nn.Module], sft: SFTConfig,
                     describe: dict, target: float | None = None) -> Path:
@@ -159,7 +161,8 @@ def bootstrap_default(
             atomic_write_text(out / "bootstrap_metrics.json", json.dumps(metrics, indent=2))
 
         path, reused = cached_build(f"models/default-{role}", key, build, root=root,
-                                    describe={**describe, "sft": sft, "data": data_dir.name})
+                                    describe={**describe, "sft": sft, "data": data_dir.name},
+                                    log=log)
         if reused:
             log(f"reusing the default {role} at {path}")
         return path
@@ -243,7 +246,7 @@ def bootstrap_real_weights(profile: RealWeightsProfile = RealWeightsProfile(),
         write_problems(problems[: profile.train_size], out / "train.jsonl")
 
     data_dir, _ = cached_build("data/real-weights", key, build_data, root=root,
-                               describe={"profile": profile})
+                               describe={"profile": profile}, log=log)
     teacher_dir, student_dir = bootstrap_smollm2(root, log)
     return BootstrapArtifacts(data_dir, teacher_dir, student_dir)
 
@@ -274,7 +277,7 @@ def bootstrap_smollm2(root: str | Path | None = None,
         load_tokenizer(gguf.parent, gguf_file=SMOLLM2_GGUF).save_pretrained(out)
 
     teacher_dir, _ = cached_build("models/smollm2-teacher", key, build_teacher, root=root,
-                                  describe={"gguf": str(gguf)})
+                                  describe={"gguf": str(gguf)}, log=log)
 
     def build_student(out: Path) -> None:
         model = load_model(teacher_dir)
@@ -283,7 +286,8 @@ def bootstrap_smollm2(root: str | Path | None = None,
         load_tokenizer(teacher_dir).save_pretrained(out)
 
     student_dir, _ = cached_build("models/smollm2-student", content_hash(key, "every-other"),
-                                  build_student, root=root, describe={"from": str(teacher_dir)})
+                                  build_student, root=root, describe={"from": str(teacher_dir)},
+                                  log=log)
     return teacher_dir, student_dir
 
 

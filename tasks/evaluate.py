@@ -320,7 +320,8 @@ def evaluate(
         for benchmark in benchmarks:
             with Progress(len(benchmark.problems) * config.n,
                           _evaluating(label or Path(config.model).name, benchmark, config), log,
-                          unit="samples") as progress:
+                          unit="samples", uneven="a batch takes as long as its longest "
+                          "answer") as progress:
                 bench_rows, bench_gold = _evaluate_benchmark(
                     config, benchmark, model, tokenizer, backend, grader, progress)
             per_benchmark[benchmark.name] = _benchmark_metrics(config, bench_rows, bench_gold)

@@ -59,7 +59,7 @@ def resolve_inputs(config: ExperimentConfig, root: str | Path | None = None,
     inputs = Inputs(
         teacher=config.teacher or str(profile.teacher_dir),
         student=config.student or str(profile.student_dir),
-        train_problems=str(subset(train_source, config.train_size, root)),
+        train_problems=str(subset(train_source, config.train_size, root, log)),
         held_out_problems=held_out,
         benchmarks=benchmarks,
     )
@@ -107,7 +107,7 @@ def resolve_rl_inputs(config: RLFlowConfig, root: str | Path | None = None,
     needs_profile = config.train_problems is None or DEFAULT_BENCHMARK in config.benchmarks
     profile = bootstrap(config.profile, root, log) if needs_profile else None
     train_source = config.train_problems or str(profile.split("train"))
-    return RLInputs(str(subset(train_source, config.train_size, root)),
+    return RLInputs(str(subset(train_source, config.train_size, root, log)),
                     _benchmark_specs(config.benchmarks, profile))
 
 
@@ -133,7 +133,8 @@ def _default_test_split(profile) -> Path:
     return test
 
 
-def subset(problems_file: str | Path, size: int, root: str | Path | None = None) -> Path:
+def subset(problems_file: str | Path, size: int, root: str | Path | None = None,
+           log=print) -> Path:
     """The first size problems of a file, as a cached problems JSONL."""
     problems = read_problems(problems_file)
     if size > len(problems):
@@ -144,5 +145,5 @@ def subset(problems_file: str | Path, size: int, root: str | Path | None = None)
 
     key = content_hash(file_hash(problems_file), size)
     directory, _ = cached_build("data/subsets", key, build, root=root,
-                                describe={"source": str(problems_file), "size": size})
+                                describe={"source": str(problems_file), "size": size}, log=log)
     return directory / "problems.jsonl"

@@ -57,6 +57,11 @@ def _log(message: str) -> None:
     get_run_logger().info(message)
 
 
+def _warn(message: str) -> None:
+    """A line the run's log shows as a warning (what the user must not miss)."""
+    get_run_logger().warning(message)
+
+
 def _tracker(ref: RunRef):
     return Tracker(ref.tracking_uri)
 
@@ -79,7 +84,7 @@ def prepare_task(config: ExperimentConfig | StudyConfig, root: str) -> Inputs:
 def teacher_rollouts_task(config: TrainConfig) -> dict:
     """The teacher's responses for teacher-prefix cells (generated once, then reused)."""
     meter = ComputeMeter(0, 0)
-    directory, samples = teacher_prefixes(config, meter)
+    directory, samples = teacher_prefixes(config, meter, _log)
     generated = meter.tokens["generate"]
     _log(f"teacher rollouts: {len(samples)} at {directory} "
          f"({'generated now' if generated else 'reused from the cache'})")
@@ -94,8 +99,8 @@ def teacher_rollouts_task(config: TrainConfig) -> dict:
 def teacher_scores_task(config: TrainConfig) -> dict:
     """The teacher's top-k score cache over its rollouts (scored once, then reused)."""
     meter = ComputeMeter(0, 0)
-    _, samples = teacher_prefixes(config)
-    scores = teacher_scores(config, samples, meter)
+    _, samples = teacher_prefixes(config, log=_log)
+    scores = teacher_scores(config, samples, meter, _log)
     forward = meter.tokens["teacher_score"]
     _log(f"teacher scores: top-{config.cache_k}, {scores.bytes_per_token():.0f} bytes/token "
          f"({'scored now' if forward else 'reused from the cache'})")
@@ -360,14 +365,14 @@ def readiness_task(config, references: list[dict], products: list[dict], parent:
                                          **{f"readiness.{k}": v
                                             for k, v in result.shortfalls.items()}})
     for name, text in result.shortfalls.items():
-        _log(f"readiness warning [{name}]: {text}")
+        _warn(f"readiness warning [{name}]: {text}")
     if result.blocking:
         raise ValueError(f"the study is {result.summary()}; {', '.join(result.blocking)} "
                          "cannot be waived by readiness: warn (see the warnings above)")
     if not result.ready and config.readiness == "refuse":
         raise ValueError(f"the study is {result.summary()} (see the warnings above); fix it, "
                          "or set readiness: warn to train anyway")
-    _log(f"readiness: {result.summary()}")
+    (_log if result.ready else _warn)(f"readiness: {result.summary()}")
     return {"readiness": result.to_dict(), "min_entropy": min_entropy}
 
 

@@ -88,6 +88,18 @@ def assess(config: StudyConfig, teacher_eval: Sequence[EvalSample],
     return Readiness(measured, shortfalls)
 
 
+def not_ready_line(readiness: Mapping | None) -> str | None:
+    """One line for a study that trained although it was not ready (readiness: warn), to put
+    at the top of what the user sees of it (its Prefect artifact, the end of its log); None
+    for a ready study, or one whose readiness was not checked in this run. readiness: what
+    Readiness.to_dict() returned."""
+    if not readiness or readiness.get("ready", True):
+        return None
+    return (f"⚠ NOT READY: {', '.join(readiness['shortfalls'])}. It trained anyway (readiness: "
+            "warn): read its findings with that in mind; the readiness warnings in its log and "
+            "readiness.json on its MLflow run say why.")
+
+
 def curriculum_min_entropy(config: StudyConfig, references: Mapping[str, Mapping],
                            measured: dict[str, float],
                            log: Callable[[str], None] = print) -> float:

@@ -189,8 +189,8 @@ def train_grpo(config: GRPOConfig, log: Callable[[str], None] = print,
     loop.restore(accelerator, cursor)
     skipped, history, metrics = int(loop.saved("skipped_steps", 0)), [], {}
     step_context = _Step(config, accelerator, policy, initial, optimizer, tokenizer, vocab)
-    progress = Progress(config.steps, "GRPO", loop.log, start=loop.start_step)
-    with Grader() as grader:
+    with Grader() as grader, Progress(config.steps, "GRPO", loop.log,
+                                      start=loop.start_step) as progress:
         for step in range(loop.start_step, config.steps):
             indices = shard(cursor.take(config.prompts_per_step, step), accelerator)
             metrics = _grpo_step(step_context, step, grader, [prompts[i] for i in indices],
@@ -208,7 +208,6 @@ def train_grpo(config: GRPOConfig, log: Callable[[str], None] = print,
             progress.update(note=f"reward {metrics['rl/reward_mean']:.3f}  all-equal groups "
                                  f"{metrics['rl/all_equal_group_fraction']:.2f}  kl "
                                  f"{metrics['rl/kl_to_initial']:.4f}")
-    progress.close()
     loop.finish(metrics)
     return RLResult(loop.checkpoint, metrics, history, skipped)
 

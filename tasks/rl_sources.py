@@ -41,7 +41,7 @@ def rl_sources(config: RLFlowConfig, tracking_uri: str,
                 "not FINISHED")
             continue
         output_dir = run.params.get("train.output_dir")
-        checkpoint = latest_checkpoint(output_dir) if output_dir else None
+        checkpoint = latest_checkpoint(output_dir, warn=log) if output_dir else None
         if checkpoint is None:
             raise FileNotFoundError(f"cell {run.name!r} (run {run.run_id}) has no checkpoint "
                                     f"under {output_dir}; was it trained on this machine and "

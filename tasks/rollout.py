@@ -333,8 +333,11 @@ def teacher_rollouts(
 
     def build(out: Path) -> None:
         tokenizer = load_tokenizer(teacher_dir)
-        with Progress(len(problems) * config.n, "teacher rollouts", log,
-                      unit="samples") as progress:
+        # counted in problems when each has one response (every teacher-prefix run's case)
+        unit = "problems" if config.n == 1 else f"samples ({config.n} per problem)"
+        with Progress(len(problems) * config.n, "teacher rollouts", log, unit=unit,
+                      uneven=f"a batch of {config.batch_size} takes as long as its longest "
+                      "answer") as progress:
             samples = generate_hf(load_model(teacher_dir), tokenizer,
                                   render_prompts(tokenizer, problems, template), config, meter,
                                   progress)

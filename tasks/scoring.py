@@ -43,6 +43,7 @@ from tasks.artifacts import (
 )
 from tasks.compute import ComputeMeter
 from tasks.files import atomic_write_bytes, atomic_write_text
+from tasks.progress import Progress
 from tasks.rollout import Sample
 
 log = logging.getLogger(__name__)
@@ -274,8 +275,10 @@ def build_score_cache(
     config: ScoreCacheConfig = ScoreCacheConfig(),
     root: str | Path | None = None,
     meter: ComputeMeter | None = None,
+    log: Callable[[str], None] = print,
 ) -> SparseTeacherScores:
-    """Score samples with the teacher once (top-k + tail per response token) and reuse after.
+    """Score samples with the teacher once (top-k + tail per response token) and reuse after;
+    log hears the progress while they are scored.
 
     teacher_loader: builds the teacher on demand, so a cache hit never loads it.
     teacher_id: what identifies the teacher's weights (e.g. tasks.artifacts.file_hash of its
@@ -293,13 +296,16 @@ def build_score_cache(
 
     def build(out: Path) -> None:
         shards = []
-        for number, (start, end) in enumerate(_shard_ranges(len(samples), config.shard_samples)):
-            tensors = _score_shard(get_teacher(), samples[start:end], pad_token_id, vocab_size,
-                                   config, meter)
-            name = f"shard-{number:05d}.safetensors"
-            shards.append({"file": name, "start": start, "end": end,
-                           "tokens": int(tensors["token_ids"].numel()),
-                           "sha256": _write_shard(tensors, out / name)})
+        with Progress(len(samples), "teacher scores", log, unit="samples") as progress:
+            for number, (start, end) in enumerate(_shard_ranges(len(samples),
+                                                                config.shard_samples)):
+                tensors = _score_shard(get_teacher(), samples[start:end], pad_token_id,
+                                       vocab_size, config, meter)
+                name = f"shard-{number:05d}.safetensors"
+                shards.append({"file": name, "start": start, "end": end,
+                               "tokens": int(tensors["token_ids"].numel()),
+                               "sha256": _write_shard(tensors, out / name)})
+                progress.update(end - start)
         atomic_write_text(out / MANIFEST, json.dumps(
             {"k": min(config.k, vocab_size), "vocab_size": vocab_size, "samples": len(samples),
              "teacher": teacher_id, "config": asdict(config),
@@ -308,7 +314,7 @@ def build_score_cache(
     directory, _ = cached_build("scores", key, build, root=root,
                                 describe={"teacher": teacher_id, "config": config,
                                           "samples": len(samples)},
-                                self_verified=("shard-*.safetensors",))
+                                self_verified=("shard-*.safetensors",), log=log)
     return _open_verified(directory, samples, pad_token_id, vocab_size, config, get_teacher,
                           meter)
 

@@ -145,26 +145,25 @@ def train_sft(
     batches: list[list[int]] = []
     model.train()
     start, tokens, loss_value = time.perf_counter(), 0, float("nan")
-    progress = Progress(config.steps, "sft", log)
-    for step in range(config.steps):
-        if not batches:
-            batches = shuffled_batches(len(examples), config.batch_size, rng)[::-1]
-        chosen = [examples[i] for i in batches.pop()]
-        batch = pack(chosen, tokenizer.pad_token_id)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, config)
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        tokens += sum(len(prompt) + len(response) for prompt, response in chosen)
-        loss_value = loss.item()
-        elapsed = time.perf_counter() - start
-        progress.update(note=f"loss {loss_value:.4f}  {tokens / elapsed:,.0f} tok/s")
-        if stop is not None and (step + 1) % stop_every == 0 and _stopped(model, stop):
-            break
-    progress.close()
+    with Progress(config.steps, "sft", log) as progress:
+        for step in range(config.steps):
+            if not batches:
+                batches = shuffled_batches(len(examples), config.batch_size, rng)[::-1]
+            chosen = [examples[i] for i in batches.pop()]
+            batch = pack(chosen, tokenizer.pad_token_id)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(step, config)
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens += sum(len(prompt) + len(response) for prompt, response in chosen)
+            loss_value = loss.item()
+            elapsed = time.perf_counter() - start
+            progress.update(note=f"loss {loss_value:.4f}  {tokens / elapsed:,.0f} tok/s")
+            if stop is not None and (step + 1) % stop_every == 0 and _stopped(model, stop):
+                break
     model.eval()
     return {"sft/final_loss": loss_value, "sft/tokens": float(tokens), "sft/steps": step + 1,
             "sft/seconds": time.perf_counter() - start}

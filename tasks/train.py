@@ -274,25 +274,27 @@ def _cut(sample: Sample, length: int) -> Sample:
                   sample.response_ids[:length], sample.text, "length", sample.prompt_truncated)
 
 
-def teacher_prefixes(config: TrainConfig,
-                     meter: ComputeMeter | None = None) -> tuple[Path, list[Sample]]:
+def teacher_prefixes(config: TrainConfig, meter: ComputeMeter | None = None,
+                     log: Callable[[str], None] = print) -> tuple[Path, list[Sample]]:
     """The teacher's rollouts a teacher-prefix run of config trains on (cached: every cell and
-    run with the same teacher, problems, template and sampling shares them)."""
+    run with the same teacher, problems, template and sampling shares them); log hears their
+    progress while they are generated."""
     return teacher_rollouts(
         config.teacher, config.student, read_problems(config.train_problems),
         SamplingConfig(temperature=config.rollout_temperature,
                        max_new_tokens=config.longest_response, seed=config.rollout_seed),
-        config.prompt_template, root=config.artifacts_root, meter=meter)
+        config.prompt_template, root=config.artifacts_root, meter=meter, log=log)
 
 
 def teacher_scores(config: TrainConfig, rollouts: list[Sample],
-                   meter: ComputeMeter | None = None) -> SparseTeacherScores:
+                   meter: ComputeMeter | None = None,
+                   log: Callable[[str], None] = print) -> SparseTeacherScores:
     """The top-k score cache of the teacher on its rollouts (cached like them)."""
     tokenizer = load_tokenizer(config.student)
     vocab = check_pair(config.teacher, config.student)
     return build_score_cache(lambda: load_model(config.teacher), config.teacher, rollouts,
                              tokenizer.pad_token_id, vocab, ScoreCacheConfig(k=config.cache_k),
-                             root=config.artifacts_root, meter=meter)
+                             root=config.artifacts_root, meter=meter, log=log)
 
 
 def train(config: TrainConfig, log: Callable[[str], None] = print,
@@ -310,39 +312,38 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
     loop.restore(run.accelerator, run.cursor)
     metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
-    progress = Progress(config.steps, f"training {config.objective.name}", loop.log,
-                        start=loop.start_step)
-    for step in range(loop.start_step, config.steps):
-        started = time.perf_counter()
-        counted = dict(run.meter.tokens)
-        samples, indices, max_length = _prefixes(run, step)
-        generated = time.perf_counter()
-        metrics, score_seconds = _train_step(run, samples, indices)
-        _count_every_process(run, counted)
-        check_finite(step + 1, metrics["train/loss"], metrics["train/grad_norm"],
-                     loop.checkpoint, run.optimizer, "Lower learning_rate or check the "
-                     "teacher's logits")
-        _apply_update(run)
-        metrics.update({
-            "train/learning_rate": run.scheduler.get_last_lr()[0],
-            "train/max_response_length": float(max_length),
-            "time/generate": generated - started,
-            "time/score": score_seconds,
-            "time/train": time.perf_counter() - generated - score_seconds,
-            **run.meter.metrics("train"),
-        })
-        metrics.update(_gate(run, step, max_length, loop.log))
-        metrics["step"] = float(step + 1)
-        history.append(dict(metrics))
-        if on_step is not None:
-            on_step(step + 1, metrics)
-        loop.end_step(step + 1, run.accelerator, run.student, run.tokenizer, run.cursor,
-                      _extra_state(run))
-        progress.update(note=f"loss {metrics['train/loss']:.4f}  fkl "
-                             f"{metrics['train/forward_kl']:.4f}  rkl "
-                             f"{metrics['train/reverse_kl']:.4f}  len "
-                             f"{metrics['train/response_length']:.1f}")
-    progress.close()
+    with Progress(config.steps, f"training {config.objective.name}", loop.log,
+                  start=loop.start_step) as progress:
+        for step in range(loop.start_step, config.steps):
+            started = time.perf_counter()
+            counted = dict(run.meter.tokens)
+            samples, indices, max_length = _prefixes(run, step)
+            generated = time.perf_counter()
+            metrics, score_seconds = _train_step(run, samples, indices)
+            _count_every_process(run, counted)
+            check_finite(step + 1, metrics["train/loss"], metrics["train/grad_norm"],
+                         loop.checkpoint, run.optimizer, "Lower learning_rate or check the "
+                         "teacher's logits")
+            _apply_update(run)
+            metrics.update({
+                "train/learning_rate": run.scheduler.get_last_lr()[0],
+                "train/max_response_length": float(max_length),
+                "time/generate": generated - started,
+                "time/score": score_seconds,
+                "time/train": time.perf_counter() - generated - score_seconds,
+                **run.meter.metrics("train"),
+            })
+            metrics.update(_gate(run, step, max_length, loop.log))
+            metrics["step"] = float(step + 1)
+            history.append(dict(metrics))
+            if on_step is not None:
+                on_step(step + 1, metrics)
+            loop.end_step(step + 1, run.accelerator, run.student, run.tokenizer, run.cursor,
+                          _extra_state(run))
+            progress.update(note=f"loss {metrics['train/loss']:.4f}  fkl "
+                                 f"{metrics['train/forward_kl']:.4f}  rkl "
+                                 f"{metrics['train/reverse_kl']:.4f}  len "
+                                 f"{metrics['train/response_length']:.1f}")
     loop.finish(metrics)
     return TrainResult(loop.checkpoint, metrics, history,
                        list(run.curriculum.history) if run.curriculum else [])
@@ -368,9 +369,9 @@ def _set_up(config: TrainConfig, loop: TrainingLoop) -> _Run:
     rollouts: list[Sample] = []
     scores = None
     if not objective.on_policy:
-        _, rollouts = teacher_prefixes(config)
+        _, rollouts = teacher_prefixes(config, log=loop.log)
         if config.cache_k:
-            scores = teacher_scores(config, rollouts)
+            scores = teacher_scores(config, rollouts, log=loop.log)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_lambda(config))

@@ -289,13 +289,16 @@ def test_the_users_path_through_prefect_and_mlflow(tmp_path, tiny_pair, tiny_pro
         gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:], strict=False)]
         assert len(stamps) > 10 and max(gaps) <= 60, (max(gaps), logs)
         # progress as log lines ("training sft: 8 of 8 steps (100%), 0:07 elapsed"; a longer
-        # step also logs one every 30 s with its ETA), not bars
+        # step also logs one every 30 s with its ETA), not bars; the teacher rollouts' too,
+        # not only in the serve terminal
         progress = [line for line in logs
                     if re.search(r": \d+ of \d+ \w+ \(\d+%\), \d+:\d\d elapsed", line)]
         assert {line.split(":")[0].split(" on ")[0] for line in progress} >= {
-            "training sft", "evaluating checkpoint-000008"}, logs
+            "teacher rollouts", "training sft", "evaluating sft at step 8"}, logs
         served = (tmp_path / "serve.log").read_text()
         assert "it/s]" not in served and "Loading weights" not in served  # no library bars
+        # the grid run waited for the distill run: said once per wait, not every 10 s
+        assert served.count("(at capacity)") <= 3, served[-3000:]
         assert link.startswith(f"{mlflow_ui}/#/experiments/") and link.endswith(
             "?workflowType=machine_learning")
 

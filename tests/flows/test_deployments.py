@@ -1,11 +1,16 @@
 """The deployments `distill serve` registers: their forms' defaults are the main job's (a run
 submitted from the Prefect UI untouched trains and evaluates exactly as `distill grid
 configs/demo.yaml` does, so it hits the same caches), the nightly evaluation uses the study's
-procedure, and every form field says what it is for."""
+procedure, every form field says what it is for, the one that needs a worker says how to
+start it, and the serve terminal says each thing once."""
+
+import inspect
+import logging
+import re
 
 import pytest
 
-from flows.serve import MAIN_JOB, deployments, main_job
+from flows.serve import MAIN_JOB, OncePerWait, deployments, main_job, study_run_deployment
 from tasks.configs import (
     BootstrapFlowConfig,
     EvaluateFlowConfig,
@@ -111,3 +116,46 @@ def test_the_server_refuses_a_bad_form_when_it_is_submitted(prefect_server, conf
         accepted = client.create_flow_run_from_deployment(
             deployment_id, parameters={"config": {"loss": "sparse", "cache_k": 8}})
         client.delete_flow_run(accepted.id)
+
+
+def test_the_deployment_that_needs_a_worker_says_how_to_start_one():
+    """study-run runs on a work pool: without a worker the UI shows it Not Ready, and its
+    description says why and what to start. The others run in the serve process itself."""
+    description = study_run_deployment("gpu-pool").description
+    assert "Not Ready" in description
+    assert "`prefect worker start --pool gpu-pool --type process --limit 1`" in description
+    assert "infra/worker.sh gpu-pool" in description
+    assert [d.name for d in deployments() if d.work_pool_name] == []
+
+
+def test_the_serve_terminal_says_once_that_runs_wait_for_a_free_slot():
+    """Prefect's runner logs its "skipped (at capacity)" line on every poll (every 10 s) while
+    a run waits for the one in progress: the first of a wait passes, saying what it means;
+    the repeats do not, until the count changes or a new wait begins."""
+    from prefect.runner._scheduled_run_poller import ScheduledRunPoller
+
+    # the line exactly as the installed Prefect writes it
+    (capacity,) = re.findall(r'_logger\.info\("([^"]*at capacity[^"]*)"',
+                             inspect.getsource(ScheduledRunPoller))
+    logger = logging.getLogger("tests.serve.runner")
+    once = OncePerWait(poll_s=10)
+    logger.addFilter(once)
+    shown: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            shown.append(record.getMessage())
+
+    logger.addHandler(Keep())
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    for at, waiting in ((0, 1), (10, 1), (20, 1), (30, 2), (40, 2), (50, 1), (60, 1),
+                        (200, 1), (210, 1)):  # 60 → 200: the queue was empty for a while
+        record = logger.makeRecord(logger.name, logging.INFO, "poller.py", 148, capacity,
+                                   (waiting,), None)
+        record.created = float(at)
+        logger.handle(record)
+    logger.info("Runner 'distill-lab' submitting flow run 'x'")
+    assert shown == [f"{n} scheduled runs skipped (at capacity): they start when a flow run in "
+                     "progress ends (not repeated while they wait)" for n in (1, 2, 1, 1)] + [
+        "Runner 'distill-lab' submitting flow run 'x'"]

@@ -3,6 +3,7 @@ MLflow and rollout store: the grid's runs and metrics, caching across flow runs,
 evaluation of registered students, and parameter validation before a run starts."""
 
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -193,6 +194,11 @@ def _row(table: str, first: str) -> dict[str, str]:
 
 def _artifact(key: str) -> str:
     """The newest Prefect markdown artifact of key."""
+    return _newest_artifact(key).data
+
+
+def _newest_artifact(key: str):
+    """The newest Prefect artifact of key, with its description."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
@@ -201,7 +207,53 @@ def _artifact(key: str) -> str:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC, limit=1)
     assert found, f"no Prefect artifact {key!r}"
-    return found[0].data
+    return found[0]
+
+
+def test_a_study_trained_although_not_ready_says_so_as_a_warning(prefect_server, tmp_path):
+    """readiness: warn trains past a shortfall (here: the training cap cuts every teacher
+    rollout). The grid's readiness check logs it at WARNING, and the study's Prefect artifact
+    leads with it, in its Markdown and its description."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    from flows.common import publish
+    from tasks.prefect_tasks import readiness_task
+    from tasks.readiness import not_ready_line
+    from tasks.rollout import Sample, write_samples
+    from tasks.runs import RunRef
+
+    rollouts = tmp_path / "rollouts"
+    rollouts.mkdir()
+    write_samples([Sample(i, 0, (1,), (2, 3), "2 3", "length", 0) for i in range(4)],
+                  rollouts / "samples.jsonl")
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with Tracker(tracking_uri) as tracker:
+        parent = RunRef(tracking_uri, tracker.start_run("not-ready", "study"))
+    config = StudyConfig(name="not-ready", readiness="warn")
+
+    @flow
+    def check() -> None:
+        checked = readiness_task(config, [], [{"rollouts": {"directory": str(rollouts)}}],
+                                 parent, f"sqlite:///{tmp_path / 'store.db'}")
+        publish("study-not-ready", "Study not-ready", {}, "## Results",
+                warning=not_ready_line(checked["readiness"]))
+
+    state = check(return_state=True)
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[state.state_details.flow_run_id])))
+    warnings = [log.message for log in logs if log.level == logging.WARNING]
+    assert any(m.startswith("readiness warning [training_cap]") for m in warnings), warnings
+    assert "readiness: not ready: training_cap" in warnings
+    assert any(m.startswith("⚠ NOT READY: training_cap.") for m in warnings)
+    artifact = _newest_artifact("study-not-ready")
+    assert artifact.data.startswith("**⚠ NOT READY: training_cap. It trained anyway (readiness: "
+                                    "warn)")
+    assert artifact.description.startswith("Study not-ready: ⚠ NOT READY: training_cap.")
 
 
 def test_invalid_parameters_are_rejected_before_the_run(prefect_server):
@@ -241,6 +293,7 @@ def test_grid_attaches_its_report_and_the_cli_rebuilds_it(prefect_server, study,
     longer = study[-1]
     markdown = _artifact("study-tiny")
     assert longer["table"] in markdown and longer["findings_table"] in markdown
+    assert markdown.startswith("**⚠ NOT READY: ")  # readiness: warn on untrained tiny models
     assert longer["links"]["run"].endswith(f"/runs/{longer['parent_run_id']}?workflowType="
                                            "machine_learning")
     assert longer["links"]["run"] in markdown and "report.html" in markdown

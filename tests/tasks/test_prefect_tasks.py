@@ -1,13 +1,16 @@
-"""The Prefect wrappers run inside a real (ephemeral, temporary) Prefect server."""
+"""The Prefect wrappers run inside a real (ephemeral, temporary) Prefect server; what long
+steps say lands in the flow run's log."""
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from prefect import flow
+from prefect import flow, task
 
 from tasks.data import write_problems
-from tasks.prefect_tasks import tracked_run, train_task
+from tasks.prefect_tasks import _log, teacher_rollouts_task, tracked_run, train_task
+from tasks.progress import Progress
 from tasks.runs import RunSpec
 from tasks.tracking import Tracker, TrackingOutage
 from tasks.train import TrainConfig
@@ -59,3 +62,65 @@ def test_a_tracking_outage_inside_a_run_closes_it_killed_and_the_rerun_resumes_i
             return again.ref.resumed and again.ref.run_id == run.run_id
 
     assert rerun()
+
+
+def _run_logs(state) -> list[str]:
+    """The messages in a finished flow run's Prefect log (what its page in the UI shows)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # the log records still batched in this process
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[state.state_details.flow_run_id])))
+    return [log.message for log in logs]
+
+
+@pytest.mark.slow
+def test_teacher_rollouts_report_their_progress_in_the_flow_runs_log(
+        prefect_server, tmp_path, tiny_pair, tiny_problems, capsys):
+    write_problems(tiny_problems["train"][:12], tmp_path / "train.jsonl")
+    config = TrainConfig(objective="sft", teacher=str(tiny_pair[0]), student=str(tiny_pair[1]),
+                         train_problems=str(tmp_path / "train.jsonl"),
+                         output_dir=str(tmp_path / "run"), max_new_tokens=8,
+                         artifacts_root=str(tmp_path / "artifacts"))
+
+    @flow
+    def rollouts(config: TrainConfig) -> dict:
+        return teacher_rollouts_task(config)
+
+    logs = _run_logs(rollouts(config, return_state=True))
+    progress = [m for m in logs if m.startswith("teacher rollouts: ")]
+    assert progress[0].startswith("teacher rollouts: 0 of 12 problems (0%), 0:00 elapsed (the "
+                                  "ETA is rough: a batch of 32 takes as long as its longest")
+    assert progress[-2].startswith("teacher rollouts: 12 of 12 problems (100%)")
+    assert "generated now" in progress[-1]
+    assert "teacher rollouts" not in capsys.readouterr().out  # nothing went round the log
+
+
+@pytest.mark.slow
+def test_a_long_step_inside_a_task_is_heard_from_every_every_s(prefect_server):
+    """A step longer than every_s (a batch of long answers): its heartbeat lines, sent from
+    their own thread, still land in the run's log."""
+    said: list[str] = []
+    three = threading.Event()
+
+    def log(line: str) -> None:
+        _log(line)  # the run's logger, reached from the heartbeat thread
+        said.append(line)
+        if len(said) >= 3:
+            three.set()
+
+    @task
+    def long_step() -> None:
+        with Progress(4, "a long step", log, every_s=0.05):
+            assert three.wait(timeout=30), said
+
+    @flow
+    def one_long_step() -> None:
+        long_step()
+
+    logs = _run_logs(one_long_step(return_state=True))
+    assert len(said) >= 4  # the start, two heartbeats, the end
+    assert [m for m in logs if m.startswith("a long step: ")] == said
