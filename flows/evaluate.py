@@ -8,6 +8,9 @@ study's with Δ and a flag — and the trend of each model's Avg@k across nights
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
@@ -40,8 +43,12 @@ def evaluate_flow(config: EvaluateFlowConfig = EvaluateFlowConfig()) -> dict:
     """Evaluate each model and log Avg@k, Pass@k, length and entropy; returns {model label:
     {"run_id", "metrics", "settings", "night_run_id", "links", "prefect_run_url"}}."""
     where = preflight_task(config)
-    benchmarks = benchmarks_task(config.benchmarks, config.profile, str(where.root))
     models = models_task(config, where.tracking_uri, str(where.root))
+
+    @functools.cache
+    def benchmarks() -> tuple[str, ...]:  # the fallback: resolved only if a model needs it
+        return benchmarks_task(config.benchmarks, config.profile, str(where.root))
+
     results, rows = {}, []
     spec = night_spec(config, models, where.root, nights_task(where.tracking_uri, config.name))
     with tracked_run(spec, where.tracking_uri) as night:
@@ -62,7 +69,8 @@ def evaluate_flow(config: EvaluateFlowConfig = EvaluateFlowConfig()) -> dict:
 
 
 def evaluate_model(config: EvaluateFlowConfig, label: str, model: str, tags: dict,
-                   benchmarks: tuple[str, ...], where: Locations, night_run_id: str) -> dict:
+                   benchmarks: Callable[[], tuple[str, ...]], where: Locations,
+                   night_run_id: str) -> dict:
     """One model as a child run of the night, with its study's settings where its source run
     recorded them; returns its row of the night's table (tasks.tables.nightly_table)."""
     study = study_task(where.tracking_uri, tags.get("source_run"))

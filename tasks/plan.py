@@ -19,7 +19,7 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,7 +154,8 @@ def _typed(text: str, hint: Any) -> Any:
 FROM_STUDY, FROM_FLOW = "its study", "the flow's"
 
 
-def nightly_eval_config(config: EvaluateFlowConfig, model: str, benchmarks: tuple[str, ...],
+def nightly_eval_config(config: EvaluateFlowConfig, model: str,
+                        benchmarks: Callable[[], tuple[str, ...]],
                         recorded: Mapping[str, Any]) -> tuple[EvalConfig, str]:
     """One registered student's nightly procedure and where it came from: its own study's
     (recorded: its source run's ``recorded_eval_knobs``) — samples, k, temperature, cap,
@@ -162,19 +163,23 @@ def nightly_eval_config(config: EvaluateFlowConfig, model: str, benchmarks: tupl
     the study's number again for the same weights; where it recorded none (a given model, an
     older run) the flow's config, said in the second value. A knob its run did not record (it
     did not exist then) takes the flow's value; benchmark files missing on this machine give
-    the flow's benchmarks (said too: then the numbers are not comparable).
+    the flow's benchmarks (said too: then the numbers are not comparable). benchmarks: the
+    flow's, resolved when first called (its "default" bootstraps the profile: a night whose
+    students all recorded theirs never needs it).
 
     Each student is evaluated with its own config rather than students grouped by settings:
     an evaluation loads one model anyway, so grouping would save nothing and only reorder the
     night; per student, each child run's params are exactly its procedure."""
     if not recorded:
         reason = "given model" if config.models else "its run recorded no settings"
-        return flow_eval_config(config, model, benchmarks), f"{FROM_FLOW} ({reason})"
-    knobs = {**stage_values(config, EvalConfig), "benchmarks": benchmarks, **recorded}
+        return flow_eval_config(config, model, benchmarks()), f"{FROM_FLOW} ({reason})"
+    knobs = {**stage_values(config, EvalConfig), **recorded}
+    if "benchmarks" not in knobs:
+        knobs["benchmarks"] = benchmarks()
     missing = [spec for spec in knobs["benchmarks"] if not Path(spec.rpartition("=")[2]).is_file()]
     source = FROM_STUDY
     if missing:
-        knobs["benchmarks"] = benchmarks
+        knobs["benchmarks"] = benchmarks()
         source += f", benchmarks {FROM_FLOW} ({', '.join(missing)} not here)"
     return EvalConfig(model, **knobs), source
 

@@ -50,7 +50,14 @@ from tasks.tables import interval_table
 from tasks.tracking import PARENT_TAG, Tracker, TrackingOutage, tracking_answers
 from tasks.train import TrainConfig, teacher_prefixes, teacher_scores, train
 
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5}
+
+def _not_a_refusal(task, task_run, state) -> bool:
+    """Retry what a server or a file system failed, not a refusal (a ValueError): the same
+    inputs are refused again, three times over 10 s (the readiness check's was)."""
+    return not isinstance(state.data, ValueError)
+
+
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": _not_a_refusal}
 
 
 def _log(message: str) -> None:

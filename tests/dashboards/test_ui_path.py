@@ -257,7 +257,8 @@ def test_the_users_path_through_prefect_and_mlflow(tmp_path, tiny_pair, tiny_pro
         # settings other than the nightly form's (2 samples, k 2, 6 problems, not 4, 4, 50).
         study = {**_form_defaults(deployments["grid"]), **typed, "name": "ui-study",
                  "steps": 2, "batch_size": 4, "eval_n": 2, "eval_ks": [1, 2], "eval_limit": 6,
-                 "evaluate_references": True, "baseline": "sft", "register_model": True}
+                 "evaluate_references": True, "baseline": "sft", "register_model": True,
+                 "min_teacher_lead": 0}  # the suite's teacher is untrained: no lead to demand
         assert study["cells"] == ["sft", "dagger", "offline_rl", "opd"]
         grid_run = prefect.run(deployments["grid"], study)
 
@@ -279,7 +280,8 @@ def test_the_users_path_through_prefect_and_mlflow(tmp_path, tiny_pair, tiny_pro
         seen.timed("distill run from the form (submit → Completed)", submitted)
         # The nightly deployment run by hand, untouched: it queues behind the study, then
         # evaluates each registered student (the distill run's, the study's four) with the
-        # settings its own run used.
+        # settings its own run used. Its form's benchmark ("default") is only the fallback for
+        # a student without them: none here, so the embedded default is never bootstrapped.
         night_run = prefect.run(deployments["nightly-evaluate"],
                                 _form_defaults(deployments["nightly-evaluate"]))
         link = _logged(prefect, distill_run, "MLflow run")  # all its logs are in by then

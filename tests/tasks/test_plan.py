@@ -121,6 +121,10 @@ def test_h_min_is_given_or_a_fraction_of_the_starting_students_entropy():
 # ----------------------------------------------------------------------------- the nightly
 
 
+def _never_resolved() -> tuple[str, ...]:
+    raise AssertionError("the flow's benchmarks were resolved for a student that has its own")
+
+
 def test_a_runs_recorded_evaluation_reads_back_as_the_same_procedure(tmp_path):
     from tasks.configs import EvaluateFlowConfig
     from tasks.evaluate import EvalConfig
@@ -134,7 +138,7 @@ def test_a_runs_recorded_evaluation_reads_back_as_the_same_procedure(tmp_path):
                          prompt_template="boxed", greedy=False, batch_size=7)
     params = {**flatten_config({"eval": studied}), "train.steps": "2"}  # as a study logs them
     flow = EvaluateFlowConfig(benchmarks=["other.jsonl"])
-    evaluation, source = nightly_eval_config(flow, "registry/opd", ("other=other.jsonl",),
+    evaluation, source = nightly_eval_config(flow, "registry/opd", _never_resolved,
                                              recorded_eval_knobs(params))
     assert evaluation == dataclasses.replace(studied, model="registry/opd")
     assert source == FROM_STUDY
@@ -146,9 +150,9 @@ def test_without_recorded_settings_the_nightly_uses_its_own_and_says_so(tmp_path
 
     flow = EvaluateFlowConfig(n=2, ks=[1, 2])
     given = flow.model_copy(update={"models": ["some/model"]})
-    assert nightly_eval_config(given, "m", ("b=b.jsonl",), {}) == (
+    assert nightly_eval_config(given, "m", lambda: ("b=b.jsonl",), {}) == (
         flow_eval_config(given, "m", ("b=b.jsonl",)), f"{FROM_FLOW} (given model)")
-    evaluation, source = nightly_eval_config(flow, "m", ("b=b.jsonl",),
+    evaluation, source = nightly_eval_config(flow, "m", lambda: ("b=b.jsonl",),
                                              {"n": 3, "benchmarks": ("gone=/no/such.jsonl",)})
     assert evaluation.n == 3 and evaluation.benchmarks == ("b=b.jsonl",)
     assert "/no/such.jsonl not here" in source  # not comparable, and the table says why

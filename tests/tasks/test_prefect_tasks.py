@@ -124,3 +124,27 @@ def test_a_long_step_inside_a_task_is_heard_from_every_every_s(prefect_server):
     logs = _run_logs(one_long_step(return_state=True))
     assert len(said) >= 4  # the start, two heartbeats, the end
     assert [m for m in logs if m.startswith("a long step: ")] == said
+
+
+def test_io_retries_retry_a_failed_io_call_but_not_a_refusal(prefect_server):
+    """A refusal (ValueError) fails at once; an I/O error is tried again twice."""
+    from tasks.prefect_tasks import IO_RETRIES
+
+    calls = []
+
+    @task(**{**IO_RETRIES, "retry_delay_seconds": 0})
+    def fails(error: Exception) -> None:
+        calls.append(type(error).__name__)
+        raise error
+
+    @flow
+    def attempt(error: Exception) -> None:
+        fails(error)
+
+    with pytest.raises(ValueError, match="not ready"):
+        attempt(ValueError("the study is not ready"))
+    assert calls == ["ValueError"]
+    calls.clear()
+    with pytest.raises(OSError, match="server"):
+        attempt(ConnectionError("the server went away"))
+    assert calls == ["ConnectionError"] * 3
