@@ -44,6 +44,7 @@ from sqlalchemy.pool import NullPool
 
 from tasks.files import atomic_write_text
 from tasks.store import DEFAULT_URL_ENV
+from tasks.ui_links import home_url
 
 log = logging.getLogger(__name__)
 
@@ -390,8 +391,6 @@ def wait_until_healthy(services: list[Service], processes: dict[str, subprocess.
 
 def _urls(host: str, prefect_port: int, mlflow_port: int,
           database: Postgres | None = None) -> dict:
-    from tasks.tracking import home_url  # here: MLflow's import costs `distill status` 2 s
-
     prefect, mlflow = f"http://{host}:{prefect_port}", f"http://{host}:{mlflow_port}"
     env = {"PREFECT_API_URL": f"{prefect}/api", "MLFLOW_TRACKING_URI": mlflow}
     if database is not None:

@@ -57,6 +57,7 @@ from distill_core import Objective
 from tasks.artifacts import artifact_root
 from tasks.eval_metrics import is_top_key
 from tasks.files import write_errors_named
+from tasks.ui_links import TRAINING_VIEW
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,6 @@ _SET_HERE: set[str] = set()
 # MLflow's client prints its own "View run … at" links, which open the GenAI view of MLflow 3's
 # UI; the platform prints links that open the training view instead (run_url below).
 QUIET_CLIENT_DEFAULTS = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
-# MLflow 3's UI opens in its GenAI mode ("Evaluations") unless the URL asks for the training view
-# ("Model training": runs, metrics, charts); the experiment tag mlflow.experimentKind alone does
-# not switch it (checked in a browser against MLflow 3.17).
-TRAINING_VIEW = "workflowType=machine_learning"
 # Where `mlflow ui` serves a SQLite store when started as the printed hint says.
 LOCAL_UI = "http://127.0.0.1:5000"
 # An experiment tag holding a saved runs-table view (MLflow's own "share view" format: the
@@ -107,11 +104,6 @@ def browse_hint(tracking_uri: str) -> str | None:
         return None
     return (f"mlflow ui --backend-store-uri {tracking_uri} --port {LOCAL_UI.rsplit(':', 1)[1]} "
             "--workers 1")
-
-
-def home_url(tracking_uri: str) -> str:
-    """The UI's experiment list in the training view (its bare address opens the GenAI home)."""
-    return f"{ui_base(tracking_uri)}/#/experiments?{TRAINING_VIEW}"
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
