@@ -301,11 +301,10 @@ def _eval(args) -> None:
         updates["benchmarks"] = args.benchmark
     config = EvaluateFlowConfig(**{**config.model_dump(), **updates})
     results = evaluate_flow(config)
-    for label, result in results.items():
-        print(label, {k: round(v, 4) for k, v in result["metrics"].items()
-                      if k.startswith("eval/overall/")})
-    if results:
-        _where_to_look(args, next(iter(results.values())))
+    if results:  # the night's table: each model's settings, its study's number beside, a flag
+        first = next(iter(results.values()))
+        print(f"\n{first['table']}")
+        _where_to_look(args, first)
 
 
 def _rl(args) -> None:

@@ -41,7 +41,8 @@ from tasks.tracking import Tracker
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(config: EvaluateFlowConfig = EvaluateFlowConfig()) -> dict:
     """Evaluate each model and log Avg@k, Pass@k, length and entropy; returns {model label:
-    {"run_id", "metrics", "settings", "night_run_id", "links", "prefect_run_url"}}."""
+    {"run_id", "metrics", "settings", "night_run_id", "links", "table" (the night's, the same
+    for every model), "prefect_run_url"}}."""
     where = preflight_task(config)
     models = models_task(config, where.tracking_uri, str(where.root))
 
@@ -64,7 +65,7 @@ def evaluate_flow(config: EvaluateFlowConfig = EvaluateFlowConfig()) -> dict:
                        max(max(row["config"].ks) for row in rows))
     publish(f"evaluation-{config.name}", spec.name, links,
             "## Tonight\n\n" + table, "## Trend\n\n" + trend)
-    return {label: {**result, "night_run_id": night.ref.run_id, "links": links,
+    return {label: {**result, "night_run_id": night.ref.run_id, "links": links, "table": table,
                     "prefect_run_url": flow_run.ui_url} for label, result in results.items()}
 
 
