@@ -25,6 +25,7 @@ import os
 import pkgutil
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -166,11 +167,23 @@ def build_lock(path: Path, on_wait: Callable[[], None] | None = None):
         except BlockingIOError:
             if on_wait is not None:
                 on_wait()
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            _wait_for_lock(handle)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _wait_for_lock(handle, poll_s: float = 0.2) -> None:
+    """Take the lock once its holder lets go, trying every poll_s rather than blocking in
+    flock: a blocked flock runs no Python, so a SIGTERM the kernel hands to another thread (a
+    Prefect one) was not acted on until the other builder finished (seen once in CI)."""
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(poll_s)
 
 
 def package_modules(package: str) -> list[str]:
