@@ -3,8 +3,11 @@
 ``train_grpo(config)`` starts from a distilled student (``config.policy``) and, per step:
 
 1. Samples G responses for each of ``prompts_per_step`` prompts from the current policy
-   (``tasks.rollout.generate_hf``; the seed depends on the step, so a resumed run samples the
-   same responses).
+   (``tasks.policy_sampling``: ``generate`` on the live policy, or a vLLM engine handed the
+   weights every ``handoff_every`` steps; the seed depends on the step, so a resumed run samples
+   the same responses). The log-probs of step 4 come from the trainer's policy, so with
+   ``handoff_every`` N > 1 samples up to N - 1 steps old are treated as the current policy's:
+   the staleness is logged (``rollout/staleness``), not corrected.
 2. Rewards each response with ``tasks.grader`` (one ``Grader`` for the whole run):
    1 if its strict answer is correct, else 0, plus ``format_reward`` for a ``\\boxed{}`` answer.
 3. Turns rewards into group-relative advantages (``distill_core.group_advantages``). A step in
@@ -31,6 +34,7 @@ number continues the run validly but not bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,17 +54,27 @@ from tasks.loop import (
     check_finite,
     check_finite_weights,
     global_sums,
-    sampling_seed,
     shard,
 )
 from tasks.models import check_pair, load_model, load_tokenizer
+from tasks.policy_sampling import (
+    EngineSettings,
+    check_rollout_backend,
+    handoff_every_setting,
+    policy_sampler,
+    rollout_backend_setting,
+    rollout_fingerprint,
+    vllm_device_setting,
+    vllm_eager_setting,
+    vllm_gpu_memory_setting,
+)
 from tasks.progress import Progress
 from tasks.rollout import (
     PROMPT_TEMPLATES,
     Sample,
     SamplingConfig,
     context_length,
-    generate_hf,
+    encode_prompts,
     render_prompts,
 )
 from tasks.scoring import response_batch, response_logits
@@ -107,17 +121,23 @@ class GRPOConfig:
         profile="prompt_template")
     seed: int = setting(0, "Seed of the prompt order and the sampling.")
     checkpoint_every: int = setting(10, "Steps between checkpoints.", ge=1)
+    rollout_backend: str = rollout_backend_setting("the policy's samples")
+    handoff_every: int = handoff_every_setting()
+    vllm_gpu_memory: float = vllm_gpu_memory_setting()
+    vllm_device: str = vllm_device_setting()
+    vllm_eager: bool = vllm_eager_setting()
 
     def __post_init__(self) -> None:
         check_training_rule(self.answer_rule)
         fill_profile_defaults(self)
         check_settings(self)
+        check_rollout_backend(self, on_policy=True)
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the trained weights (not the output place)."""
         settings = asdict(self)
         settings.pop("output_dir")
-        return content_hash(settings)
+        return content_hash(rollout_fingerprint(settings, on_policy=True))
 
 
 @dataclass
@@ -188,12 +208,20 @@ def train_grpo(config: GRPOConfig, log: Callable[[str], None] = print,
     cursor = DataCursor(len(problems), config.seed)
     loop.restore(accelerator, cursor)
     skipped, history, metrics = int(loop.saved("skipped_steps", 0)), [], {}
-    step_context = _Step(config, accelerator, policy, initial, optimizer, tokenizer, vocab)
-    with Grader() as grader, Progress(config.steps, "GRPO", loop.log,
-                                      start=loop.start_step) as progress:
+    probe = encode_prompts(tokenizer, prompts[:1], context_length(policy), False)[0]
+    sampler = policy_sampler(config.rollout_backend, accelerator,
+                             lambda: accelerator.unwrap_model(policy), tokenizer,
+                             engine=EngineSettings.of(config),
+                             weights_version=loop.start_step,
+                             workdir=Path(config.output_dir), probe_ids=probe, log_line=loop.log)
+    step_context = _Step(config, accelerator, policy, initial, optimizer, tokenizer, vocab,
+                         sampler)
+    with contextlib.closing(sampler), Grader() as grader, Progress(
+            config.steps, "GRPO", loop.log, start=loop.start_step) as progress:
         for step in range(loop.start_step, config.steps):
-            indices = shard(cursor.take(config.prompts_per_step, step), accelerator)
-            metrics = _grpo_step(step_context, step, grader, [prompts[i] for i in indices],
+            step_indices = cursor.take(config.prompts_per_step, step)
+            indices = shard(step_indices, accelerator)
+            metrics = _grpo_step(step_context, step, grader, [prompts[i] for i in step_indices],
                                  [problems[i].answer for i in indices], loop.checkpoint)
             skipped += int(metrics["rl/skipped"])
             metrics.update({"rl/skipped_steps": float(skipped), "step": float(step + 1)})
@@ -223,21 +251,23 @@ class _Step:
     optimizer: torch.optim.Optimizer
     tokenizer: object
     vocab: int
+    sampler: object  # tasks.policy_sampling's HFSampler / VLLMSampler
 
 
 def _grpo_step(run: _Step, step: int, grader: Grader, prompts: list[str],
                gold_answers: list[str], checkpoint: Path | None) -> dict[str, float]:
     """Sample, reward, and (unless no group of any process has a signal) one clipped update on
-    this process's prompts; returns the step's global metrics."""
+    this process's prompts; returns the step's global metrics. prompts: the step's (every
+    process's); gold_answers: this process's shard's."""
     config, accelerator = run.config, run.accelerator
     started = time.perf_counter()
     G = config.group_size
-    samples = generate_hf(
-        accelerator.unwrap_model(run.policy), run.tokenizer, prompts,
+    samples = run.sampler.sample(
+        step, prompts,
         SamplingConfig(n=G, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                       seed=sampling_seed(config.seed * 1_000_003 + step, accelerator),
-                       batch_size=len(prompts) * G))
+                       seed=config.seed * 1_000_003 + step, batch_size=len(prompts) * G))
     generated = time.perf_counter()
+    prompts = shard(prompts, accelerator)
     reward_list = rewards(grader, samples, [gold_answers[s.prompt_index] for s in samples],
                           config.format_reward)
     rewards_G_N = torch.tensor(reward_list).view(len(prompts), G)
@@ -272,7 +302,7 @@ def _grpo_step(run: _Step, step: int, grader: Grader, prompts: list[str],
                                advantages.flatten().to(mask.device), totals["tokens"],
                                checkpoint))
     metrics.update({"time/generate": generated - started,
-                    "time/train": time.perf_counter() - generated})
+                    "time/train": time.perf_counter() - generated, **run.sampler.metrics()})
     return metrics
 
 

@@ -7,7 +7,8 @@ metrics. Per step:
 
 1. Prefixes. Teacher-prefix cells draw the teacher's cached rollouts (``teacher_rollouts``: made
    once, reused by every cell and run). Student-prefix cells sample fresh responses from the
-   current student (the live model: no weight hand-off).
+   current student: ``generate`` on the live model, or with ``rollout_backend: vllm`` a vLLM
+   engine handed the weights every ``handoff_every`` steps (``tasks.policy_sampling``).
 2. Teacher scores. From the top-k score cache when ``cache_k > 0`` (teacher-prefix only: no
    teacher forward pass at all), else a live full-vocabulary teacher forward.
 3. Loss from ``distill_core``: ``exact`` (full vocabulary; chunked automatically for long
@@ -63,7 +64,6 @@ from tasks.loop import (
     check_finite,
     check_finite_weights,
     global_sums,
-    sampling_seed,
     shard,
 )
 from tasks.models import (
@@ -73,13 +73,25 @@ from tasks.models import (
     load_tokenizer,
     non_embedding_parameters,
 )
+from tasks.policy_sampling import (
+    EngineSettings,
+    check_rollout_backend,
+    decoding_threads,
+    handoff_every_setting,
+    policy_sampler,
+    rollout_backend_setting,
+    rollout_fingerprint,
+    vllm_device_setting,
+    vllm_eager_setting,
+    vllm_gpu_memory_setting,
+)
 from tasks.progress import Progress
 from tasks.rollout import (
     PROMPT_TEMPLATES,
     Sample,
     SamplingConfig,
     context_length,
-    generate_hf,
+    encode_prompts,
     render_prompts,
     teacher_rollouts,
 )
@@ -96,7 +108,6 @@ from tasks.settings import check_settings, fill_profile_defaults, setting
 
 FUSED_LOSS_CHOICES = ("auto", "on", "off")
 OVERLAP_K = 20
-ONE_THREAD_DECODER = 10_000_000  # parameters below which a CPU samples on one thread
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteError", "train", "teacher_prefixes",
            "teacher_scores"]
 
@@ -158,6 +169,11 @@ class TrainConfig:
                                          "student's training responses.", ge=0)
     rollout_seed: int = setting(0, "Sampling seed of the teacher's rollouts: one set, shared "
                                 "by every seed and teacher-prefix cell of a study.")
+    rollout_backend: str = rollout_backend_setting("the on-policy cells' student samples")
+    handoff_every: int = handoff_every_setting()
+    vllm_gpu_memory: float = vllm_gpu_memory_setting()
+    vllm_device: str = vllm_device_setting()
+    vllm_eager: bool = vllm_eager_setting()
     prompt_template: str | None = setting(
         None, "bare: the default task's prompt; boxed: asks instruction-tuned models to box "
         "their answer; empty: the profile's.", choices=tuple(PROMPT_TEMPLATES),
@@ -195,7 +211,7 @@ class TrainConfig:
         settings = asdict(self) | {"objective": self.objective.name}
         for where_not_what in ("output_dir", "artifacts_root", "keep_steps"):
             settings.pop(where_not_what)
-        return content_hash(settings)
+        return content_hash(rollout_fingerprint(settings, self.objective.on_policy))
 
 
 def check_train_rules(config: TrainConfig) -> None:
@@ -216,6 +232,7 @@ def check_train_rules(config: TrainConfig) -> None:
         dc.EntropyGatedLengthCurriculum(config.curriculum, config.min_entropy)  # validates
         if not config.held_out_problems:
             raise ValueError("a curriculum measures entropy on held_out_problems: set it")
+    check_rollout_backend(config, objective.on_policy)
 
 
 @dataclass
@@ -250,6 +267,7 @@ class _Run:
     curriculum: dc.EntropyGatedLengthCurriculum | None
     cursor: DataCursor
     fused: bool  # the loss fused with the LM heads (no logits); see _fused_path
+    sampler: object = None  # on-policy cells: tasks.policy_sampling's HFSampler / VLLMSampler
 
 
 def _learning_rate_lambda(config: TrainConfig) -> Callable[[int], float]:
@@ -312,8 +330,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
     loop.restore(run.accelerator, run.cursor)
     metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
-    with Progress(config.steps, f"training {config.objective.name}", loop.log,
-                  start=loop.start_step) as progress:
+    with contextlib.ExitStack() as stack:
+        if run.objective.on_policy:
+            run.sampler = _sampler(run, loop)
+            stack.callback(run.sampler.close)
+        progress = stack.enter_context(Progress(config.steps, f"training {config.objective.name}",
+                                                loop.log, start=loop.start_step))
         for step in range(loop.start_step, config.steps):
             started = time.perf_counter()
             counted = dict(run.meter.tokens)
@@ -332,6 +354,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
                 "time/score": score_seconds,
                 "time/train": time.perf_counter() - generated - score_seconds,
                 **run.meter.metrics("train"),
+                **(run.sampler.metrics() if run.sampler else {}),
             })
             metrics.update(_gate(run, step, max_length, loop.log))
             metrics["step"] = float(step + 1)
@@ -406,6 +429,19 @@ def _fused_path(config: TrainConfig, student, teacher, log: Callable[[str], None
     return True
 
 
+def _sampler(run: _Run, loop: TrainingLoop):
+    """The on-policy cell's sampler, from the weights the run starts with (step start_step);
+    a vLLM engine starts here, once per run."""
+    context = context_length(run.accelerator.unwrap_model(run.student))
+    probe = encode_prompts(run.tokenizer, run.prompts[:1], context, False)[0]
+    return policy_sampler(
+        run.config.rollout_backend, run.accelerator,
+        lambda: run.accelerator.unwrap_model(run.student), run.tokenizer,
+        engine=EngineSettings.of(run.config, run.config.mixed_precision),
+        weights_version=loop.start_step, workdir=Path(run.config.output_dir), probe_ids=probe,
+        meter=run.meter, log_line=loop.log)
+
+
 def _entropy_prompts(config: TrainConfig, tokenizer) -> list[str]:
     """The held-out prompts the curriculum gate measures the student's entropy on."""
     if not config.held_out_problems:
@@ -419,43 +455,16 @@ def _prefixes(run: _Run, step: int) -> tuple[list[Sample], list[int], int]:
     student samples on student prefixes, the teacher's cached rollouts (cut to the current
     length) on teacher prefixes."""
     config = run.config
-    indices = shard(run.cursor.take(config.batch_size, step), run.accelerator)
+    step_indices = run.cursor.take(config.batch_size, step)
+    indices = shard(step_indices, run.accelerator)
     max_length = run.curriculum.max_response_length if run.curriculum else config.max_new_tokens
     if not run.objective.on_policy:
         return [_cut(run.rollouts[i], max_length) for i in indices], indices, max_length
-    student = run.accelerator.unwrap_model(run.student)
-    with decoding_threads(run.accelerator.device, student.num_parameters()):
-        samples = generate_hf(
-            student, run.tokenizer, [run.prompts[i] for i in indices],
-            SamplingConfig(temperature=config.rollout_temperature, max_new_tokens=max_length,
-                           seed=sampling_seed(config.seed * 1_000_003 + step, run.accelerator),
-                           batch_size=config.batch_size),
-            run.meter)
+    samples = run.sampler.sample(
+        step, [run.prompts[i] for i in step_indices],
+        SamplingConfig(temperature=config.rollout_temperature, max_new_tokens=max_length,
+                       seed=config.seed * 1_000_003 + step, batch_size=config.batch_size))
     return samples, indices, max_length
-
-
-@contextlib.contextmanager
-def decoding_threads(device: torch.device, parameters: int):
-    """Sample a small model on a CPU with one intra-op thread, then give torch its count back.
-
-    A decoding step multiplies a few rows (one token per sequence) by each weight. For a model
-    under ONE_THREAD_DECODER parameters that is too little work to split: every operator's fork
-    and join across threads costs more than it saves, and on a shared machine, where another
-    process holds a core, each join waits for a descheduled thread. On the 2-core CI box beside
-    other jobs the default's opd step sampled 5-26× faster on one thread; SmolLM2-135M (81M
-    parameters) sampled 1.75× slower on one thread at a low load, so larger models keep torch's
-    setting (docs/performance.md). Training forwards keep it too; a GPU is untouched. torch's
-    thread count is per process: nothing else should compute in it while a step samples.
-    """
-    if device.type != "cpu" or parameters >= ONE_THREAD_DECODER or torch.get_num_threads() == 1:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _count_every_process(run: _Run, counted: dict[str, int]) -> None:

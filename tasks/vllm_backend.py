@@ -19,10 +19,10 @@ sample does not depend on the other prompts of the call. ``config.batch_size`` i
 vLLM schedules its own batches (engine argument ``max_num_seqs``).
 
 Weight hand-off for on-policy training: vLLM holds its own copy of the student's weights, so
-a training loop that samples with it hands new weights over through the file system (the
-trainers here sample with HF generate on the live student; evaluation is this backend's only
-user in the pipeline). Every N steps the loop saves the student
-with ``save_pretrained(directory)`` and calls ``backend.reload(directory)``; the worker loads
+a training loop that samples with it hands new weights over through the file system
+(``tasks.policy_sampling`` does this for the on-policy cells and GRPO). Every N steps the loop
+saves the student with ``save_pretrained(directory)`` and calls ``backend.reload(directory,
+version)``; the worker loads
 those safetensors into the running engine in place (``reload_weights``: no restart, no
 recompilation) and drops its prefix cache. Between hand-offs rollouts come from weights up to
 N - 1 optimizer steps old; N = 1 is exactly on-policy. The checkpoint must have the running
@@ -117,6 +117,11 @@ class VLLMBackend:
     engine_args: further vllm.LLM keyword arguments, e.g. {"max_num_seqs": 64}.
     start_timeout: seconds to wait for start-up (and for a reload).
     request_timeout: seconds a generate call may go without any sample finishing.
+    weights_version: the caller's number for the weights in model_dir (a trainer: optimiser
+        steps); reload() gives each new set its number, and ``weights_version`` is the number
+        the worker reported last, so a caller can check what the engine holds.
+    env: environment variables set for the worker beside this process's (e.g.
+        CUDA_VISIBLE_DEVICES to put vLLM on a GPU of its own).
     """
 
     def __init__(
@@ -130,6 +135,8 @@ class VLLMBackend:
         engine_args: dict | None = None,
         start_timeout: float = 600.0,
         request_timeout: float = 3600.0,
+        weights_version: int = 0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.python = resolve_python(python)
         self.model_dir = _model_directory(model_dir)
@@ -139,7 +146,8 @@ class VLLMBackend:
         self._failure: str | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         command = [str(self.python), "-I", str(WORKER_SCRIPT), "--model", str(self.model_dir),
-                   "--dtype", dtype, "--engine-args", json.dumps(engine_args or {})]
+                   "--dtype", dtype, "--engine-args", json.dumps(engine_args or {}),
+                   "--weights-version", str(weights_version)]
         if kv_cache_gib is not None:
             command += ["--kv-cache-gib", str(kv_cache_gib)]
         if enforce_eager:
@@ -150,6 +158,7 @@ class VLLMBackend:
         self._process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, encoding="utf-8", errors="replace", bufsize=1, start_new_session=True,
+            env=None if env is None else {**os.environ, **env},
         )
         self._finalizer = weakref.finalize(self, _stop_worker, self._process)
         # The reader threads hold no reference to self, so an unclosed backend can still be
@@ -168,6 +177,7 @@ class VLLMBackend:
                        "infra/vllm-cpu-env.sh (or with vLLM installed)?")
         self.max_model_len = int(ready["max_model_len"])
         self.vllm_version = str(ready["vllm_version"])
+        self.weights_version = int(ready["weights_version"])
         self.startup_seconds = time.perf_counter() - started
         log.info("vLLM %s worker ready for %s in %.1f s", self.vllm_version, self.model_dir,
                  self.startup_seconds)
@@ -223,17 +233,27 @@ class VLLMBackend:
             progress.update(len(samples))
         return samples
 
-    def reload(self, model_dir: str | os.PathLike) -> float:
+    def reload(self, model_dir: str | os.PathLike, version: int | None = None) -> float:
         """Load the weights saved (save_pretrained) in model_dir into the running engine.
 
         The on-policy weight hand-off: same architecture, new weights; the next generate()
-        samples from them. Returns the seconds the worker took.
+        samples from them. version: their number (default: the current one plus 1). Returns
+        the seconds the worker took.
         """
         directory = _model_directory(model_dir)
-        reply = self._call({"op": "reload", "model": str(directory)}, self.start_timeout)
+        version = self.weights_version + 1 if version is None else int(version)
+        reply = self._call({"op": "reload", "model": str(directory), "version": version},
+                           self.start_timeout)
         self.model_dir = directory
         log.info("vLLM worker reloaded weights from %s in %.1f s", directory, reply["reload_s"])
         return float(reply["reload_s"])
+
+    def logprobs(self, token_ids: list[int]) -> list[float]:
+        """log p(token i | the tokens before it), i = 1 .. len - 1, under the engine's current
+        weights (temperature 1): the engine's side of a check that a hand-off arrived."""
+        reply = self._call({"op": "logprobs", "token_ids": [int(t) for t in token_ids]},
+                           self.request_timeout)
+        return [float(value) for value in reply["logprobs"]]
 
     def close(self) -> None:
         """Ask the worker to shut down; stop it if it does not within a minute."""
@@ -268,6 +288,7 @@ class VLLMBackend:
         if not reply.get("ok"):
             raise VLLMWorkerError(f"the vLLM worker refused {message['op']}: {reply.get('error')}"
                                   f"\n{reply.get('traceback', '')}")
+        self.weights_version = int(reply.get("weights_version", self.weights_version))
         return reply
 
     def _receive(self, timeout: float, what: str) -> dict:

@@ -12,11 +12,15 @@ Protocol: one JSON object per line each way; every response echoes the request's
               or {"event": "error", "error"} (then exit 1)
   {"op": "generate", "prompt_token_ids": [[int]], "seeds": [[int] * n per prompt], "n",
    "temperature" (0 = greedy), "top_p", "max_new_tokens", "stop_token_ids": [int]}
-            → {"ok": true, "samples": [[{"token_ids": [int], "finish_reason"}] * n per prompt]}
+            → {"ok": true, "samples": [[{"token_ids": [int], "finish_reason"}] * n per prompt],
+               "weights_version"}
             meanwhile, at most every 10 s while samples finish:
               {"event": "progress", "finished", "total"} (a liveness signal for timeouts)
-  {"op": "reload", "model": DIR}  (new weights, same architecture)
-            → {"ok": true, "reload_s"}
+  {"op": "reload", "model": DIR, "version": int}  (new weights, same architecture)
+            → {"ok": true, "reload_s", "weights_version"}
+  {"op": "logprobs", "token_ids": [int]}
+            → {"ok": true, "logprobs": [float] (log p of token i given tokens < i, i >= 1),
+               "weights_version"}
   {"op": "shutdown"}              → {"ok": true}, then exit 0; end of stdin also exits.
   A failed request → {"ok": false, "error", "traceback"}; the worker keeps serving.
 
@@ -26,6 +30,12 @@ and stops only at the stop_token_ids the request names (the platform tokenizer's
 Hugging Face backend does. Each sample is its own request with its own seed, so a sample does
 not depend on which other samples share the batch. finish_reason: "stop" (a stop token, kept in
 token_ids) or "length" (max_new_tokens reached).
+
+Weights version: the number the platform gave the weights the engine holds (--weights-version at
+start-up, "version" at each reload; a trainer counts optimiser steps). Every answer about
+samples or scores carries it, so the platform can refuse samples from older weights than it
+promised. logprobs scores a fixed sequence with the engine's weights, the trainer's check that a
+hand-off really arrived.
 """
 
 from __future__ import annotations
@@ -62,6 +72,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                         help="skip torch.compile: faster start-up, slower generation")
     parser.add_argument("--engine-args", default="{}",
                         help="JSON object of further vllm.LLM keyword arguments")
+    parser.add_argument("--weights-version", type=int, default=0,
+                        help="the platform's number for the weights at --model")
     return parser.parse_args(argv)
 
 
@@ -160,6 +172,22 @@ def _generate(llm, request: dict, report) -> dict:
     return {"samples": [samples[i * n:(i + 1) * n] for i in range(len(prompts))]}
 
 
+def _logprobs(llm, request: dict) -> dict:
+    """log p(token i | tokens before it) for every token but the first, with the engine's
+    current weights (vLLM's prompt log-probs: raw model output, temperature 1)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    token_ids = [int(t) for t in request["token_ids"]]
+    if len(token_ids) < 2:
+        raise ValueError("logprobs needs a sequence of at least two tokens")
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+    output = llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)[0]
+    scored = output.prompt_logprobs[1:]
+    return {"logprobs": [entry[token].logprob
+                         for entry, token in zip(scored, token_ids[1:], strict=True)]}
+
+
 def _read_config(model_dir: str) -> dict:
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as handle:
         config = json.load(handle)
@@ -205,7 +233,7 @@ def _repack_tied_embeddings(model) -> int:
     return len(shared)
 
 
-def _serve(llm, model: str, protocol) -> None:
+def _serve(llm, model: str, version: int, protocol) -> None:
     def reply(message: dict) -> None:
         protocol.write(json.dumps(message) + "\n")
 
@@ -225,10 +253,13 @@ def _serve(llm, model: str, protocol) -> None:
                                           "finished": finished, "total": total}))
             elif op == "reload":
                 result = _reload(llm, request, model)
-                model = str(request["model"])
+                model, version = str(request["model"]), int(request.get("version", version))
+            elif op == "logprobs":
+                result = _logprobs(llm, request)
             else:
-                raise ValueError(f"unknown op {op!r}; expected generate, reload or shutdown")
-            reply({"id": request_id, "ok": True, **result})
+                raise ValueError(f"unknown op {op!r}; expected generate, reload, logprobs or "
+                                 "shutdown")
+            reply({"id": request_id, "ok": True, **result, "weights_version": version})
         except Exception as error:  # a bad request must not kill the worker
             traceback.print_exc()
             reply({"id": request_id, "ok": False, "error": f"{type(error).__name__}: {error}",
@@ -256,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         "vllm_version": vllm.__version__,
         "max_model_len": llm.llm_engine.model_config.max_model_len,
         "startup_s": time.perf_counter() - start,
+        "weights_version": args.weights_version,
     }) + "\n")
-    _serve(llm, args.model, protocol)
+    _serve(llm, args.model, args.weights_version, protocol)
     return 0
 
 

@@ -15,18 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import tasks.policy_sampling
 import tasks.train
 from tasks.checkpoints import latest_checkpoint
 from tasks.data import write_problems
 from tasks.models import load_model
-from tasks.train import (
-    ONE_THREAD_DECODER,
-    NonFiniteError,
-    TrainConfig,
-    _fused_path,
-    decoding_threads,
-    train,
-)
+from tasks.policy_sampling import ONE_THREAD_DECODER, decoding_threads
+from tasks.train import NonFiniteError, TrainConfig, _fused_path, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -178,13 +173,13 @@ def test_on_policy_sampling_runs_on_one_thread_and_training_on_torchs(base, tmp_
                                                                         monkeypatch):
     """The trainer's student samples inside decoding_threads; forward/backward keep the
     process's setting. Same seed, same responses and loss at 2 process threads as at 1."""
-    sampled_with, sample = [], tasks.train.generate_hf
+    sampled_with, sample = [], tasks.policy_sampling.generate_hf
 
     def recording(*args, **kwargs):
         sampled_with.append(torch.get_num_threads())
         return sample(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.train, "generate_hf", recording)
+    monkeypatch.setattr(tasks.policy_sampling, "generate_hf", recording)
     original, histories = torch.get_num_threads(), []
     try:
         for threads in (2, 1):

@@ -1,8 +1,9 @@
 """VLLMBackend against the Hugging Face backend, with vLLM running for real in its own env.
 
-The tests marked vllm are opt-in: they need DISTILL_LAB_VLLM_PYTHON (the path that
-`bash infra/vllm-cpu-env.sh` prints) and take two to three minutes on CPU, most of it vLLM start-ups
-(one with torch.compile). The error-path tests at the top run anywhere, without vLLM.
+The tests marked vllm need DISTILL_LAB_VLLM_PYTHON (the path that `bash infra/vllm-cpu-env.sh`
+prints; `make test` builds that environment and sets it, so CI runs them) and take two to three
+minutes on CPU, most of it vLLM start-ups (one with torch.compile). The error-path tests at the
+top run anywhere, without vLLM.
 
 The tiny checkpoints have random weights drawn wider than the default initialisation (std 0.1
 instead of 0.02), so greedy outputs depend on the prompt, and the EOS embedding row scaled up so
