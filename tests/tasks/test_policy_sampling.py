@@ -8,7 +8,6 @@ task, tokenizer and recipe at a size learnt in a minute). Engines start with enf
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -31,15 +30,10 @@ from tasks.rollout import SamplingConfig, encode_prompts, generate_hf, render_pr
 from tasks.train import TrainConfig, train
 from tasks.vllm_backend import PYTHON_ENV_VAR, VLLMBackend
 
-needs_vllm = pytest.mark.skipif(
-    not os.environ.get(PYTHON_ENV_VAR),
-    reason=f"runs vLLM for real: set {PYTHON_ENV_VAR} to the python that "
-           "`bash infra/vllm-cpu-env.sh` prints (.ci/run does)")
-
 
 def vllm_test(test):
-    """Runs vLLM for real: marked vllm and slow, skipped without a vLLM environment."""
-    return pytest.mark.vllm(pytest.mark.slow(needs_vllm(test)))
+    """Runs vLLM for real (marked vllm: skipped without a vLLM environment) for tens of seconds."""
+    return pytest.mark.vllm(pytest.mark.slow(test))
 
 
 def _config(tiny_pair, tiny_problems, tmp_path, **fields) -> TrainConfig:

