@@ -8,14 +8,19 @@ task, tokenizer and recipe at a size learnt in a minute). Engines start with enf
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file
 
+from tasks.checkpoints import latest_checkpoint
 from tasks.data import read_problems, write_problems
 from tasks.models import load_model, load_tokenizer
 from tasks.policy_sampling import (
@@ -232,3 +237,31 @@ def test_grpo_samples_through_vllm(default, tmp_path):
     assert [h["rollout/weights_version"] for h in result.history] == [0, 1]
     assert result.history[1]["rollout/handoff_logprob_gap"] < ARRIVAL_TOLERANCE
     assert all(0 <= h["rl/reward_mean"] <= 1 for h in result.history)
+
+
+@vllm_test
+def test_two_processes_sample_through_one_engine_and_reach_the_weights_of_one(default,
+                                                                              tmp_path):
+    """The main process alone drives the engine and samples the whole step (per-sample seeds
+    from the step, the prompt's place and the sample), then each process trains on its shard:
+    at temperature 1 two processes (torchrun, gloo) therefore train on the very samples one
+    process draws and reach its weights, up to DDP's summation order (atol 2e-5 / rtol 1e-4,
+    the bound tests/tasks/test_multiprocess.py justifies). Had each process sampled its shard
+    with an engine and seed of its own, the samples, and so the weights, would differ."""
+    config = _opd(default, tmp_path, "one", rollout_backend="vllm", rollout_temperature=1.0,
+                  steps=3, batch_size=6, learning_rate=1e-3)
+    train(config, log=lambda line: None)
+    two = replace(config, output_dir=str(tmp_path / "two"))
+    (tmp_path / "two.json").write_text(json.dumps(asdict(two)))
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+         "-m", "tasks.train", "--config", str(tmp_path / "two.json")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+             "OMP_NUM_THREADS": "1"})
+    assert launched.returncode == 0, (launched.stdout + launched.stderr)[-6000:]
+    assert (launched.stdout + launched.stderr).count("engine ready") == 1
+    one_weights = load_file(str(latest_checkpoint(tmp_path / "one") / "model.safetensors"))
+    two_weights = load_file(str(latest_checkpoint(tmp_path / "two") / "model.safetensors"))
+    for name, tensor in one_weights.items():
+        torch.testing.assert_close(two_weights[name], tensor, atol=2e-5, rtol=1e-4, msg=name)
