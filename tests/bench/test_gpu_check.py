@@ -84,28 +84,53 @@ def test_the_verdicts_say_met_or_missed_and_why():
     assert [row.result for row in verdicts({}, "cuda")] == ["not measured"] * 2
 
 
-@pytest.mark.slow
-def test_the_shapes_section_times_the_opd_step_at_qwen3_widths_on_the_cpu(tmp_path, monkeypatch):
-    """The CPU smoke of the shapes section (Qwen3-0.6B/1.7B widths and vocabulary, two layers,
-    batch 2 × 8 tokens, fp32): our opd step with HF sampling is measured and split into parts
-    that fit in the step; with vLLM too where this tree's trainer and DISTILL_LAB_VLLM_PYTHON
-    allow it. TRL's run is left out here (a minute more; run by hand, docs/gpu-check.md)."""
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory) -> Path:
+    """One artifact root for the shapes tests: the first builds the two-layer pair (half a
+    minute), the next reuses it."""
+    return tmp_path_factory.mktemp("shapes")
+
+
+def _shapes_section_with(backend: str, root: Path, monkeypatch) -> tuple[Report, dict]:
+    """The shapes section's CPU smoke (Qwen3-0.6B/1.7B widths and vocabulary, two layers, batch
+    2 × 8 tokens, fp32, one timed step) with our run on backend only; TRL's is left out (a
+    minute more; run by hand, docs/gpu-check.md)."""
+    real = gpu_check._why_not_sampling_with
+    monkeypatch.setattr(gpu_check, "_why_not_sampling_with",
+                        lambda other: real(other) if other == backend else "left out")
     monkeypatch.setattr(gpu_check, "_why_not_trl", lambda python, use_vllm: "left out")
-    sizes = replace(SMOKE, shapes_steps=1)
     report = Report()
-    measured = shapes_rows(report, sizes, tmp_path)
+    measured = shapes_rows(report, replace(SMOKE, shapes_steps=1), root)
     assert not report.failed, report.table()
     assert [row.section for row in report.rows] == ["shapes"] * 3 + ["goal"] * 2
-    assert "HF generate sampling" in report.rows[0].setting
-    assert report.rows[2].result == "skipped"  # TRL
-    vllm_row = report.rows[1]
-    assert ("vllm" in measured) == (vllm_row.result != "skipped"), vllm_row
-    for backend, result in measured.items():
-        # no EOS in bench.shapes' models: every response runs to the cap
-        assert result["tokens"] == sizes.shapes_batch * sizes.shapes_new_tokens, backend
-        assert all(result[part] > 0 for part in PARTS if part != "other"), result
-        assert sum(result[part] for part in PARTS if part != "other") <= result["wall"]
-        assert result["peak_rss_mib"] > 0
-    assert report.rows[0].result.endswith("tok/s") and "generate" in report.rows[0].note
-    assert all(row.result in ("not measured", "skipped") or row.result.startswith(("met",
-               "missed")) for row in report.rows[3:])
+    assert list(measured) == [backend], report.table()
+    return report, measured[backend]
+
+
+def _check_step(result: dict) -> None:
+    # no EOS in bench.shapes' models: every response runs to the cap
+    assert result["tokens"] == SMOKE.shapes_batch * SMOKE.shapes_new_tokens
+    assert all(result[part] > 0 for part in PARTS if part != "other"), result
+    assert sum(result[part] for part in PARTS if part != "other") <= result["wall"]
+    assert result["peak_rss_mib"] > 0
+
+
+@pytest.mark.slow
+def test_the_shapes_section_times_the_opd_step_with_hf_sampling(shapes_root, monkeypatch):
+    report, result = _shapes_section_with("hf", shapes_root, monkeypatch)
+    _check_step(result)
+    row = report.rows[0]
+    assert "HF generate sampling" in row.setting and "cut to 2 layers" in row.setting
+    assert row.result.endswith("tok/s") and row.note.startswith("generate ")
+    assert [row.result for row in report.rows[3:]] == ["not measured"] * 2
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not os.environ.get("DISTILL_LAB_VLLM_PYTHON"),
+                    reason="runs vLLM for real: set DISTILL_LAB_VLLM_PYTHON")
+def test_the_shapes_section_times_the_opd_step_with_vllm_sampling(shapes_root, monkeypatch):
+    report, result = _shapes_section_with("vllm", shapes_root, monkeypatch)
+    _check_step(result)
+    assert 0 < result["handoff"] < result["generate"]  # the hand-off is part of sampling
+    assert "vLLM sampling" in report.rows[1].setting and "hand-off" in report.rows[1].note
