@@ -134,3 +134,30 @@ def test_the_shapes_section_times_the_opd_step_with_vllm_sampling(shapes_root, m
     _check_step(result)
     assert 0 < result["handoff"] < result["generate"]  # the hand-off is part of sampling
     assert "vLLM sampling" in report.rows[1].setting and "hand-off" in report.rows[1].note
+
+
+def test_a_run_that_fails_gets_an_error_row_with_its_own_error_and_the_others_still_run(
+        tmp_path, monkeypatch):
+    """E.g. out of GPU memory at these shapes: the row names the child's error line, the check
+    exits 1, the goal rows say not measured."""
+    from bench import shapes
+
+    class Pair:
+        def describe(self) -> str:
+            return "shapes"
+
+    def out_of_memory(*args):
+        raise SystemExit("bench.step_breakdown child {...} failed:\nTraceback (most recent call "
+                         "last):\n  File ...\ntorch.OutOfMemoryError: CUDA out of memory. Tried "
+                         "to allocate 9.27 GiB")
+
+    monkeypatch.setattr(shapes, "build_pair", lambda *args, **kwargs: Pair())
+    monkeypatch.setattr(gpu_check, "_ours_at_shapes", out_of_memory)
+    monkeypatch.setattr(gpu_check, "_why_not_sampling_with", lambda backend: "")
+    monkeypatch.setattr(gpu_check, "_why_not_trl", lambda python, use_vllm: "left out")
+    report = Report()
+    assert shapes_rows(report, SMOKE, tmp_path) == {}
+    assert report.failed
+    assert [row.result for row in report.rows] == ["ERROR", "ERROR", "skipped", "not measured",
+                                                   "not measured"]
+    assert report.rows[0].note.startswith("torch.OutOfMemoryError: CUDA out of memory")
