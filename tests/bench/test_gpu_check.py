@@ -127,8 +127,6 @@ def test_the_shapes_section_times_the_opd_step_with_hf_sampling(shapes_root, mon
 
 @pytest.mark.slow
 @pytest.mark.vllm
-@pytest.mark.skipif(not os.environ.get("DISTILL_LAB_VLLM_PYTHON"),
-                    reason="runs vLLM for real: set DISTILL_LAB_VLLM_PYTHON")
 def test_the_shapes_section_times_the_opd_step_with_vllm_sampling(shapes_root, monkeypatch):
     report, result = _shapes_section_with("vllm", shapes_root, monkeypatch)
     _check_step(result)

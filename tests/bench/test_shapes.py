@@ -2,7 +2,6 @@
 every row and declares no EOS, and a model built from it samples every response to the cap (HF
 generate here; the vLLM worker too when DISTILL_LAB_VLLM_PYTHON is set)."""
 
-import os
 
 import pytest
 
@@ -79,8 +78,6 @@ def test_a_model_without_eos_samples_every_response_to_the_cap(small_model_dir):
 
 @pytest.mark.vllm
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("DISTILL_LAB_VLLM_PYTHON"),
-                    reason="runs vLLM for real: set DISTILL_LAB_VLLM_PYTHON")
 def test_the_vllm_worker_samples_every_response_to_the_cap_too(small_model_dir):
     from tasks.vllm_backend import VLLMBackend
 
