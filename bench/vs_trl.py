@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,24 +61,53 @@ CACHE_K = 20  # the score cache's k in docs/training.md
 
 
 class _StepMeter:
-    """Times between optimiser-step ends and the RSS peak over the steps after the warm-up."""
+    """Times between optimiser-step ends, the seconds a trainer's sampling took in each step,
+    and the memory peaks over the steps after the warm-up: the RSS and, on a GPU, torch's CUDA
+    peak (synchronised before every clock reading, so a step's kernels count in it)."""
 
     def __init__(self, warmup: int, tokens: list[float]):
         self.warmup, self.tokens, self.ends = warmup, tokens, []
         self.rss_before = self.peak = 0
+        self.sampling, self.sampling_per_step = 0.0, []
 
     def step_ended(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         self.ends.append((time.perf_counter(), time.process_time()))
+        self.sampling_per_step.append(self.sampling)
+        self.sampling = 0.0
         if len(self.ends) == self.warmup:
             self.rss_before = reset_peak_rss()
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
         self.peak = peak_rss_kib()
 
+    def sampled(self, sample: Callable):
+        """sample(), its seconds counted as the current step's sampling."""
+        import torch
+
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+        sync()
+        began = time.perf_counter()
+        try:
+            return sample()
+        finally:
+            sync()
+            self.sampling += time.perf_counter() - began
+
     def result(self) -> dict:
+        import torch
+
         timed = len(self.ends) - self.warmup
         tokens = sum(self.tokens[self.warmup:])
         (wall0, cpu0), (wall1, cpu1) = self.ends[self.warmup - 1], self.ends[-1]
+        cuda_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
         return {"steps": timed, "tokens": tokens, "wall": wall1 - wall0, "cpu": cpu1 - cpu0,
-                "peak_mib": self.peak / 1024, "extra_mib": (self.peak - self.rss_before) / 1024}
+                "peak_mib": self.peak / 1024, "extra_mib": (self.peak - self.rss_before) / 1024,
+                "peak_cuda_gib": cuda_peak / 2**30,
+                "generate": sum(self.sampling_per_step[self.warmup:]) / max(timed, 1)}
 
 
 def _config(spec: dict, output_dir: str, **extra):
@@ -126,13 +156,18 @@ def _ours_cached(spec: dict, scratch: str) -> dict:
 
 
 def _trl_common(spec: dict, scratch: str) -> dict:
-    """TrainingArguments shared by both TRL trainers: ours' optimiser and precision."""
+    """TrainingArguments shared by both TRL trainers: ours' optimiser and precision (fp32, or
+    bf16 autocast over fp32 weights as ours' mixed_precision="bf16" when spec["bf16"])."""
+    import torch
+
     return dict(output_dir=scratch, per_device_train_batch_size=spec["batch_size"],
                 gradient_accumulation_steps=1, max_steps=spec["warmup"] + spec["steps"],
-                learning_rate=LEARNING_RATE, lr_scheduler_type="constant", warmup_steps=0,
-                weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", bf16=False,
-                fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
-                save_strategy="no", seed=0, dataloader_num_workers=0, temperature=1.0)
+                learning_rate=spec.get("learning_rate", LEARNING_RATE),
+                lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+                max_grad_norm=1.0, optim="adamw_torch", bf16=spec.get("bf16", False),
+                fp16=False, gradient_checkpointing=False,
+                use_cpu=not torch.cuda.is_available(), report_to="none", save_strategy="no",
+                seed=0, dataloader_num_workers=0, temperature=1.0)
 
 
 def _models(spec: dict):
@@ -205,20 +240,45 @@ def _gkd(spec: dict, scratch: str) -> dict:
             "gkd_loss_tokens": sum(tokens[steps])}
 
 
-def _distillation(spec: dict, scratch: str) -> dict:
-    from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import DistillationConfig, DistillationTrainer
-
+def distillation_inputs(problems: str, template: str, tokenizer_dir: str) -> dict:
+    """What _distillation needs from the platform, computed here so that its process imports
+    none of it (it may run in the vLLM environment, where TRL's vLLM mode lives): the prompts as
+    chat conversations, and our token ids of the first four (it checks TRL's are the same)."""
     from tasks.data import read_problems
+    from tasks.models import load_tokenizer
     from tasks.rollout import PROMPT_TEMPLATES, render_prompts
 
-    student, teacher, tokenizer = _models(spec)
-    tokenizer.padding_side = "left"
-    problems = read_problems(spec["problems"])
-    template = PROMPT_TEMPLATES[spec["prompt_template"]]
-    conversations = [[{"role": "user", "content": template.format(problem=p.problem)}]
-                     for p in problems]
+    rows = read_problems(problems)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    ours = tokenizer(render_prompts(tokenizer, rows[:4], template),
+                     add_special_tokens=False)["input_ids"]
+    return {"conversations": [PROMPT_TEMPLATES[template].format(problem=p.problem)
+                              for p in rows], "our_prompt_ids": ours}
+
+
+def _distillation(spec: dict, scratch: str) -> dict:
+    """TRL's DistillationTrainer (beta=1: reverse KL, always on-policy) on spec's prompts.
+
+    spec["use_vllm"]: sample with TRL's vLLM in colocate mode (same process and GPU, taking
+    spec["vllm_gpu_memory"] of it), else HF generate. spec["fixed_length"]: the models declare
+    no EOS (bench.shapes); TRL needs one, so <|im_end|> is declared here and TRL is told to
+    ignore it (vLLM ignore_eos, HF min_new_tokens): every response runs to the cap."""
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DistillationConfig, DistillationTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["student"], padding_side="left")
+    if spec.get("fixed_length"):
+        tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    student, teacher = (AutoModelForCausalLM.from_pretrained(spec[role], dtype=torch.float32)
+                        for role in ("student", "teacher"))
+    for model in (student, teacher):  # both stop at EOS, as ours does
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    conversations = [[{"role": "user", "content": text}] for text in spec["conversations"]]
     tokens: list[float] = []
     meter = _StepMeter(spec["warmup"], tokens)
 
@@ -227,21 +287,36 @@ def _distillation(spec: dict, scratch: str) -> dict:
             tokens.append(float(inputs["completion_mask"].sum()))
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+        def _generate_single_turn(self, *args, **kwargs):  # weight sync + sampling
+            return meter.sampled(lambda: super(Counted, self)._generate_single_turn(*args,
+                                                                                     **kwargs))
+
     class Meter(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             meter.step_ended()
 
+    use_vllm = spec.get("use_vllm", False)
+    fixed_length = ({"ignore_eos": True} if use_vllm
+                    else {"min_new_tokens": spec["max_new_tokens"]})
+    vllm = (dict(use_vllm=True, vllm_mode="colocate",
+                 vllm_gpu_memory_utilization=spec.get("vllm_gpu_memory", 0.3))
+            if use_vllm else {})
     trainer = Counted(
         model=student, teacher_model=teacher, processing_class=tokenizer,
         train_dataset=Dataset.from_list([{"prompt": c} for c in conversations]),
         callbacks=[Meter()],
         args=DistillationConfig(**_trl_common(spec, scratch), beta=1.0, top_k=0, top_p=1.0,
-                                max_completion_length=spec["max_new_tokens"]))
-    ours = tokenizer(render_prompts(tokenizer, problems[:4], spec["prompt_template"]),
-                     add_special_tokens=False)["input_ids"]
-    same_prompts = trainer._tokenize_prompts(conversations[:4])[0] == ours
+                                max_completion_length=spec["max_new_tokens"], **vllm,
+                                generation_kwargs=fixed_length if spec.get("fixed_length")
+                                else None))
+    same_prompts = trainer._tokenize_prompts(conversations[:4])[0] == spec["our_prompt_ids"]
     trainer.train()
-    return {**meter.result(), "same_prompt_ids": same_prompts}
+    versions = {"trl": trl.__version__, "torch": torch.__version__}
+    if use_vllm:
+        import vllm
+
+        versions["vllm"] = vllm.__version__
+    return {**meter.result(), "same_prompt_ids": same_prompts, "versions": versions}
 
 
 def _child(spec: dict) -> dict:
@@ -291,6 +366,9 @@ def main() -> None:
 
 def _compare(args, profile, cell: str) -> None:
     runs: dict[str, list[dict]] = {trainer: [] for trainer in TRAINERS[cell]}
+    inputs = (distillation_inputs(str(profile.problems), profile.prompt_template,
+                                  str(profile.student))
+              if "DistillationTrainer" in runs else {})
     for _ in range(args.runs):
         for trainer in TRAINERS[cell]:  # alternating: every trainer sees the same load
             spec = {"trainer": trainer, "cell": cell, "teacher": str(profile.teacher),
@@ -299,6 +377,8 @@ def _compare(args, profile, cell: str) -> None:
                     "batch_size": profile.batch_size, "max_new_tokens": profile.max_new_tokens,
                     "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
                     "root": str(args.root)}
+            if trainer == "DistillationTrainer":
+                spec.update(inputs)
             runs[trainer].append(run_child("bench.vs_trl", spec))
     rates = {t: statistics.median(r["tokens"] / r["wall"] for r in rs) for t, rs in runs.items()}
     for trainer, results in runs.items():
