@@ -529,14 +529,17 @@ def _ours_at_shapes(pair, sizes: Sizes, backend: str, root: Path) -> dict:
 
 def _trl_at_shapes(report: Report, pair, sizes: Sizes, shape: str) -> dict | None:
     """TRL's DistillationTrainer (bench.vs_trl's child) at the same settings: with its vLLM in
-    colocate mode on a GPU, run by the vLLM environment's python (TRL's vLLM mode imports vllm
-    in its own process, which this project's environment cannot hold); on the CPU smoke with
+    colocate mode on a GPU, run by $DISTILL_LAB_TRL_PYTHON, else the vLLM environment's python
+    (TRL's vLLM mode imports vllm in its own process, which this project's environment cannot
+    hold); on the CPU smoke with
     HF generate, by this python. Skipped with a note where TRL is not importable there."""
     from bench.step_breakdown import run_child
     from bench.vs_trl import distillation_inputs
 
     use_vllm = sizes.device == "cuda"
-    python = os.environ.get("DISTILL_LAB_VLLM_PYTHON", "") if use_vllm else sys.executable
+    # TRL pins its own vLLM range (trl[vllm] 1.16: 0.22-0.31); its python may be another env's.
+    python = (os.environ.get("DISTILL_LAB_TRL_PYTHON") or os.environ.get(
+        "DISTILL_LAB_VLLM_PYTHON", "")) if use_vllm else sys.executable
     setting = (f"opd step, TRL DistillationTrainer, "
                f"{'vLLM colocate' if use_vllm else 'HF generate'} sampling, {shape}")
     skip = _why_not_trl(python, use_vllm)
@@ -584,8 +587,8 @@ def _child_or_error(report: Report, setting: str, measure: Callable[[], dict]) -
 def _why_not_trl(python: str, use_vllm: bool) -> str:
     """Why TRL's run cannot start under python ("" when it can)."""
     if not python:
-        return ("DISTILL_LAB_VLLM_PYTHON is unset: TRL's vLLM mode runs in the vLLM environment "
-                "(pip install vllm 'trl>=1.16,<2' datasets there)")
+        return ("DISTILL_LAB_TRL_PYTHON and DISTILL_LAB_VLLM_PYTHON are unset: TRL's vLLM mode "
+                "needs an environment with 'trl[vllm]>=1.16,<2' and datasets")
     modules = "trl, datasets" + (", vllm" if use_vllm else "")
     probe = subprocess.run([python, "-c", f"import {modules}"], capture_output=True, text=True,
                            check=False)

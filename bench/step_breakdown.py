@@ -21,7 +21,12 @@ alternates the two run by run, so "before" and "after" see the same load. Wall a
 (the process's, all threads).
 
     python -m bench.step_breakdown [--profiles default real-weights] [--cells sft dagger ...]
-        [--runs 3] [--steps 3] [--threads N] [--compare REV]
+        [--runs 3] [--steps 3] [--threads N] [--compare REV] [--rollout-backends hf vllm]
+
+``--rollout-backends hf vllm`` times the on-policy cells sampling with each backend (the vLLM
+engine in the environment DISTILL_LAB_VLLM_PYTHON names; ``--vllm-eager`` skips its compile),
+alternating run by run like ``--compare``; its start-up happens before the first step and is
+not timed, its weight hand-offs are (inside "generate").
 """
 
 from __future__ import annotations
@@ -258,6 +263,9 @@ def main() -> None:
                         help="torch intra-op threads (0: torch's default, the core count)")
     parser.add_argument("--compare", metavar="REV", help="also measure git revision REV")
     parser.add_argument("--max-new-tokens", type=int, help="response cap (default: the profile's)")
+    parser.add_argument("--rollout-backends", nargs="+", default=["hf"], choices=("hf", "vllm"),
+                        help="samplers of the on-policy cells to time (teacher-prefix: hf only)")
+    parser.add_argument("--vllm-eager", action="store_true", help="vLLM without torch.compile")
     add_common_arguments(parser)
     args = parser.parse_args()
     if answered_as_child(args, _child):
@@ -282,18 +290,24 @@ def _measure(args, codes: dict[str, str]) -> None:
     for name in args.profiles:
         profile = resolve_profile(name, args.root, max_new_tokens=args.max_new_tokens)
         for cell in args.cells:
-            results: dict[str, list[dict]] = {code: [] for code in codes}
+            backends = args.rollout_backends if cell in ("dagger", "opd") else ["hf"]
+            variants = {(code if backends == ["hf"] else f"{code}, {backend}"): (path, backend)
+                        for code, path in codes.items() for backend in backends}
+            results: dict[str, list[dict]] = {variant: [] for variant in variants}
             for _ in range(args.runs):
-                for code, path in codes.items():  # alternating: both see the same load
+                for variant, (path, backend) in variants.items():  # alternating: same load
+                    sampler = {} if backend == "hf" else {
+                        "rollout_backend": backend, "vllm_eager": args.vllm_eager}
                     spec = {"code": path, "cell": cell, "teacher": str(profile.teacher),
                             "student": str(profile.student), "problems": str(profile.problems),
                             "prompt_template": profile.prompt_template,
                             "batch_size": profile.batch_size,
                             "max_new_tokens": profile.max_new_tokens, "steps": args.steps,
-                            "threads": args.threads, "root": str(args.root)}
-                    results[code].append(run_child("bench.step_breakdown", spec))
-                    print(f"  {name} {cell} {code}: " + ", ".join(
-                        f"{k} {v:.3f}" for k, v in results[code][-1].items()), file=sys.stderr)
+                            "threads": args.threads, "root": str(args.root), "config": sampler}
+                    results[variant].append(run_child("bench.step_breakdown", spec))
+                    print(f"  {name} {cell} {variant}: " + ", ".join(
+                        f"{k} {v:.3f}" for k, v in results[variant][-1].items()),
+                        file=sys.stderr)
             for code, runs in results.items():
                 median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
                 parts = " | ".join(f"{median[p]:.3f}" for p in PARTS)

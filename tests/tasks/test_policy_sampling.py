@@ -109,6 +109,14 @@ def test_the_rollout_knobs_are_on_the_study_and_rl_forms():
                 assert prefix + name in form.model_fields, (form.__name__, prefix + name)
     with pytest.raises(ValueError, match="rollout_backend"):
         StudyConfig(name="s", rollout_backend="sglang")
+    # the Prefect UI renders the grid flow's parameter schema: both knobs as hf/vllm choices
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.grid import grid_flow
+
+    form = parameter_schema(grid_flow.fn).model_dump()["definitions"]["StudyConfig"]
+    for name in ("rollout_backend", "rl_rollout_backend"):
+        assert form["properties"][name]["enum"] == ["hf", "vllm"]
 
 
 # ----------------------------------------------------------------------------- vLLM for real
