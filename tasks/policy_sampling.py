@@ -291,8 +291,15 @@ class VLLMSampler:
         return float((engine - trainer_logprobs(model, self.probe_ids)).abs().max())
 
     def _save(self, model: torch.nn.Module) -> None:
+        """The live weights as safetensors in the engine's dtype, each shared tensor once (a
+        tied head is the embedding: cast copies would no longer look shared to transformers,
+        and the table, 0.3 GB at Qwen3-0.6B in bf16, would cross twice)."""
         dtype = getattr(torch, self.engine.dtype)
-        state = {name: tensor.detach().to(dtype) for name, tensor in model.state_dict().items()}
+        state, seen = {}, set()
+        for name, tensor in model.state_dict().items():
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                state[name] = tensor.detach().to(dtype)
         model.save_pretrained(self.directory, state_dict=state, safe_serialization=True)
 
     def metrics(self) -> dict[str, float]:
