@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -371,7 +372,10 @@ def _placement(engine: EngineSettings, device: torch.device) -> tuple[dict, dict
         return ({"gpu_memory_utilization": SEPARATE_GPU_MEMORY},
                 {"CUDA_VISIBLE_DEVICES": engine.device})
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return {"gpu_memory_utilization": engine.gpu_memory}, {"CUDA_VISIBLE_DEVICES": str(index)}
+    # The training process's index counts the GPUs it sees; the worker must name the same one.
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    same_gpu = visible[index] if index < len(visible) else str(index)
+    return {"gpu_memory_utilization": engine.gpu_memory}, {"CUDA_VISIBLE_DEVICES": same_gpu}
 
 
 def _weights_bytes(model: torch.nn.Module, dtype: str) -> int:

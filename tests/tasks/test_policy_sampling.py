@@ -119,6 +119,23 @@ def test_the_rollout_knobs_are_on_the_study_and_rl_forms():
         assert form["properties"][name]["enum"] == ["hf", "vllm"]
 
 
+def test_the_engine_is_placed_beside_training_or_on_a_gpu_of_its_own(monkeypatch):
+    """What the worker is started with (no GPU needed to check it): nothing on a CPU; on a GPU,
+    colocated, the training process's own GPU (named as the worker will see it, through the
+    parent's CUDA_VISIBLE_DEVICES) and a memory share; else the GPU asked for, 90 % of it."""
+    from tasks.policy_sampling import _placement
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert _placement(EngineSettings(), torch.device("cpu")) == ({}, None)
+    assert _placement(EngineSettings(gpu_memory=0.4), torch.device("cuda", 1)) == (
+        {"gpu_memory_utilization": 0.4}, {"CUDA_VISIBLE_DEVICES": "3"})
+    assert _placement(EngineSettings(device="5"), torch.device("cuda", 0)) == (
+        {"gpu_memory_utilization": 0.9}, {"CUDA_VISIBLE_DEVICES": "5"})
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert _placement(EngineSettings(), torch.device("cuda", 1))[1] == {
+        "CUDA_VISIBLE_DEVICES": "1"}
+
+
 # ----------------------------------------------------------------------------- vLLM for real
 
 
