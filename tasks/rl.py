@@ -208,7 +208,8 @@ def train_grpo(config: GRPOConfig, log: Callable[[str], None] = print,
     cursor = DataCursor(len(problems), config.seed)
     loop.restore(accelerator, cursor)
     skipped, history, metrics = int(loop.saved("skipped_steps", 0)), [], {}
-    probe = encode_prompts(tokenizer, prompts[:1], context_length(policy), False)[0]
+    probe = encode_prompts(tokenizer, prompts[:1], context_length(accelerator.unwrap_model(policy)),
+                           False)[0]
     sampler = policy_sampler(config.rollout_backend, accelerator,
                              lambda: accelerator.unwrap_model(policy), tokenizer,
                              engine=EngineSettings.of(config),
