@@ -49,7 +49,7 @@ from accelerate.utils import broadcast_object_list
 
 from tasks.compute import ComputeMeter
 from tasks.loop import sampling_seed, shard
-from tasks.rollout import Sample, SamplingConfig, generate_hf
+from tasks.rollout import Sample, SamplingConfig, context_length, encode_prompts, generate_hf
 from tasks.settings import setting
 
 log = logging.getLogger(__name__)
@@ -142,16 +142,21 @@ class RolloutEngineError(RuntimeError):
     """The vLLM engine could not start, or its weights are not the ones promised."""
 
 
-def policy_sampler(backend: str, accelerator: Accelerator, model: Callable[[], torch.nn.Module],
-                   tokenizer, *, engine: EngineSettings, weights_version: int, workdir: Path,
-                   probe_ids: list[int], meter: ComputeMeter | None = None,
+def policy_sampler(config: Any, accelerator: Accelerator,
+                   model: Callable[[], torch.nn.Module], tokenizer, first_prompt: str, *,
+                   weights_version: int, mixed_precision: str = "no",
+                   meter: ComputeMeter | None = None,
                    log_line: Callable[[str], None] = print):
-    """The sampler of a run: HFSampler for "hf", VLLMSampler (which starts the engine) for
-    "vllm". model() returns the live, unwrapped model."""
-    if backend == "hf":
+    """The sampler config.rollout_backend names (config: a stage config with the rollout
+    knobs): HFSampler, or VLLMSampler, which starts the engine from the weights of step
+    weights_version and checks its hand-offs on first_prompt. model() returns the live,
+    unwrapped model."""
+    if config.rollout_backend == "hf":
         return HFSampler(accelerator, model, tokenizer, meter)
-    return VLLMSampler(accelerator, model, tokenizer, engine, weights_version, workdir,
-                       probe_ids, meter, log_line)
+    probe = encode_prompts(tokenizer, [first_prompt], context_length(model()), False)[0]
+    return VLLMSampler(accelerator, model, tokenizer,
+                       EngineSettings.of(config, mixed_precision), weights_version,
+                       Path(config.output_dir), probe, meter, log_line)
 
 
 class HFSampler:
@@ -234,7 +239,7 @@ class VLLMSampler:
         payload: Any = None
         if self.accelerator.is_main_process:
             try:
-                payload = (self._sample_all(step, prompts, sampling), self._step_metrics)
+                payload = self._sample_all(step, prompts, sampling)
             except Exception as error:
                 payload = error
         payload = _shared(self.accelerator, payload)
@@ -247,7 +252,7 @@ class VLLMSampler:
                 for sample in every if sample.prompt_index in local]
 
     def _sample_all(self, step: int, prompts: list[str], sampling: SamplingConfig
-                    ) -> list[Sample]:
+                    ) -> tuple[list[Sample], dict[str, float]]:
         metrics: dict[str, float] = {"time/handoff": 0.0}
         if step - self.backend.weights_version >= self.engine.handoff_every:
             metrics.update(self._hand_off(step))
@@ -263,8 +268,7 @@ class VLLMSampler:
             self.meter.generate(sum(len(s.prompt_ids) + len(s.response_ids) for s in samples))
         metrics.update({"rollout/weights_version": float(self.backend.weights_version),
                         "rollout/staleness": float(staleness)})
-        self._step_metrics = metrics
-        return samples
+        return samples, metrics
 
     def _hand_off(self, step: int) -> dict[str, float]:
         """Save the live weights, load them into the engine as version step, check they

@@ -58,7 +58,6 @@ from tasks.loop import (
 )
 from tasks.models import check_pair, load_model, load_tokenizer
 from tasks.policy_sampling import (
-    EngineSettings,
     check_rollout_backend,
     handoff_every_setting,
     policy_sampler,
@@ -74,7 +73,6 @@ from tasks.rollout import (
     Sample,
     SamplingConfig,
     context_length,
-    encode_prompts,
     render_prompts,
 )
 from tasks.scoring import response_batch, response_logits
@@ -208,13 +206,9 @@ def train_grpo(config: GRPOConfig, log: Callable[[str], None] = print,
     cursor = DataCursor(len(problems), config.seed)
     loop.restore(accelerator, cursor)
     skipped, history, metrics = int(loop.saved("skipped_steps", 0)), [], {}
-    probe = encode_prompts(tokenizer, prompts[:1], context_length(accelerator.unwrap_model(policy)),
-                           False)[0]
-    sampler = policy_sampler(config.rollout_backend, accelerator,
-                             lambda: accelerator.unwrap_model(policy), tokenizer,
-                             engine=EngineSettings.of(config),
-                             weights_version=loop.start_step,
-                             workdir=Path(config.output_dir), probe_ids=probe, log_line=loop.log)
+    sampler = policy_sampler(config, accelerator, lambda: accelerator.unwrap_model(policy),
+                             tokenizer, prompts[0], weights_version=loop.start_step,
+                             log_line=loop.log)
     step_context = _Step(config, accelerator, policy, initial, optimizer, tokenizer, vocab,
                          sampler)
     with contextlib.closing(sampler), Grader() as grader, Progress(

@@ -74,7 +74,6 @@ from tasks.models import (
     non_embedding_parameters,
 )
 from tasks.policy_sampling import (
-    EngineSettings,
     check_rollout_backend,
     decoding_threads,
     handoff_every_setting,
@@ -91,7 +90,6 @@ from tasks.rollout import (
     Sample,
     SamplingConfig,
     context_length,
-    encode_prompts,
     render_prompts,
     teacher_rollouts,
 )
@@ -432,14 +430,11 @@ def _fused_path(config: TrainConfig, student, teacher, log: Callable[[str], None
 def _sampler(run: _Run, loop: TrainingLoop):
     """The on-policy cell's sampler, from the weights the run starts with (step start_step);
     a vLLM engine starts here, once per run."""
-    context = context_length(run.accelerator.unwrap_model(run.student))
-    probe = encode_prompts(run.tokenizer, run.prompts[:1], context, False)[0]
-    return policy_sampler(
-        run.config.rollout_backend, run.accelerator,
-        lambda: run.accelerator.unwrap_model(run.student), run.tokenizer,
-        engine=EngineSettings.of(run.config, run.config.mixed_precision),
-        weights_version=loop.start_step, workdir=Path(run.config.output_dir), probe_ids=probe,
-        meter=run.meter, log_line=loop.log)
+    return policy_sampler(run.config, run.accelerator,
+                          lambda: run.accelerator.unwrap_model(run.student), run.tokenizer,
+                          run.prompts[0], weights_version=loop.start_step,
+                          mixed_precision=run.config.mixed_precision, meter=run.meter,
+                          log_line=loop.log)
 
 
 def _entropy_prompts(config: TrainConfig, tokenizer) -> list[str]:
