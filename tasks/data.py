@@ -511,7 +511,8 @@ def _open_cached_hf_dataset(
     return _Rows(label, "row", enumerate(builder.as_dataset(split=split)))
 
 
-def _generate_reasoning_gym(name: str, size: int | None, seed: int) -> _Rows:
+def _generate_reasoning_gym(name: str, size: int | None, seed: int,
+                            generator_options: Mapping[str, Any]) -> _Rows:
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"{REASONING_GYM_PREFIX}{name}: pass size=<number of problems> (>= 1), "
                          f"got size={size!r}")
@@ -521,10 +522,13 @@ def _generate_reasoning_gym(name: str, size: int | None, seed: int) -> _Rows:
         "reasoning_gym", f"generating {REASONING_GYM_PREFIX}{name}", "reasoning-gym"
     )
     try:
-        dataset = reasoning_gym.create_dataset(name, size=size, seed=seed)
+        dataset = reasoning_gym.create_dataset(name, size=size, seed=seed, **generator_options)
     except ValueError as error:  # "Dataset 'x' not registered"
         raise ValueError(f"{REASONING_GYM_PREFIX}{name}: {error}; pick a name from "
                          "reasoning_gym.factory.DATASETS, e.g. chain_sum or gsm_symbolic") from None
+    except (TypeError, AssertionError) as error:  # an unknown or out-of-range setting
+        raise ValueError(f"{REASONING_GYM_PREFIX}{name}: generator_options="
+                         f"{dict(generator_options)!r} were refused: {error}") from None
     records = (
         (index, {"id": f"{name}-{seed}-{index}", "question": entry["question"],
                  "answer": entry["answer"]})
@@ -548,12 +552,14 @@ def load_problems(
     cache_dir: str | Path | None = None,
     size: int | None = None,
     seed: int | None = None,
+    generator_options: Mapping[str, Any] | None = None,
 ) -> LoadResult:
     """Problems from a file, a cached Hugging Face dataset or a reasoning_gym generator.
 
     source: a .jsonl / .json / .parquet path; ``owner/name`` of a Hugging Face dataset already in
       the local datasets cache (with config_name, split and optionally cache_dir, which defaults
-      to HF_DATASETS_CACHE); or ``reasoning_gym:<name>`` (with size, and seed, default 0).
+      to HF_DATASETS_CACHE); or ``reasoning_gym:<name>`` (with size, seed (default 0) and
+      generator_options, the generator's own settings, e.g. chain_sum's max_digits).
     format: one of FORMATS, or "auto" to decide from the first record's fields.
     benchmark_name: the Problem.source of every record and the prefix of generated ids
       (default: the file stem, the dataset's name, or the generator's name). The "problems"
@@ -567,7 +573,8 @@ def load_problems(
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit={limit!r}: pass a positive integer, or None for all problems")
     rows, default_name = _open_source(
-        source, config_name=config_name, split=split, cache_dir=cache_dir, size=size, seed=seed
+        source, config_name=config_name, split=split, cache_dir=cache_dir, size=size, seed=seed,
+        generator_options=generator_options,
     )
     return _collect(rows, format, benchmark_name or default_name, limit, on_bad_row)
 
@@ -581,17 +588,19 @@ def _open_source(source: str | Path, **options: Any) -> tuple[_Rows, str]:
     """The source opened for reading, and its default benchmark name."""
     text = str(source)
     kind = _source_kind(source)
-    allowed = {"reasoning_gym": {"size", "seed"}, "hf": {"config_name", "split", "cache_dir"},
-               "file": set()}[kind]
+    allowed = {"reasoning_gym": {"size", "seed", "generator_options"},
+               "hf": {"config_name", "split", "cache_dir"}, "file": set()}[kind]
     for option, value in options.items():
         if value is not None and option not in allowed:
             raise ValueError(f"{option}={value!r} does not apply to {text!r}: it is for "
-                             + ("reasoning_gym: sources" if option in {"size", "seed"}
+                             + ("reasoning_gym: sources"
+                                if option in {"size", "seed", "generator_options"}
                                 else "Hugging Face dataset names"))
     if kind == "reasoning_gym":
         name = text.removeprefix(REASONING_GYM_PREFIX)
         seed = 0 if options["seed"] is None else options["seed"]
-        return _generate_reasoning_gym(name, options["size"], seed), name
+        return _generate_reasoning_gym(name, options["size"], seed,
+                                       options["generator_options"] or {}), name
     if kind == "hf":
         rows = _open_cached_hf_dataset(
             text, options["config_name"], options["split"], options["cache_dir"]

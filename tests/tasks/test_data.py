@@ -142,6 +142,19 @@ def test_reasoning_gym_word_problems_and_errors():
         load_problems("reasoning_gym:no_such_set", size=2)
 
 
+def test_reasoning_gym_takes_the_generators_own_settings():
+    one_digit = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+    problems = load_problems("reasoning_gym:chain_sum", size=50, seed=0,
+                             generator_options=one_digit).problems
+    terms = [p.problem.rsplit(":", 1)[1].strip(" =").split() for p in problems]
+    assert all(len(t) == 3 and len(t[0]) == 1 and len(t[2]) == 1 for t in terms), terms[:3]
+    with pytest.raises(ValueError, match=r"reasoning_gym:chain_sum: generator_options="
+                                         r"\{'max_digit': 1\} were refused: .*max_digit"):
+        load_problems("reasoning_gym:chain_sum", size=2, generator_options={"max_digit": 1})
+    with pytest.raises(ValueError, match="generator_options=.* does not apply to 'a.jsonl'"):
+        load_problems("a.jsonl", generator_options=one_digit)
+
+
 # ----------------------------------------------------------------------------- own format
 
 
