@@ -57,7 +57,13 @@ from tasks.grader import GRADER_VERSION, Grade, Grader
 from tasks.models import load_model, load_tokenizer
 from tasks.profiles import DEFAULT_BENCHMARK
 from tasks.progress import Progress
-from tasks.rollout import PROMPT_TEMPLATES, Sample, SamplingConfig, render_prompts
+from tasks.rollout import (
+    PROMPT_TEMPLATES,
+    WORKED_EXAMPLES,
+    Sample,
+    SamplingConfig,
+    render_prompts,
+)
 from tasks.settings import check_settings, fill_profile_defaults, setting
 
 # Bump when anything below changes what a number means (sampling, metrics, entropy, layout).
@@ -266,6 +272,8 @@ def identity(config: EvalConfig, benchmarks: Sequence[Benchmark]) -> dict:
         "grader_version": GRADER_VERSION,
         "prompt_template": config.prompt_template,
         "prompt_template_text": PROMPT_TEMPLATES[config.prompt_template],
+        **({"prompt_worked_examples": WORKED_EXAMPLES[config.prompt_template]}
+           if config.prompt_template in WORKED_EXAMPLES else {}),
         "sampling": asdict(config.sampling) | {"batch_size": None},
         "ks": list(config.ks),
         "answer_rule": config.answer_rule,

@@ -31,6 +31,17 @@ log = logging.getLogger(__name__)
 PROMPT_TEMPLATES = {
     "bare": "{problem}",
     "boxed": "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+    "worked-example": "{problem}",
+}
+# Chat turns shown before the problem, as (user, assistant) pairs through the same template. A
+# 135M instruct model does not follow "put your final answer within \boxed{}" (SmolLM2 boxed 0 of
+# 10 GSM answers and wrote prose to the cap at temperature 1); one worked example of the answer's
+# form as an earlier turn makes it answer in that form (docs/real-weights.md measures it).
+WORKED_EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "worked-example": ((
+        "State the final answer to the following arithmetic problem: 12 + 7 =",
+        "12 + 7 = 19. The answer is \\boxed{19}.",
+    ),),
 }
 
 FinishReason = Literal["stop", "length"]
@@ -136,13 +147,20 @@ def render_prompts(
             "tokenizer or save one with a chat_template"
         )
     return [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": PROMPT_TEMPLATES[template].format(problem=p.problem)}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
+        tokenizer.apply_chat_template(chat_messages(p.problem, template), tokenize=False,
+                                      add_generation_prompt=True)
         for p in problems
     ]
+
+
+def chat_messages(problem: str, template: str) -> list[dict[str, str]]:
+    """The chat a problem is asked in: the template's worked examples, then the problem."""
+    instruction = PROMPT_TEMPLATES[template]
+    messages = []
+    for question, answer in WORKED_EXAMPLES.get(template, ()):
+        messages += [{"role": "user", "content": instruction.format(problem=question)},
+                     {"role": "assistant", "content": answer}]
+    return [*messages, {"role": "user", "content": instruction.format(problem=problem)}]
 
 
 def text_budget(context_length: int) -> int:

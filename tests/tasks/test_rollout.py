@@ -11,6 +11,7 @@ from tasks.models import build_tokenizer, load_model, load_tokenizer
 from tasks.rollout import (
     HFBackend,
     SamplingConfig,
+    chat_messages,
     fit_prompts,
     generate_hf,
     read_samples,
@@ -183,3 +184,11 @@ def test_mismatched_pair_fails_before_generation(tmp_path, tiny_pair, tiny_probl
 
 def _problem(text):
     return Problem(id="long", problem=text, answer="0", solution=None, source="test")
+
+
+def test_a_worked_example_template_asks_after_its_solved_turns():
+    bare = chat_messages("4 - 1 =", "bare")
+    assert bare == [{"role": "user", "content": "4 - 1 ="}]
+    shown = chat_messages("4 - 1 =", "worked-example")
+    assert [m["role"] for m in shown] == ["user", "assistant", "user"]
+    assert shown[1]["content"].endswith("\\boxed{19}.") and shown[-1] == bare[0]
