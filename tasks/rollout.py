@@ -32,16 +32,20 @@ PROMPT_TEMPLATES = {
     "bare": "{problem}",
     "boxed": "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
     "worked-example": "{problem}",
+    "three-worked-examples": "{problem}",
 }
 # Chat turns shown before the problem, as (user, assistant) pairs through the same template. A
 # 135M instruct model does not follow "put your final answer within \boxed{}" (SmolLM2 boxed 0 of
 # 10 GSM answers and wrote prose to the cap at temperature 1); one worked example of the answer's
 # form as an earlier turn makes it answer in that form (docs/real-weights.md measures it).
+_ASK = "State the final answer to the following arithmetic problem:"
 WORKED_EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
-    "worked-example": ((
-        "State the final answer to the following arithmetic problem: 12 + 7 =",
-        "12 + 7 = 19. The answer is \\boxed{19}.",
-    ),),
+    "worked-example": ((f"{_ASK} 12 + 7 =", "12 + 7 = 19. The answer is \\boxed{19}."),),
+    "three-worked-examples": (
+        (f"{_ASK} 12 + 7 =", "12 + 7 = 19. The answer is \\boxed{19}."),
+        (f"{_ASK} 3 - 8 =", "3 - 8 = -5. The answer is \\boxed{-5}."),
+        (f"{_ASK} 6 + 9 =", "6 + 9 = 15. The answer is \\boxed{15}."),
+    ),
 }
 
 FinishReason = Literal["stop", "length"]
