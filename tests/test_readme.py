@@ -130,16 +130,18 @@ def test_every_relative_link_points_at_a_file(page):
     assert not broken, f"{page.name}: broken links {broken}"
 
 
-@pytest.mark.parametrize("page, summary", [("README.md", True), ("docs/study.md", False)])
-def test_the_findings_blocks_are_rendered_from_docs_findings_json(page, summary):
+@pytest.mark.parametrize("page, summary, source", [
+    ("README.md", True, "findings.json"), ("docs/study.md", False, "findings.json"),
+    ("docs/real-weights.md", False, "findings-real-weights.json")])
+def test_the_findings_blocks_are_rendered_from_the_committed_findings(page, summary, source):
     text = (ROOT / page).read_text()
     block = text.split(README_START)[1].split(README_END)[0].strip()
-    findings = ROOT / "docs" / "findings.json"
+    findings = ROOT / "docs" / source
     if not findings.exists():
         assert block == NOT_MEASURED
+    flag = "--readme" if summary else "--study"
     assert block == findings_markdown(findings, summary=summary), (
-        f"{page}'s findings block is stale: run `distill findings docs/findings.json --readme "
-        "README.md --study docs/study.md`")
+        f"{page}'s findings block is stale: run `distill findings docs/{source} {flag} {page}`")
 
 
 def test_the_readme_stays_a_front_door():

